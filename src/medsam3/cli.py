@@ -1,0 +1,191 @@
+"""The ``medsam3`` command line: one entry point, subcommands with the Python API's arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from medsam3 import __version__
+from medsam3.errors import ArgumentError, MedSAM3Error
+
+
+class _AppendPoint(argparse.Action):
+    """``--point X Y`` appends a positive click; a following ``--negative`` flips the last one."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        points = getattr(namespace, "points", None) or []
+        labels = getattr(namespace, "point_labels", None) or []
+        if option_string == "--negative":
+            if not points:
+                parser.error("--negative must follow a --point X Y")
+            labels[-1] = 0
+        else:
+            points.append([float(v) for v in values])
+            labels.append(1)
+        namespace.points, namespace.point_labels = points, labels
+
+
+class _AppendExemplar(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        boxes = getattr(namespace, "exemplars", None) or []
+        labels = getattr(namespace, "exemplar_labels", None) or []
+        boxes.append([float(v) for v in values])
+        labels.append(0 if option_string == "--negative-exemplar" else 1)
+        namespace.exemplars, namespace.exemplar_labels = boxes, labels
+
+
+def _add_segment(subparsers) -> None:
+    from medsam3.io import SUPPORTED_INPUT_FORMATS, SUPPORTED_OUTPUT_FORMATS
+    from medsam3.preprocess import CT_WINDOWS
+
+    p = subparsers.add_parser(
+        "segment", help="segment a 2D image or 3D volume from text, box and point prompts",
+        description="Segment structures named by text prompts (and/or one object given by a box or clicks) "
+                    "and write a label map in the input's geometry, with a JSON sidecar next to it. "
+                    "Label value k is the k-th prompt; a box/point object gets the label after the text prompts.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-i", "--input", required=True, help=f"image file or DICOM series directory ({SUPPORTED_INPUT_FORMATS})")
+    p.add_argument("-o", "--output", required=True, help=f"label map to write ({SUPPORTED_OUTPUT_FORMATS}); "
+                   "the sidecar is OUTPUT with its extension replaced by .json")
+    p.add_argument("-p", "--prompt", action="append", default=[], dest="prompts", metavar="TEXT",
+                   help="a structure's name, e.g. -p liver -p spleen (repeatable)")
+    p.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                   help="box around one object, in pixels of the input (x = column, y = row)")
+    p.add_argument("--point", nargs=2, type=float, metavar=("X", "Y"), action=_AppendPoint, dest="points",
+                   help="a click on that object (repeatable); follow it with --negative for a background click")
+    p.add_argument("--negative", nargs=0, action=_AppendPoint, help="make the preceding --point a negative click")
+    p.add_argument("--exemplar", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"), action=_AppendExemplar,
+                   dest="exemplars", help="an example box of the text concept, given with every text prompt")
+    p.add_argument("--negative-exemplar", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                   action=_AppendExemplar, dest="exemplars", help="a counter-example box of the text concept")
+    p.add_argument("--slice", type=int, dest="slice_index", metavar="Z",
+                   help="for volumes: the axial slice index (array order) that --box/--point refer to")
+    p.add_argument("--model", default=None, help="model directory, Hugging Face hub id, or random:NAME "
+                   "(random weights, for tests and benchmarks); default: facebook/sam3")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    p.add_argument("--modality", default=None, help="CT, MR, PT, XR, US, RGB, OTHER (default: from the file)")
+    p.add_argument("--window", default=None,
+                   help=f"CT window: a preset ({', '.join(CT_WINDOWS)}) or LEVEL,WIDTH in HU, e.g. 40,400")
+    p.add_argument("--threshold", type=float, default=0.5, help="instance score threshold")
+    p.add_argument("--presence-threshold", type=float, default=0.5,
+                   help="below this presence probability a prompt is reported absent")
+    p.add_argument("--mask-threshold", type=float, default=0.5, help="pixel probability threshold")
+    p.add_argument("--batch-size", type=int, default=8, help="text prompts run together through the detector")
+    p.add_argument("--overlay", default=None, metavar="PNG", help="also write an overlay picture")
+    p.add_argument("--json", action="store_true", help="print the per-prompt results as JSON")
+    p.set_defaults(func=_run_segment, points=None, point_labels=None, exemplars=None, exemplar_labels=None)
+
+
+def _run_segment(args) -> int:
+    from medsam3.segment import segment, summary_dict
+
+    if args.window is not None and "," in args.window:
+        try:
+            window = tuple(float(v) for v in args.window.split(","))
+        except ValueError:
+            raise ArgumentError(f"--window {args.window!r} is neither a preset nor LEVEL,WIDTH") from None
+    else:
+        window = args.window
+    seg = segment(args.input, args.output, args.prompts, box=args.box, points=args.points,
+                  point_labels=args.point_labels, exemplars=args.exemplars, exemplar_labels=args.exemplar_labels,
+                  slice_index=args.slice_index, model=args.model, device=args.device, dtype=args.dtype,
+                  modality=args.modality, window=window, threshold=args.threshold,
+                  presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
+                  overlay=args.overlay, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps([summary_dict(r) for r in seg.results], indent=2))
+    for k, name in enumerate(seg.prompts, start=1):
+        r = seg.results[k - 1]
+        state = "absent" if not r.present else "present"
+        print(f"  {k}: {name}: {state} (presence {r.presence_score:.3f})")
+    print(f"label map: {seg.output}")
+    print(f"sidecar:   {seg.output and __import__('medsam3.io', fromlist=['sidecar_path']).sidecar_path(seg.output)}")
+    if seg.overlay:
+        print(f"overlay:   {seg.overlay}")
+    return 0
+
+
+def _add_model(subparsers) -> None:
+    from medsam3.model.configs import SIZES
+
+    p = subparsers.add_parser("model", help="create or inspect model directories",
+                              description="Model directories hold config.json, model.safetensors, the tokenizer "
+                                          "and the processor config; everything loads offline.")
+    sub = p.add_subparsers(dest="model_command", required=True)
+    c = sub.add_parser("create", help="write a randomly initialised model of a named size",
+                       description="Sizes: " + "; ".join(f"{k}: {v.description if v else 'the published SAM3 layout (840M + tracker, 1008 px)'}"
+                                                         for k, v in SIZES.items()))
+    c.add_argument("name", choices=list(SIZES))
+    c.add_argument("-o", "--output", required=True, help="directory to write")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--size", type=int, default=None, help="input resolution in pixels (multiple of 14)")
+    c.set_defaults(func=_run_model_create)
+    i = sub.add_parser("info", help="print a model directory's sizes and parameter counts")
+    i.add_argument("model", help="model directory or hub id")
+    i.set_defaults(func=_run_model_info)
+
+
+def _run_model_create(args) -> int:
+    from medsam3.model.directory import create_random_model
+
+    if os.path.exists(args.output):
+        raise ArgumentError(f"{args.output} exists; choose a new directory")
+    path = create_random_model(args.name, args.output, seed=args.seed, image_size=args.size)
+    print(f"wrote random-initialised '{args.name}' model to {path}")
+    return 0
+
+
+def _run_model_info(args) -> int:
+    from medsam3.model.loader import MedSAM3
+
+    m = MedSAM3.from_pretrained(args.model, device="cpu")
+    n = sum(p.numel() for p in m.detector.parameters())
+    print(json.dumps({"source": m.source, "image_size": m.image_size, "detector_parameters": n,
+                      "num_queries": m.config.detector_config.detr_decoder_config.num_queries}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medsam3",
+        description="Universal prompt-driven medical image segmentation with SAM3: type a structure's name, "
+                    "draw a box or click, on a 2D image or 3D volume; get masks in the scanner's geometry.")
+    parser.add_argument("--version", action="version", version=f"medsam3 {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_segment(subparsers)
+    _add_model(subparsers)
+    for module in ("medsam3.model.convert_cli", "medsam3.evaluate.cli"):
+        try:
+            register = __import__(module, fromlist=["register"]).register
+        except ImportError:
+            continue
+        register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="medsam3: %(message)s")
+    if not args.verbose:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    try:
+        return int(args.func(args) or 0)
+    except MedSAM3Error as exc:
+        print(f"medsam3: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("medsam3: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Loading SAM3-architecture models: :class:`MedSAM3`.
+
+``MedSAM3.from_pretrained`` accepts
+
+* a local model directory (see :mod:`medsam3.model.directory`);
+* a Hugging Face hub id in transformers' format (``facebook/sam3``), downloaded once into
+  the hub cache;
+* ``random:NAME``: a randomly initialised model of a named configuration
+  (:func:`medsam3.model.configs.config_names`), for tests and speed/memory benchmarks only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3VideoConfig, Sam3VideoModel
+
+from medsam3.errors import ArgumentError, InputError
+from medsam3.model.configs import build_config, config_names
+from medsam3.model.directory import build_processor, is_model_directory
+
+log = logging.getLogger(__name__)
+
+RANDOM_PREFIX = "random:"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    name = str(device if device is not None else "auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu" or name.startswith("cuda") or name == "mps":
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise ArgumentError(f"device {name!r} asked for, but no CUDA GPU is available; use --device cpu or auto")
+        if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ArgumentError("device 'mps' asked for, but Apple's MPS backend is not available; use cpu or auto")
+        return torch.device(name)
+    raise ArgumentError(f"unknown device {name!r}; accepted: auto, cpu, cuda, cuda:N, mps")
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype) in DTYPES:
+        return DTYPES[str(dtype)]
+    raise ArgumentError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}")
+
+
+def _download(repo_id: str) -> Path:
+    """Fetch a hub repository holding a transformers-format SAM3 model (cached after the first time)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+    except Exception as exc:  # network, authentication (facebook/sam3 is gated), unknown repo
+        raise InputError(
+            f"could not download model {repo_id!r} from the Hugging Face hub: {exc}. "
+            "Check the network, `huggingface-cli login` for gated models, or pass a local model directory."
+        ) from exc
+    if not is_model_directory(path):
+        raise InputError(
+            f"hub repository {repo_id!r} holds no transformers-format SAM3 model (config.json + model.safetensors); "
+            "for original-format .pt checkpoints use `medsam3 convert`"
+        )
+    return Path(path)
+
+
+class MedSAM3:
+    """A SAM3-architecture model ready for inference: the concept detector, the
+    interactive tracker (loaded on first use) and the processor.
+
+    Attributes:
+        detector: :class:`transformers.Sam3Model` (text and exemplar-box prompts).
+        processor: :class:`transformers.Sam3Processor` (tokenizer + image preprocessing).
+        config: the full :class:`transformers.Sam3VideoConfig`.
+        source: what the model was loaded from (hub id, directory or ``random:NAME``).
+        device, dtype: where and in which precision the weights live.
+    """
+
+    def __init__(self, detector: Sam3Model, processor: Sam3Processor, config: Sam3VideoConfig, source: str,
+                 device: torch.device, dtype: torch.dtype, directory: Path | None = None,
+                 tracker: Sam3TrackerModel | None = None):
+        self.detector = detector.eval()
+        self.processor = processor
+        self.config = config
+        self.source = source
+        self.device = device
+        self.dtype = dtype
+        self.directory = directory
+        self._tracker = tracker
+
+    @property
+    def image_size(self) -> int:
+        """The model's square input size in pixels."""
+        return int(self.config.detector_config.vision_config.backbone_config.image_size)
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, device: str = "auto", dtype=None) -> "MedSAM3":
+        """Load a model from a directory, a hub id, or ``random:NAME`` (see the module docstring)."""
+        device_ = resolve_device(device)
+        dtype_ = resolve_dtype(dtype)
+        name = str(name_or_dir)
+        if name.startswith(RANDOM_PREFIX):
+            size = name[len(RANDOM_PREFIX):]
+            if size not in config_names():
+                raise ArgumentError(f"unknown configuration in {name!r}; known: {', '.join(config_names())}")
+            log.warning("model %s has RANDOM weights: its masks are meaningless (tests and benchmarks only)", name)
+            config = build_config(size)
+            torch.manual_seed(0)
+            video = Sam3VideoModel(config)
+            detector, tracker = video.detector_model, _tracker_from_video(video)
+            del video
+            return cls(detector.to(device_, dtype_), build_processor(config.image_size), config, name,
+                       device_, dtype_, tracker=tracker.to(device_, dtype_))
+        path = Path(name).expanduser()
+        if is_model_directory(path):
+            directory = path
+        elif path.exists():
+            raise InputError(f"{path} is not a model directory (needs config.json and model.safetensors)")
+        elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
+            directory = _download(name)
+        else:
+            raise InputError(f"model {name!r} not found: give a model directory, a hub id such as facebook/sam3, "
+                             f"or random:NAME ({', '.join(config_names())})")
+        config = Sam3VideoConfig.from_pretrained(directory)
+        detector = Sam3Model.from_pretrained(directory, dtype=dtype_).to(device_)
+        processor = Sam3Processor.from_pretrained(directory)
+        return cls(detector, processor, config, name, device_, dtype_, directory=directory)
+
+    @cached_property
+    def tracker(self) -> Sam3TrackerModel:
+        """The interactive (box / point) model; its ViT backbone is the detector's (shared weights)."""
+        if self._tracker is None:
+            self._tracker = Sam3TrackerModel.from_pretrained(self.directory, dtype=self.dtype).to(self.device)
+        tracker = self._tracker.eval()
+        # Both load the same detector_model.vision_encoder.backbone tensors: keep one copy.
+        tracker.vision_encoder.backbone = self.detector.vision_encoder.backbone
+        return tracker
+
+
+def _tracker_from_video(video: Sam3VideoModel) -> Sam3TrackerModel:
+    """A Sam3TrackerModel holding the tracker weights of an in-memory Sam3VideoModel."""
+    tracker = Sam3TrackerModel(video.config.tracker_config)
+    state = {}
+    for key in tracker.state_dict():
+        if key.startswith("vision_encoder.backbone."):
+            state[key] = video.detector_model.state_dict()[key]
+        elif key.startswith("vision_encoder.neck."):
+            state[key] = video.tracker_neck.state_dict()[key[len("vision_encoder.neck."):]]
+        else:
+            state[key] = video.tracker_model.state_dict()[key]
+    tracker.load_state_dict(state, strict=True)
+    return tracker

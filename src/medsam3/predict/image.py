@@ -1,0 +1,291 @@
+"""The 2D predictor: encode an image once, answer many prompts.
+
+The segment-anything pattern: :meth:`ImagePredictor.set_image` runs the ViT backbone and
+neck once and caches the features; :meth:`ImagePredictor.predict` answers any number of
+text prompts (optionally with exemplar boxes) in batches through the DETR detector and
+mask heads, and :meth:`ImagePredictor.predict_interactive` answers box / point prompts
+through the SAM3 tracker, both without re-encoding. Text embeddings are cached per prompt,
+so a volume's slices reuse them. Coordinates are pixels of the original image,
+``x`` = column, ``y`` = row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+from medsam3.errors import ArgumentError
+from medsam3.model.loader import MedSAM3
+from medsam3.predict.results import PromptResult
+
+
+@dataclass
+class TextPrompt:
+    """A concept prompt: a short noun phrase, optionally with exemplar boxes.
+
+    ``exemplar_boxes`` are ``x0, y0, x1, y1`` pixel boxes of the original image showing
+    examples (label 1) or counter-examples (label 0) of the concept.
+    """
+
+    text: str
+    exemplar_boxes: list[Sequence[float]] = field(default_factory=list)
+    exemplar_labels: list[int] = field(default_factory=list)
+
+
+def _as_prompt(p) -> TextPrompt:
+    if isinstance(p, TextPrompt):
+        return p
+    if isinstance(p, str):
+        return TextPrompt(p)
+    raise ArgumentError(f"a prompt must be a string or TextPrompt, got {type(p).__name__}")
+
+
+def to_model_rgb(image: np.ndarray) -> np.ndarray:
+    """A normalised ``(H, W)`` or ``(H, W, 3)`` image in [0, 1] as float32 ``(H, W, 3)``."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ArgumentError(f"expected a (H, W) or (H, W, 3) image, got shape {image.shape}")
+    return np.clip(image, 0.0, 1.0)
+
+
+class ImagePredictor:
+    """Prompt-driven segmentation of one 2D image at a time.
+
+    Args:
+        model: a loaded :class:`MedSAM3`.
+        score_threshold: keep instances whose score sigmoid(class) x sigmoid(presence)
+            exceeds this.
+        presence_threshold: a prompt whose presence probability is below this is "absent".
+        mask_threshold: probability above which a pixel belongs to an instance mask.
+        batch_size: text prompts run through the detector together.
+    """
+
+    def __init__(self, model: MedSAM3, score_threshold: float = 0.5, presence_threshold: float = 0.5,
+                 mask_threshold: float = 0.5, batch_size: int = 8):
+        for name, value in (("score threshold", score_threshold), ("presence threshold", presence_threshold),
+                            ("mask threshold", mask_threshold)):
+            if not 0.0 <= value <= 1.0:
+                raise ArgumentError(f"{name} {value} is outside [0, 1]")
+        self.model = model
+        self.score_threshold = score_threshold
+        self.presence_threshold = presence_threshold
+        self.mask_threshold = mask_threshold
+        self.batch_size = max(1, int(batch_size))
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._features: Sam3VisionEncoderOutput | None = None
+        self._pixel_values: torch.Tensor | None = None
+        self._tracker_embeddings: list[torch.Tensor] | None = None
+        self.original_size: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ image
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """``(1, 3, S, S)`` pixel values exactly as SAM3's processor makes them."""
+        rgb = to_model_rgb(image)
+        processed = self.model.processor.image_processor(images=rgb, do_rescale=False, return_tensors="pt")
+        return processed["pixel_values"].to(self.model.device, self.model.dtype)
+
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray) -> None:
+        """Encode a normalised image (``(H, W)`` grey or ``(H, W, 3)`` RGB, values in [0, 1])."""
+        self.original_size = tuple(np.asarray(image).shape[:2])
+        self._pixel_values = self.preprocess(image)
+        self._features = self.model.detector.get_vision_features(pixel_values=self._pixel_values)
+        self._tracker_embeddings = None
+
+    def _require_image(self) -> None:
+        if self._features is None:
+            raise RuntimeError("call set_image() before predict()")
+
+    # ------------------------------------------------------------------ text
+    @torch.inference_mode()
+    def text_embeddings(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(K, 32, D)`` projected text features and ``(K, 32)`` attention masks, cached per text."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            tokens = self.model.processor.tokenizer(missing, padding="max_length", max_length=32,
+                                                    truncation=True, return_tensors="pt")
+            ids = tokens["input_ids"].to(self.model.device)
+            mask = tokens["attention_mask"].to(self.model.device)
+            feats = self.model.detector.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+            for i, text in enumerate(missing):
+                self._text_cache[text] = (feats[i], mask[i])
+        return (torch.stack([self._text_cache[t][0] for t in texts]),
+                torch.stack([self._text_cache[t][1] for t in texts]))
+
+    def _normalised_boxes(self, boxes: Sequence[Sequence[float]]) -> torch.Tensor:
+        """Pixel ``x0, y0, x1, y1`` boxes -> normalised ``cx, cy, w, h`` (SAM3's exemplar format)."""
+        h, w = self.original_size
+        out = []
+        for box in boxes:
+            x0, y0, x1, y1 = self.check_box(box)
+            out.append([(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h])
+        return torch.tensor(out, dtype=torch.float32)
+
+    def check_box(self, box: Sequence[float]) -> tuple[float, float, float, float]:
+        """Validate a pixel box against the current image; returns it as floats."""
+        if len(box) != 4:
+            raise ArgumentError(f"a box needs 4 numbers X0 Y0 X1 Y1, got {list(box)}")
+        x0, y0, x1, y1 = (float(v) for v in box)
+        h, w = self.original_size
+        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+            raise ArgumentError(f"box {x0:g} {y0:g} {x1:g} {y1:g} is not inside the image "
+                                f"(width {w}, height {h}) with X0 < X1 and Y0 < Y1")
+        return x0, y0, x1, y1
+
+    def check_point(self, point: Sequence[float]) -> tuple[float, float]:
+        if len(point) != 2:
+            raise ArgumentError(f"a point needs 2 numbers X Y, got {list(point)}")
+        x, y = (float(v) for v in point)
+        h, w = self.original_size
+        if not (0 <= x < w and 0 <= y < h):
+            raise ArgumentError(f"point {x:g} {y:g} is outside the image (width {w}, height {h})")
+        return x, y
+
+    def _expanded_features(self, n: int) -> Sam3VisionEncoderOutput:
+        f = self._features
+        grow = lambda t: t.expand(n, *t.shape[1:])  # noqa: E731 - a view, no copy
+        return Sam3VisionEncoderOutput(
+            last_hidden_state=grow(f.last_hidden_state),
+            fpn_hidden_states=tuple(grow(t) for t in f.fpn_hidden_states),
+            fpn_position_encoding=tuple(grow(t) for t in f.fpn_position_encoding),
+        )
+
+    @torch.inference_mode()
+    def detect(self, prompts: Sequence[TextPrompt]):
+        """Raw detector outputs for prompts on the current image, batched; yields per-batch outputs."""
+        self._require_image()
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start:start + self.batch_size]
+            feats, mask = self.text_embeddings([p.text for p in batch])
+            kwargs = {}
+            n_boxes = max(len(p.exemplar_boxes) for p in batch)
+            if n_boxes:
+                boxes = torch.zeros(len(batch), n_boxes, 4)
+                labels = torch.full((len(batch), n_boxes), -10, dtype=torch.long)  # -10 = padding
+                for i, p in enumerate(batch):
+                    if p.exemplar_boxes:
+                        boxes[i, :len(p.exemplar_boxes)] = self._normalised_boxes(p.exemplar_boxes)
+                        given = p.exemplar_labels or [1] * len(p.exemplar_boxes)
+                        labels[i, :len(given)] = torch.tensor([int(v) for v in given])
+                kwargs = {"input_boxes": boxes.to(self.model.device, self.model.dtype),
+                          "input_boxes_labels": labels.to(self.model.device)}
+            out = self.model.detector(vision_embeds=self._expanded_features(len(batch)),
+                                      text_embeds=_TextEmbeds(feats), attention_mask=mask, **kwargs)
+            yield batch, out
+
+    def predict(self, prompts: Sequence[str | TextPrompt]) -> list[PromptResult]:
+        """Answer text prompts on the current image.
+
+        Returns one :class:`PromptResult` per prompt, in order: every instance above the
+        score threshold (masks, boxes, scores), their union as the semantic mask, and the
+        presence score; "absent" with empty masks when the presence is below threshold.
+        """
+        prompts = [_as_prompt(p) for p in prompts]
+        if not prompts:
+            raise ArgumentError("no prompts given")
+        results: list[PromptResult] = []
+        for batch, out in self.detect(prompts):
+            for i, prompt in enumerate(batch):
+                results.append(self._result_from_detector(prompt.text, out, i))
+        return results
+
+    def _result_from_detector(self, text: str, out, i: int) -> PromptResult:
+        presence = float(out.presence_logits[i].float().sigmoid().squeeze())
+        scores = out.pred_logits[i].float().sigmoid() * presence
+        keep = (scores > self.score_threshold).nonzero().squeeze(1)
+        if presence < self.presence_threshold or keep.numel() == 0:
+            return PromptResult.absent(text, presence, self.original_size)
+        probs = self._upsample(out.pred_masks[i, keep])
+        masks = probs > self.mask_threshold
+        h, w = self.original_size
+        boxes = out.pred_boxes[i, keep].float() * torch.tensor([w, h, w, h], device=scores.device)
+        semantic = masks.any(0)
+        if not semantic.any():
+            return PromptResult.absent(text, presence, self.original_size)
+        return PromptResult(
+            prompt=text, present=True, presence_score=presence,
+            scores=scores[keep].cpu().numpy(), boxes=boxes.cpu().numpy(),
+            masks=masks.cpu().numpy(), semantic=semantic.cpu().numpy(),
+            probability=(probs.max(0).values * semantic).cpu().numpy().astype(np.float32),
+        )
+
+    def _upsample(self, mask_logits: torch.Tensor) -> torch.Tensor:
+        """``(N, h, w)`` low-resolution logits -> ``(N, H, W)`` probabilities on the original grid."""
+        # sigmoid before resizing, as transformers' post-processing does
+        return F.interpolate(mask_logits[None].float().sigmoid(), size=self.original_size, mode="bilinear",
+                             align_corners=False)[0]
+
+    # ------------------------------------------------------------ interactive
+    @torch.inference_mode()
+    def _tracker_image_embeddings(self) -> list[torch.Tensor]:
+        """The tracker's image embeddings from the cached backbone output (no second ViT pass)."""
+        if self._tracker_embeddings is None:
+            tracker = self.model.tracker
+            hidden = self._features.last_hidden_state
+            grid = self._pixel_values.shape[-1] // tracker.config.vision_config.backbone_config.patch_size
+            spatial = hidden.view(1, grid, grid, -1).permute(0, 3, 1, 2)
+            fpn, _ = tracker.vision_encoder.neck(spatial)
+            fpn = list(fpn)[: len(tracker.backbone_feature_sizes)]
+            fpn[0] = tracker.mask_decoder.conv_s0(fpn[0])
+            fpn[1] = tracker.mask_decoder.conv_s1(fpn[1])
+            fpn[-1] = fpn[-1] + tracker.no_memory_embedding.view(1, -1, 1, 1)
+            self._tracker_embeddings = fpn
+        return self._tracker_embeddings
+
+    @torch.inference_mode()
+    def predict_interactive(self, box: Sequence[float] | None = None,
+                            points: Sequence[Sequence[float]] | None = None,
+                            point_labels: Sequence[int] | None = None, name: str | None = None) -> PromptResult:
+        """Segment one object from a box and/or clicks (1 = positive, 0 = negative).
+
+        A lone click is ambiguous: the tracker proposes three masks and the one with the
+        highest predicted IoU is kept (SAM's convention); otherwise one mask is predicted.
+        """
+        self._require_image()
+        if box is None and not points:
+            raise ArgumentError("an interactive prompt needs a box or at least one point")
+        tracker = self.model.tracker
+        size = self.model.image_size
+        h, w = self.original_size
+        scale = torch.tensor([size / w, size / h])
+        kwargs = {}
+        if points:
+            labels = list(point_labels) if point_labels is not None else [1] * len(points)
+            if len(labels) != len(points):
+                raise ArgumentError(f"{len(points)} points but {len(labels)} point labels")
+            pts = torch.tensor([self.check_point(p) for p in points], dtype=torch.float32) * scale
+            kwargs["input_points"] = pts[None, None].to(self.model.device, self.model.dtype)
+            kwargs["input_labels"] = torch.tensor(labels, dtype=torch.int32)[None, None].to(self.model.device)
+        if box is not None:
+            b = torch.tensor(self.check_box(box), dtype=torch.float32) * scale.repeat(2)
+            kwargs["input_boxes"] = b[None, None].to(self.model.device, self.model.dtype)
+        multimask = box is None and len(points) == 1
+        out = tracker(image_embeddings=self._tracker_image_embeddings(), multimask_output=multimask, **kwargs)
+        iou = out.iou_scores[0, 0].float()
+        best = int(iou.argmax()) if multimask else 0
+        presence = float(out.object_score_logits[0, 0].float().sigmoid().squeeze())
+        label = name or ("box" if box is not None else "points")
+        probs = self._upsample(out.pred_masks[0, 0, best:best + 1])[0]
+        semantic = probs > self.mask_threshold
+        if presence < self.presence_threshold or not semantic.any():
+            return PromptResult.absent(label, presence, self.original_size, kind="interactive")
+        ys, xs = torch.nonzero(semantic, as_tuple=True)
+        bbox = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
+        return PromptResult(prompt=label, present=True, presence_score=presence,
+                            scores=np.array([float(iou[best])], np.float32), boxes=bbox,
+                            masks=semantic[None].cpu().numpy(), semantic=semantic.cpu().numpy(),
+                            probability=(probs * semantic).cpu().numpy().astype(np.float32), kind="interactive")
+
+
+class _TextEmbeds:
+    """The minimal stand-in for ``get_text_features`` output that ``Sam3Model.forward`` reads."""
+
+    def __init__(self, pooler_output: torch.Tensor):
+        self.pooler_output = pooler_output

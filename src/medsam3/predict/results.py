@@ -1,0 +1,67 @@
+"""What a prediction returns, per prompt, and how prompts become one label map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class PromptResult:
+    """The answer to one prompt on one 2D image, in the original image's pixel grid.
+
+    Attributes:
+        prompt: the text (or ``"box"`` / ``"points"`` for interactive prompts).
+        present: False when the model answers "absent" (presence score below threshold or
+            no instance above the score threshold); then ``semantic`` is empty.
+        presence_score: sigmoid of the presence logit (detector) or object-score logit
+            (interactive tracker), in [0, 1].
+        scores: ``(N,)`` instance scores, sigmoid(class) x sigmoid(presence), above threshold.
+        boxes: ``(N, 4)`` instance boxes, ``x0, y0, x1, y1`` in pixels of the input image.
+        masks: ``(N, H, W)`` boolean instance masks.
+        semantic: ``(H, W)`` boolean union of the instance masks (never only the top-1).
+        probability: ``(H, W)`` float32, per pixel the highest mask probability among the
+            kept instances (0 where none): used to resolve overlapping prompts.
+    """
+
+    prompt: str
+    present: bool
+    presence_score: float
+    scores: np.ndarray
+    boxes: np.ndarray
+    masks: np.ndarray
+    semantic: np.ndarray
+    probability: np.ndarray
+    kind: str = "text"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_instances(self) -> int:
+        return int(len(self.scores))
+
+    @classmethod
+    def absent(cls, prompt: str, presence_score: float, shape: tuple[int, int], kind: str = "text") -> "PromptResult":
+        return cls(prompt, False, presence_score, np.zeros(0, np.float32), np.zeros((0, 4), np.float32),
+                   np.zeros((0, *shape), bool), np.zeros(shape, bool), np.zeros(shape, np.float32), kind)
+
+
+def combine_label_map(results: list[PromptResult], dtype=None) -> np.ndarray:
+    """One label map from several prompts: label ``k`` (1-based) for the k-th result.
+
+    Where prompts overlap, the pixel goes to the prompt with the highest mask probability
+    (ties to the earlier prompt). Works for 2D ``(H, W)`` and stacked 3D ``(Z, H, W)`` fields.
+    """
+    if not results:
+        raise ValueError("no prompt results to combine")
+    shape = results[0].semantic.shape
+    dtype = dtype or (np.uint8 if len(results) < 256 else np.uint16)
+    best = np.zeros(shape, np.float32)
+    labels = np.zeros(shape, dtype)
+    for k, result in enumerate(results, start=1):
+        if not result.present:
+            continue
+        take = result.semantic & ((result.probability > best) | (labels == 0))
+        labels[take] = k
+        best[take] = result.probability[take]
+    return labels

@@ -1,0 +1,195 @@
+"""``medsam3.segment``: the Python face of ``medsam3 segment``, with the same arguments.
+
+file on disk -> :class:`Image` -> intensity normalisation -> predictor -> label map in the
+input's geometry (+ JSON sidecar, + optional overlay PNG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medsam3 import __version__
+from medsam3.errors import ArgumentError
+from medsam3.image import Image
+from medsam3.model.loader import MedSAM3
+from medsam3.predict.image import ImagePredictor, TextPrompt
+from medsam3.predict.results import PromptResult, combine_label_map
+from medsam3.predict.volume import VolumePromptSummary, segment_slices
+
+#: The model used when none is given: the published SAM3 weights (needs the network once).
+DEFAULT_MODEL = "facebook/sam3"
+
+_MODEL_CACHE: dict[tuple[str, str, str], MedSAM3] = {}
+
+
+@dataclass
+class Segmentation:
+    """What :func:`segment` returns.
+
+    Attributes:
+        labels: the label map as an :class:`Image` on the input's grid (label k = k-th prompt).
+        prompts: the label names, in label order (text prompts, then ``box``/``points``).
+        results: per prompt, a :class:`PromptResult` (2D) or :class:`VolumePromptSummary` (3D).
+        absent: prompts answered "absent".
+        sidecar: the JSON sidecar content.
+        output: where the label map was written, if it was.
+    """
+
+    labels: Image
+    prompts: list[str]
+    results: list[PromptResult | VolumePromptSummary]
+    absent: list[str]
+    sidecar: dict
+    output: Path | None = None
+    overlay: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def load_model(model: str | MedSAM3 | None, device: str = "auto", dtype=None) -> MedSAM3:
+    """A :class:`MedSAM3`, loaded once per (source, device, dtype) in this process."""
+    if isinstance(model, MedSAM3):
+        return model
+    key = (str(model or DEFAULT_MODEL), str(device), str(dtype))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = MedSAM3.from_pretrained(key[0], device=device, dtype=dtype)
+    return _MODEL_CACHE[key]
+
+
+def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[float] | None = None,
+            points: Sequence[Sequence[float]] | None = None, point_labels: Sequence[int] | None = None,
+            exemplars: Sequence[Sequence[float]] | None = None, exemplar_labels: Sequence[int] | None = None,
+            slice_index: int | None = None, model: str | MedSAM3 | None = None, device: str = "auto",
+            dtype=None, modality: str | None = None, window=None, threshold: float = 0.5,
+            presence_threshold: float = 0.5, mask_threshold: float = 0.5, overlay=None,
+            batch_size: int = 8, progress: bool = True) -> Segmentation:
+    """Segment a 2D image or 3D volume from text, box and point prompts.
+
+    Args:
+        input: a file or DICOM series directory (any format of :func:`medsam3.io.read_image`),
+            or an :class:`Image`.
+        output: where to write the label map (format from the extension); ``None`` writes nothing.
+        prompts: text prompts; label k is the k-th prompt.
+        box: ``X0 Y0 X1 Y1`` pixel box of one object (interactive, through the tracker); it gets
+            the label after the text prompts.
+        points: ``[[X, Y], ...]`` clicks on that same object; ``point_labels`` 1 (positive,
+            default) or 0 (negative).
+        exemplars: ``X0 Y0 X1 Y1`` exemplar boxes given with every text prompt (concept
+            prompts); ``exemplar_labels`` 1 = example (default), 0 = counter-example.
+        slice_index: for volumes, the axial slice (array index z) that box/points refer to.
+        model: model directory, hub id, ``random:NAME`` or a loaded :class:`MedSAM3`.
+        device: ``auto``, ``cpu``, ``cuda``.
+        modality, window: intensity normalisation (see :func:`medsam3.preprocess.normalize_intensity`).
+        threshold: instance score threshold; presence_threshold: below it a prompt is "absent";
+        mask_threshold: pixel probability threshold.
+        overlay: optional PNG path for an overlay picture.
+
+    Returns:
+        a :class:`Segmentation`.
+    """
+    from medsam3.io import read_image, write_label_map
+    from medsam3.preprocess import normalize_intensity
+
+    prompts = [str(p) for p in (prompts or [])]
+    if any(not p.strip() for p in prompts):
+        raise ArgumentError("a text prompt is empty")
+    interactive = box is not None or bool(points)
+    if not prompts and not interactive:
+        raise ArgumentError("no prompt given: give at least one text prompt (-p), a --box or a --point")
+    if output is not None:
+        output = Path(output)
+    image = input if isinstance(input, Image) else read_image(input, modality=modality)
+    if output is not None and image.path and _same_file(output, image.path):
+        raise ArgumentError(f"output {output} would overwrite the input {image.path}")
+    normalized = normalize_intensity(image, modality=modality, window=window)
+    loaded = load_model(model, device=device, dtype=dtype)
+    predictor = ImagePredictor(loaded, score_threshold=threshold, presence_threshold=presence_threshold,
+                               mask_threshold=mask_threshold, batch_size=batch_size)
+    text_prompts = [TextPrompt(p, [list(b) for b in exemplars or []], list(exemplar_labels or []))
+                    for p in prompts]
+    names = prompts + ([("box" if box is not None else "points")] if interactive else [])
+
+    if image.ndim == 2:
+        if slice_index is not None:
+            raise ArgumentError(f"--slice {slice_index} given, but {image.path or 'the input'} is a 2D image")
+        predictor.set_image(normalized)
+        results: list = predictor.predict(text_prompts) if text_prompts else []
+        if interactive:
+            results.append(predictor.predict_interactive(box=box, points=points, point_labels=point_labels))
+        label_array = combine_label_map(results)
+    else:
+        label_array, results = _segment_volume(predictor, normalized, text_prompts, box, points, point_labels,
+                                               slice_index, image, progress)
+    labels = image.with_array(label_array, modality=None)
+    labels.meta.pop("rgb", None)
+    absent = [r.prompt for r in results if not r.present]
+    sidecar = {
+        "labels": {str(k): name for k, name in enumerate(names, start=1)},
+        "absent": absent,
+        "scores": {r.prompt: round(float(r.presence_score), 6) for r in results},
+        "model": loaded.source,
+        "input": str(image.path) if image.path else None,
+        "modality": modality or image.modality,
+        "window": window if window is None or isinstance(window, str) else list(window),
+        "thresholds": {"score": threshold, "presence": presence_threshold, "mask": mask_threshold},
+        "instances": {r.prompt: _instance_count(r) for r in results},
+        "medsam3_version": __version__,
+    }
+    seg = Segmentation(labels=labels, prompts=names, results=results, absent=absent, sidecar=sidecar)
+    if output is not None:
+        seg.output = write_label_map(label_array, image, output, sidecar=sidecar)
+    if overlay is not None:
+        from medsam3.overlay import render_overlay
+
+        seg.overlay = render_overlay(image, label_array, {k: n for k, n in enumerate(names, start=1)}, overlay,
+                                     normalized=normalized, absent=absent)
+    return seg
+
+
+def _segment_volume(predictor, normalized, text_prompts, box, points, point_labels, slice_index, image, progress):
+    interactive = box is not None or bool(points)
+    if interactive and slice_index is None:
+        raise ArgumentError(f"{image.path or 'the input'} is a volume: box/point prompts need --slice Z "
+                            f"(the axial slice index, 0..{image.shape[0] - 1}) they were drawn on")
+    if slice_index is not None and not 0 <= slice_index < image.shape[0]:
+        raise ArgumentError(f"--slice {slice_index} is out of range: {image.path or 'the input'} has "
+                            f"{image.shape[0]} slices (0..{image.shape[0] - 1})")
+    if text_prompts:
+        label_array, results = segment_slices(predictor, normalized, text_prompts, progress=progress,
+                                              description=Path(str(image.path or "volume")).name)
+    else:
+        label_array, results = np.zeros(image.shape, np.uint8), []
+    if interactive:
+        predictor.set_image(normalized[slice_index])
+        r = predictor.predict_interactive(box=box, points=points, point_labels=point_labels)
+        k = len(text_prompts) + 1
+        summary = VolumePromptSummary(r.prompt, r.present, r.presence_score, kind="interactive")
+        if r.present:
+            label_array[slice_index][r.semantic] = k
+            summary.slices_present = [slice_index]
+            summary.voxels = int(r.semantic.sum())
+        results.append(summary)
+    return label_array, results
+
+
+def _instance_count(result) -> int:
+    if isinstance(result, PromptResult):
+        return result.num_instances
+    return len(result.slices_present)
+
+
+def _same_file(a, b) -> bool:
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or (b.is_dir() and b in a.parents)
+
+
+def summary_dict(result) -> dict:
+    """A JSON-ready view of a per-prompt result (without the arrays)."""
+    if isinstance(result, PromptResult):
+        return {"prompt": result.prompt, "present": result.present, "presence_score": result.presence_score,
+                "instances": result.num_instances, "scores": result.scores.tolist(),
+                "boxes": result.boxes.tolist(), "pixels": int(result.semantic.sum())}
+    return asdict(result)

@@ -1,0 +1,118 @@
+"""The model layer: named configs, the offline tokenizer, model directories, loading."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3VideoModel
+
+from medsam3.errors import ArgumentError, InputError
+from medsam3.model import MedSAM3, build_config, config_names, create_random_model
+from medsam3.model.loader import resolve_device, resolve_dtype
+from medsam3.model.tokenizer import build_tokenizer
+
+MEDICAL_PROMPTS = ["liver", "left kidney", "fetal head", "cell nucleus", "Retinal Blood Vessel",
+                   "kidney, left", "polyp", "thyroid nodule", "Liver tumors"]
+
+
+def test_tokenizer_matches_openai_clip_ids():
+    tok = build_tokenizer()
+    ours = tok(MEDICAL_PROMPTS, padding="max_length", max_length=32)["input_ids"]
+    ref = open_clip.tokenize(MEDICAL_PROMPTS, context_length=32).tolist()
+    for a, b, text in zip(ours, ref, MEDICAL_PROMPTS):
+        n = b.index(49407) + 1  # open_clip pads with 0 after <|endoftext|>; transformers with <|endoftext|>
+        assert a[:n] == b[:n], text
+    assert len(tok) == 49408
+
+
+def test_named_configs_build_models_of_the_documented_sizes():
+    assert {"default", "tiny", "small"} <= set(config_names())
+    with torch.device("meta"):
+        full = Sam3Model(build_config("default").detector_config)
+    # the published detector: 840,376,374 parameters (transformers' Sam3Model manifest)
+    assert sum(p.numel() for p in full.parameters()) == 840_376_374
+    tiny = build_config("tiny")
+    assert tiny.image_size == 224 and tiny.tracker_config.image_size == 224
+    assert tiny.detector_config.vision_config.backbone_feature_sizes == [[64, 64], [32, 32], [16, 16]]
+    with pytest.raises(ArgumentError, match="unknown model configuration 'huge'"):
+        build_config("huge")
+    with pytest.raises(ArgumentError, match="multiple of the patch size"):
+        build_config("tiny", image_size=225)
+
+
+def test_model_directory_round_trip_is_exact_and_offline(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    files = {p.name for p in tiny_model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]  # no pickle anywhere
+    assert json.loads((tiny_model_dir / "config.json").read_text())["model_type"] == "sam3_video"
+    with safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys()}
+    torch.manual_seed(0)
+    reference = Sam3VideoModel(build_config("tiny")).state_dict()
+    assert saved.keys() == reference.keys()
+    assert all(torch.equal(saved[k], reference[k]) for k in saved)
+    detector = Sam3Model.from_pretrained(tiny_model_dir)
+    for k, v in detector.state_dict().items():
+        assert torch.equal(v, saved["detector_model." + k]), k
+    tracker = Sam3TrackerModel.from_pretrained(tiny_model_dir)
+    for k, v in tracker.state_dict().items():
+        if k.startswith("vision_encoder.backbone."):
+            src = "detector_model." + k
+        elif k.startswith("vision_encoder.neck."):
+            src = "tracker_neck." + k[len("vision_encoder.neck."):]
+        else:
+            src = "tracker_model." + k
+        assert torch.equal(v, saved[src]), k
+    processor = Sam3Processor.from_pretrained(tiny_model_dir)
+    assert processor.image_processor.size["height"] == 224
+    assert processor.tokenizer("liver")["input_ids"] == build_tokenizer()("liver")["input_ids"]
+
+
+def test_medsam3_loads_detector_and_shares_the_backbone_with_the_tracker(tiny_model):
+    assert tiny_model.image_size == 224 and tiny_model.device.type == "cpu"
+    assert not tiny_model.detector.training
+    tracker = tiny_model.tracker
+    assert tracker.vision_encoder.backbone is tiny_model.detector.vision_encoder.backbone
+
+
+def test_random_models_are_named_and_loud(caplog):
+    with caplog.at_level("WARNING"):
+        m = MedSAM3.from_pretrained("random:tiny", device="cpu")
+    assert m.source == "random:tiny" and "RANDOM weights" in caplog.text
+    with pytest.raises(ArgumentError, match="unknown configuration"):
+        MedSAM3.from_pretrained("random:nope")
+
+
+def test_loading_errors_name_the_model(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        MedSAM3.from_pretrained(str(tmp_path / "missing-dir"))
+    (tmp_path / "notamodel").mkdir()
+    with pytest.raises(InputError, match="is not a model directory"):
+        MedSAM3.from_pretrained(tmp_path / "notamodel")
+
+
+def test_create_random_model_replaces_atomically(tmp_path):
+    target = tmp_path / "m"
+    create_random_model("tiny", target, seed=1)
+    first = (target / "model.safetensors").read_bytes()
+    create_random_model("tiny", target, seed=2)
+    assert (target / "model.safetensors").read_bytes() != first
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary leftovers
+
+
+def test_device_and_dtype_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ArgumentError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ArgumentError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    assert resolve_dtype("bf16") is torch.bfloat16
+    with pytest.raises(ArgumentError, match="unknown dtype"):
+        resolve_dtype("int3")

@@ -1,0 +1,114 @@
+"""Moving images between SimpleITK and :class:`medsam3.Image`, geometry included.
+
+SimpleITK already speaks the geometry convention :class:`~medsam3.Image` uses (index order
+``x, y, z``; LPS millimetres; direction columns per index axis), so only the array axis
+order flips: ``sitk.GetArrayFromImage`` gives ``[z, y, x]``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from medsam3.errors import InputError
+from medsam3.image import Image
+from medsam3.io.formats import JPEG, PNG, SUPPORTED_INPUT_FORMATS, TIFF, ImageFormat
+from medsam3.io.geometry import Grid, squeeze_singleton_axes
+
+# Formats whose 2- and 4-component pixels are grey+alpha and RGBA (alpha is dropped).
+_PICTURE_FORMATS = (PNG, JPEG, TIFF)
+
+
+def itk_error_text(exc: BaseException) -> str:
+    """The informative line of a SimpleITK exception, without source paths and addresses."""
+    text = str(exc)
+    match = re.search(r"ITK ERROR:\s*(.*)", text, flags=re.S)
+    if match:
+        text = match.group(1)
+    text = re.sub(r"\w+\s*\(0x[0-9a-fA-F]+\):\s*", "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def to_simpleitk(array: np.ndarray, spacing, origin, direction, is_vector: bool = False) -> sitk.Image:
+    """A SimpleITK image holding ``array`` (numpy order) on the given grid."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=is_vector)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetOrigin(tuple(float(o) for o in origin))
+    image.SetDirection(tuple(float(d) for d in direction))
+    return image
+
+
+def image_to_simpleitk(image: Image, array: np.ndarray | None = None) -> sitk.Image:
+    """``image`` (or ``array`` on its grid) as a SimpleITK image, RGB as a 3-vector pixel."""
+    data = image.array if array is None else array
+    is_vector = array is None and image.is_rgb
+    return to_simpleitk(data, image.spacing, image.origin, image.direction, is_vector=is_vector)
+
+
+def _fail(path: Path, reason: str) -> InputError:
+    return InputError(f"cannot read {path}: {reason}. Supported inputs: {SUPPORTED_INPUT_FORMATS}")
+
+
+def read_with_simpleitk(path: Path, fmt: ImageFormat) -> Image:
+    """Read a NIfTI / NRRD / MetaImage / PNG / JPEG file into a 2D, 3D or RGB :class:`Image`.
+
+    Singleton axes are squeezed (a one-slice volume becomes 2D, a one-frame 4D file 3D);
+    true 4D/5D data, colour volumes and other multi-component pixels are refused.
+
+    Raises:
+        InputError: unreadable or corrupt file, or data that is not a 2D/3D/RGB image.
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _fail(path, f"not a readable {fmt.name} file ({itk_error_text(exc)})") from None
+    size = reader.GetSize()
+    components = reader.GetNumberOfComponents()
+    if any(s > 1 for s in size[3:]):
+        raise _fail(path, f"it holds {len(size)}D data of size {tuple(size)} (x, y, z, t, ...); "
+                          "only 2D images and 3D volumes are supported - extract one volume first")
+    try:
+        itk_image = reader.Execute()
+    except RuntimeError as exc:
+        raise _fail(path, f"the {fmt.name} file is corrupt or truncated ({itk_error_text(exc)})") from None
+
+    array = sitk.GetArrayFromImage(itk_image)
+    ndim = itk_image.GetDimension()
+    grid = Grid(
+        spacing=np.array(itk_image.GetSpacing(), dtype=float),
+        origin=np.array(itk_image.GetOrigin(), dtype=float),
+        direction=np.array(itk_image.GetDirection(), dtype=float).reshape(ndim, ndim),
+    )
+    has_channels = components > 1
+    array, grid = squeeze_singleton_axes(array, grid, has_channels=has_channels)
+    spatial_ndim = len(grid.spacing)
+
+    rgb = False
+    if has_channels:
+        if fmt in _PICTURE_FORMATS and components in (2, 4):
+            # grey+alpha or RGBA: keep what is displayed, drop transparency
+            array = array[..., 0] if components == 2 else array[..., :3]
+            components = 1 if components == 2 else 3
+        if components == 3 and spatial_ndim == 2:
+            rgb = True
+        elif components > 1:
+            kind = "a colour volume" if components == 3 else f"{components}-component pixels"
+            raise _fail(path, f"it holds {kind} ({itk_image.GetPixelIDTypeAsString()}); "
+                              "only grey 2D/3D images and 2D RGB images are supported")
+
+    spacing, origin, direction = grid.as_tuples()
+    return Image(
+        array=array,
+        spacing=spacing,
+        origin=origin,
+        direction=direction,
+        modality="RGB" if rgb else None,
+        path=str(path),
+        meta={"format": fmt.name, "rgb": rgb},
+    )

@@ -1,0 +1,204 @@
+"""Writing label maps and images on the reference grid, atomically, never over the input.
+
+The format comes from the output file name (see :data:`SUPPORTED_OUTPUT_FORMATS`). PNG
+and TIFF keep pixels and spacing only; NIfTI, NRRD and MetaImage also keep origin and
+direction, so a label map lands exactly on the scan it was made from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from medsam3.errors import ArgumentError, MedSAM3Error
+from medsam3.image import Image
+from medsam3.io.atomic import atomic_file_set, atomic_output
+from medsam3.io.formats import (
+    PNG,
+    SUPPORTED_OUTPUT_FORMATS,
+    ImageFormat,
+    output_format,
+    strip_image_extension,
+)
+from medsam3.io.itk_bridge import image_to_simpleitk, itk_error_text
+
+# The pixel types a PNG file can hold; the other output formats take any integer or float type.
+_PNG_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON file that goes with an output image: its image extension replaced by ``.json``.
+
+    ``seg.nii.gz`` -> ``seg.json``, ``x.png`` -> ``x.json``, ``labels`` -> ``labels.json``.
+    """
+    stem = strip_image_extension(path)
+    return stem.with_name(stem.name + ".json")
+
+
+def _output_path(path: str | os.PathLike) -> tuple[Path, ImageFormat]:
+    path = Path(os.path.expanduser(os.fspath(path)))
+    fmt = output_format(path)
+    if fmt is None:
+        raise ArgumentError(f"cannot write {path}: unsupported output file type; "
+                            f"use one of {SUPPORTED_OUTPUT_FORMATS}")
+    if path.is_dir():
+        raise ArgumentError(f"cannot write {path}: it is a directory; give a file name ending in "
+                            f"one of {SUPPORTED_OUTPUT_FORMATS}")
+    return path, fmt
+
+
+def _refuse_input_overwrite(path: Path, reference: Image) -> None:
+    """Stop a write that would replace or land inside the image it was made from."""
+    if not reference.path:
+        return
+    source = Path(reference.path).expanduser().resolve()
+    target = path.resolve()
+    if target == source:
+        raise ArgumentError(f"refusing to write {path}: it is the input image {reference.path}; "
+                            "choose another output file")
+    if source.is_dir() and source in target.parents:
+        raise ArgumentError(f"refusing to write {path}: it is inside the input DICOM directory "
+                            f"{reference.path}; write outside it so the series stays unchanged")
+
+
+def _label_array(labels: np.ndarray, reference: Image, path: Path) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != reference.shape:
+        raise ArgumentError(f"cannot write {path}: label map shape {labels.shape} does not match "
+                            f"the reference image shape {reference.shape} ([z,] y, x)")
+    if labels.dtype.kind not in "biu":
+        raise ArgumentError(f"cannot write {path}: labels must be an integer or boolean array, "
+                            f"got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ArgumentError(f"cannot write {path}: labels must be >= 0, got minimum {labels.min()}")
+    max_label = int(labels.max()) if labels.size else 0
+    if max_label > np.iinfo(np.uint16).max:
+        raise ArgumentError(f"cannot write {path}: label {max_label} is larger than 65535, "
+                            "the most a uint16 label map holds")
+    return labels.astype(np.uint8 if max_label < 256 else np.uint16)
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArgumentError(f"could not write {path}: cannot create its directory "
+                            f"({exc.strerror or exc})") from None
+
+
+def _check_dims(path: Path, fmt: ImageFormat, ndim: int) -> None:
+    if ndim > fmt.max_ndim:
+        raise ArgumentError(f"cannot write {path}: {fmt.name} holds 2D images only, this is "
+                            f"{ndim}D; use .nii.gz, .nrrd or .mha for volumes")
+
+
+def _sidecar_text(sidecar: dict[str, Any], path: Path) -> str:
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+    try:
+        return json.dumps(sidecar, indent=2, default=plain, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ArgumentError(f"cannot write sidecar {sidecar_path(path)}: {exc}") from None
+
+
+def _as_simpleitk(image: Image, path: Path, array: np.ndarray | None = None) -> sitk.Image:
+    """``image`` (or ``array`` on its grid) for SimpleITK; refusals become ArgumentError."""
+    try:
+        return image_to_simpleitk(image, array)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        pixels = image.array if array is None else array
+        raise ArgumentError(f"cannot write {path}: SimpleITK cannot hold this image ({pixels.dtype}, "
+                            f"shape {pixels.shape}): {itk_error_text(exc)}") from None
+
+
+def _write_sitk(itk_image: sitk.Image, path: Path, fmt: ImageFormat,
+                sidecar_text: str | None = None) -> None:
+    """Write one SimpleITK image (and the sidecar JSON, if any) atomically."""
+    try:
+        with ExitStack() as stack:
+            writing = atomic_file_set(path) if fmt.several_files else atomic_output(path)
+            tmp_image = stack.enter_context(writing)
+            tmp_sidecar = stack.enter_context(atomic_output(sidecar_path(path))) if sidecar_text else None
+            sitk.WriteImage(itk_image, str(tmp_image), True)
+            if tmp_sidecar is not None:
+                tmp_sidecar.write_text(sidecar_text, encoding="utf-8")
+    except MedSAM3Error:
+        raise
+    except RuntimeError as exc:
+        raise ArgumentError(f"could not write {path}: {itk_error_text(exc)}") from None
+    except OSError as exc:
+        raise ArgumentError(f"could not write {path}: {exc.strerror or exc}") from None
+
+
+def write_label_map(labels: np.ndarray, reference: Image, path: str | os.PathLike,
+                    sidecar: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
+    """Write an integer label map on exactly the reference image's grid.
+
+    Args:
+        labels: ``reference.shape`` integer or boolean array, 0 = background.
+        reference: the image the labels belong to; its spacing, origin and direction are
+            written (PNG/TIFF keep spacing only). 2D references give 2D files.
+        path: output file; the format comes from its ending
+            (see :data:`SUPPORTED_OUTPUT_FORMATS`). Missing parent directories are created.
+        sidecar: facts to store as JSON beside it (``seg.nii.gz`` -> ``seg.json``).
+        overwrite: replace an existing output file.
+
+    Returns:
+        The path written. The file is ``uint8`` when the largest label is < 256, else
+        ``uint16``. Image and sidecar appear atomically; after a failure neither is left.
+
+    Raises:
+        ArgumentError: wrong shape or type of ``labels``, unsupported extension, a 3D map
+            to PNG, ``path`` is (or is inside) the reference input, the file exists and
+            ``overwrite`` is False, or the file system refused the write.
+    """
+    path, fmt = _output_path(path)
+    array = _label_array(labels, reference, path)
+    _check_dims(path, fmt, reference.ndim)
+    _refuse_input_overwrite(path, reference)
+    if sidecar is not None:
+        _refuse_input_overwrite(sidecar_path(path), reference)
+    if not overwrite:
+        for existing in (path, sidecar_path(path) if sidecar is not None else None):
+            if existing is not None and existing.exists():
+                raise ArgumentError(f"refusing to write {existing}: it exists (allow overwriting "
+                                    "to replace it)")
+    text = _sidecar_text(sidecar, path) if sidecar is not None else None
+    _make_parent(path)
+    _write_sitk(_as_simpleitk(reference, path, array), path, fmt, text)
+    return path
+
+
+def write_image(image: Image, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``image`` (grey 2D/3D or RGB 2D) with its geometry, atomically.
+
+    The format comes from the ending of ``path`` (see :data:`SUPPORTED_OUTPUT_FORMATS`);
+    PNG takes 2D ``uint8`` / ``uint16`` images only.
+
+    Raises:
+        ArgumentError: unsupported extension, a volume or other pixel type to PNG, the
+            file exists and ``overwrite`` is False, or the file system refused the write.
+    """
+    path, fmt = _output_path(path)
+    _check_dims(path, fmt, image.ndim)
+    if fmt is PNG and image.array.dtype not in _PNG_DTYPES:
+        raise ArgumentError(f"cannot write {path}: PNG holds uint8 or uint16 pixels, this image is "
+                            f"{image.array.dtype}; use .nii.gz, .nrrd, .mha or .tif")
+    if not overwrite and path.exists():
+        raise ArgumentError(f"refusing to write {path}: it exists (allow overwriting to replace it)")
+    _make_parent(path)
+    _write_sitk(_as_simpleitk(image, path), path, fmt)
+    return path

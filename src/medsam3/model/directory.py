@@ -77,3 +77,14 @@ def create_random_model(name: str, directory, seed: int = 0, image_size: int | N
 def is_model_directory(path) -> bool:
     path = Path(path)
     return path.is_dir() and (path / "config.json").is_file() and (path / WEIGHTS_NAME).is_file()
+
+
+def directory_has_tracker(directory) -> bool:
+    """Whether a model directory holds tracker weights (``tracker_model.*``), read from the
+    safetensors header only. A directory converted from a detector-only checkpoint (e.g. an
+    image-model checkpoint saved without ``inst_interactive_predictor``) does not, and loading
+    ``Sam3TrackerModel`` from it would leave the tracker randomly initialised."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(directory) / WEIGHTS_NAME), framework="pt") as f:
+        return any(k.startswith("tracker_model.") for k in f.keys())

@@ -21,7 +21,7 @@ from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3VideoCo
 
 from medsam3.errors import ArgumentError, InputError
 from medsam3.model.configs import build_config, config_names
-from medsam3.model.directory import build_processor, is_model_directory
+from medsam3.model.directory import build_processor, directory_has_tracker, is_model_directory
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,32 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 
 def _download(repo_id: str) -> Path:
-    """Fetch a hub repository holding a transformers-format SAM3 model (cached after the first time)."""
-    from huggingface_hub import snapshot_download
+    """Fetch a hub model (cached after the first time).
 
+    A repository in transformers' format (``facebook/sam3``: config.json + safetensors) is
+    downloaded as it is. A repository holding only original-format checkpoints
+    (``ChongCong/Medical-SAM3``) is converted once by :func:`medsam3.model.convert.convert_hub_repo`
+    and the converted directory is cached; ``OWNER/NAME:FILE`` picks one of several checkpoints.
+    """
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    from medsam3.model.convert import cached_conversion, convert_hub_repo, hub_checkpoint_files, parse_hub_spec
+
+    repo, filename = parse_hub_spec(repo_id)
+    if filename is not None:
+        return convert_hub_repo(repo_id)
+    try:
+        files = list_repo_files(repo)
+    except Exception:  # noqa: BLE001 - offline or gated: fall through to the caches below
+        files = None
+    if files is None:
+        cached = cached_conversion(repo)  # a conversion made earlier; else the transformers-format path below
+        if cached is not None:
+            return cached
+    elif not ("config.json" in files and any(f.endswith(".safetensors") for f in files)) \
+            and hub_checkpoint_files(files):
+        return convert_hub_repo(repo)
+    repo_id = repo
     try:
         path = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
     except Exception as exc:  # network, authentication (facebook/sam3 is gated), unknown repo
@@ -139,6 +162,9 @@ class MedSAM3:
     def tracker(self) -> Sam3TrackerModel:
         """The interactive (box / point) model; its ViT backbone is the detector's (shared weights)."""
         if self._tracker is None:
+            if not directory_has_tracker(self.directory):
+                raise InputError(f"model {self.source} has no tracker weights (a detector-only checkpoint): "
+                                 "box and point prompts need a model with the SAM3 tracker")
             self._tracker = Sam3TrackerModel.from_pretrained(self.directory, dtype=self.dtype).to(self.device)
         tracker = self._tracker.eval()
         # Both load the same detector_model.vision_encoder.backbone tensors: keep one copy.

@@ -1,0 +1,118 @@
+"""``medsam3 evaluate``: score existing label-map folders, or compare two evaluation reports.
+
+The lead's ``medsam3/cli.py`` calls :func:`register`; arguments mirror
+:func:`medsam3.evaluate.evaluate_folder` and :func:`medsam3.evaluate.compare_reports`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from medsam3.errors import ArgumentError
+from medsam3.evaluate.metrics import BOTH_EMPTY_CHOICES, ONE_EMPTY_DISTANCE_CHOICES
+
+_DESCRIPTION = """\
+Score label maps that already exist (from medsam3, nnU-Net, TotalSegmentator, ...) against
+ground truth, matched by file name: Dice, IoU, NSD at --nsd-tolerance mm, HD95 and ASSD in mm
+with each ground-truth file's real spacing (MONAI 1.6 metrics), and instance F1. Writes
+OUT/cases.csv (one row per case and class), OUT/report.md, OUT/report.json and box plots.
+A run resumes: cases already in OUT/cases.csv are not scored again. Failures are rows, not
+gaps: a missing prediction or an "absent" answer on a positive case scores Dice 0 and is listed.
+
+With --compare A.json B.json, compare two such reports instead: paired differences (B - A)
+with bootstrap CIs and Wilcoxon p-values, bar charts and box plots, in OUT/compare.*.
+"""
+
+_EXAMPLES = """\
+examples:
+  medsam3 evaluate -p preds/ -g labelsTs/ --labels 1=liver,2=spleen -o eval/
+  medsam3 evaluate -p finetuned/ -g labelsTs/ -o eval_ft/ --name finetuned --nsd-tolerance 1
+  medsam3 evaluate --compare eval/report.json eval_ft/report.json -o eval_cmp/ --names vanilla,finetuned
+"""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` subcommand to an argparse ``subparsers`` object."""
+    p = subparsers.add_parser(
+        "evaluate", help="score label-map folders against ground truth, or compare two evaluations",
+        description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-p", "--predictions", metavar="PRED_DIR", help="folder of predicted label maps")
+    p.add_argument("-g", "--ground-truth", metavar="GT_DIR",
+                   help="folder of ground-truth label maps; its file names define the cases")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                   help="compare two report.json files (or their folders) instead of scoring")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
+    g = p.add_argument_group("scoring")
+    g.add_argument("--labels", metavar="1=liver,2=spleen",
+                   help="score exactly these label values (default: names from the ground truth's JSON sidecars "
+                        "or nnU-Net dataset.json, plus every other non-zero value present)")
+    g.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="MM", help="NSD tolerance in mm (default 2)")
+    g.add_argument("--both-empty", choices=BOTH_EMPTY_CHOICES, default="nan",
+                   help="scores when prediction and ground truth are both empty: nan = undefined, left out of "
+                        "means (nnU-Net); perfect = 1 and distance 0 (default nan)")
+    g.add_argument("--one-empty-distance", choices=ONE_EMPTY_DISTANCE_CHOICES, default="diagonal",
+                   help="HD95/ASSD when exactly one mask is empty: the image's physical diagonal in mm, inf or "
+                        "nan (default diagonal); Dice/NSD are 0 there anyway")
+    g.add_argument("--no-instances", dest="instances", action="store_false",
+                   help="skip instance F1 (connected components), which is slow for many small objects")
+    g.add_argument("--dataset", help="dataset name for the summary (default: from sidecars or dataset.json)")
+    g.add_argument("--name", help="name of this run in reports and comparisons (default: OUT's folder name)")
+    g.add_argument("--overwrite", action="store_true", help="score every case again instead of resuming")
+    c = p.add_argument_group("comparison")
+    c.add_argument("--names", metavar="A,B", help="display names of the two compared runs")
+    c.add_argument("--group-by", choices=("class", "dataset", "modality", "dimension"),
+                   help="group comparisons by this column (default: dataset if several, else class)")
+    s = p.add_argument_group("statistics and output")
+    s.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
+    s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    s.add_argument("--no-plots", dest="plots", action="store_false", help="write no PNG figures")
+    s.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``medsam3 evaluate`` from parsed arguments; 0 on success."""
+    if args.bootstrap < 0:
+        raise ArgumentError(f"--bootstrap {args.bootstrap} must be >= 0")
+    if args.compare:
+        if args.predictions or args.ground_truth:
+            raise ArgumentError("--compare takes two report.json files; do not also give --predictions/--ground-truth")
+        from medsam3.evaluate.compare import compare_reports
+
+        result = compare_reports(args.compare[0], args.compare[1], args.out, names=args.names,
+                                 group_by=args.group_by, n_bootstrap=args.bootstrap, seed=args.seed,
+                                 plots=args.plots)
+        overall = result.result["overall"]
+        for metric in ("dice", "nsd"):
+            if metric in overall and overall[metric]["n"]:
+                st = overall[metric]
+                print(f"{metric}: {result.names[0]} {st['mean_a']:.4f} -> {result.names[1]} {st['mean_b']:.4f}, "
+                      f"diff {st['mean_diff']:+.4f} [{st['ci_low']:+.4f}, {st['ci_high']:+.4f}] "
+                      f"({st['n']} pairs)")
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+        print(f"report: {result.compare_md}")
+        return 0
+    if not args.predictions or not args.ground_truth:
+        raise ArgumentError("give --predictions PRED_DIR and --ground-truth GT_DIR (or --compare A.json B.json)")
+    from medsam3.evaluate.folder import evaluate_folder
+
+    result = evaluate_folder(args.predictions, args.ground_truth, args.out, labels=args.labels,
+                             nsd_tolerance=args.nsd_tolerance, both_empty=args.both_empty,
+                             one_empty_distance=args.one_empty_distance, instances=args.instances,
+                             dataset=args.dataset, name=args.name, n_bootstrap=args.bootstrap, seed=args.seed,
+                             overwrite=args.overwrite, progress=args.progress, plots=args.plots)
+    overall = result.summary["overall"]
+    print(f"{overall['n_cases']} cases, {overall['n_rows']} rows; scored now: {len(result.scored_now)}")
+    for metric in ("dice", "nsd", "hd95"):
+        st = overall[metric]
+        if st["n"]:
+            print(f"  {metric}: mean {st['mean']:.4f} [{st['ci_low']:.4f}, {st['ci_high']:.4f}], "
+                  f"median {st['median']:.4f} (n={st['n']})")
+    failures = sum(overall["status"].get(s, 0) for s in ("false_negative", "absent_answer", "missing_prediction",
+                                                          "false_positive"))
+    if failures:
+        print(f"  failures: {failures} (listed in {result.report_md})")
+    print(f"report: {result.report_md}")
+    return 0

@@ -1,0 +1,424 @@
+"""Training samples for SAM3: one (image, text prompt, masks, boxes) per index.
+
+:class:`PromptSegmentationDataset` turns a manifest into what a SAM3 trainer consumes,
+independent of any model object except the input size. See its docstring for the sample
+dict; :func:`collate_samples` batches samples; :class:`BalancedSampler` draws indices so
+that modalities, then datasets, get equal shares.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from medsam3.data.augment import (
+    BOX_NOISE,
+    BOX_NOISE_MAX_PX,
+    MIN_SCALE,
+    allowed_flips,
+    flip_arrays,
+    jitter_intensity,
+    noisy_box,
+    random_side,
+    resize_to_canvas,
+)
+from medsam3.data.cache import SampleCache, to_unit_float
+from medsam3.data.instances import (
+    boxes_xyxy,
+    connected_instances,
+    kept_instance_ids,
+    relabel,
+    xyxy_to_cxcywh,
+)
+from medsam3.data.loading import LoadedItem, load_item, target_mask
+from medsam3.data.manifest import Manifest, read_manifest
+from medsam3.errors import ArgumentError
+from medsam3.prompts import UnknownConceptWarning, prompt_variants, resolve_prompt
+
+#: SAM3's processor normalisation: ``(x - mean) / std`` with mean = std = 0.5 per channel.
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.5
+
+
+class PromptSegmentationDataset(Dataset):
+    """Text-prompted segmentation samples from a manifest, 2D images and slices of volumes.
+
+    The index runs over (item, class) pairs of the labelled items of ``split``: each index
+    asks for one class of one image. For a volume, a slice is drawn that holds the class
+    (foreground bias); with probability ``absent_probability`` a slice without it is drawn
+    instead (in the image content, not padding) so that the presence head learns "absent".
+    For a 2D image the absent case swaps the prompt for another class the item labels
+    that is not in the image (BUSI "normal" images and empty masks are absent by themselves).
+    Randomness comes from ``numpy.random.default_rng([seed, epoch, index])``: a sample is
+    reproducible, and :meth:`set_epoch` varies it between epochs.
+
+    Args:
+        manifest: a :class:`Manifest` or the path of one.
+        image_size: the model's input size ``S`` (1008 for SAM3; a small config's size).
+        split: which split(s) to use; ``datasets`` restricts to some datasets.
+        augment: random scale/pad, flips where labels allow, intensity jitter and prompt
+            synonyms (default: on for ``split="train"``).
+        cache: a :class:`SampleCache` or its directory (default: read the files).
+        window: CT window for CT items when reading without a cache (the cache's own
+            window is used with a cache).
+        absent_probability: share of samples whose class is absent.
+        box_prompt_probability: share of present samples that carry a noisy ground-truth
+            box prompt (paper: 0.5); ``box_noise`` / ``box_noise_max_px`` as in the paper.
+        max_negative_prompts: up to this many classes that the item labels and that are
+            absent from the sample's image (classes of other items or datasets are never
+            used: nobody checked that they are absent).
+        prompt_variation: with augmentation, share of samples that use a synonym or
+            template ("kidney, left") instead of the canonical prompt.
+        min_scale: smallest random square side as a fraction of ``image_size``
+            (paper: 480/1008).
+        intensity_jitter: probability of each intensity jitter (0 turns it off).
+        max_instances: keep at most this many instances, the largest (SAM3: 200 queries).
+        instance_masks: return ``instance_masks``; ``False`` leaves it ``None`` and only the
+            compact ``instance_map`` is returned (200 masks at 1008 px take 200 MB).
+        memory_items: items kept in memory between samples (each DataLoader worker has its own).
+
+    Each sample is a dict:
+
+    ``image``
+        ``float32 (3, S, S)``: intensities normalised by modality
+        (:func:`medsam3.preprocess.normalize_intensity`), resized to a square of side
+        ``s`` (``s = S`` without augmentation; aspect not kept, as SAM3's processor),
+        padded with black at the bottom and right, then ``(x - 0.5) / 0.5`` like
+        ``Sam3Processor`` (so padding is -1). Grey images are repeated on 3 channels.
+    ``prompt``
+        ``str``: the text prompt (canonical, or a synonym/template with augmentation),
+        at most 32 CLIP tokens.
+    ``class_name``
+        ``str``: the class as the manifest names it.
+    ``present``
+        ``bool``: the class has at least one pixel in ``semantic_mask``.
+    ``semantic_mask``
+        ``bool (S, S)``: the class's pixels (union of the instances).
+    ``instance_masks``
+        ``bool (N, S, S)``: one mask per object (connected components of the class, or
+        the dataset's own instances); ``N = 0`` when absent. ``None`` with
+        ``instance_masks=False``.
+    ``instance_map``
+        ``int32 (S, S)``: the same objects as one map, ``k`` on the pixels of the k-th
+        instance (1-based, the order of ``instance_masks`` and ``boxes``), 0 elsewhere.
+    ``boxes``
+        ``float32 (N, 4)``: the instances' boxes ``cx, cy, w, h`` normalised by ``S``
+        (the whole padded canvas, which is what the model sees).
+    ``box_prompt``
+        ``float32 (4,)`` noisy ground-truth box of one instance, ``cx, cy, w, h``
+        normalised by ``S``, or ``None``.
+    ``negative_prompts``
+        ``list[str]``: prompts of classes the item labels that are absent from this image.
+    ``loss_mask``
+        ``bool (S, S)``: pixels that carry ground truth: the resized image, minus
+        pixels labelled with the dataset's ``ignore`` value.
+    ``meta``
+        ``dict``: ``item_id``, ``dataset``, ``modality``, ``slice_index`` (``None`` for
+        2D), ``source_shape`` (``(h, w)`` of the 2D image before resizing), ``side``
+        (``s``), ``flipped`` (``(horizontal, vertical)``), ``instances_truncated``.
+    """
+
+    def __init__(self, manifest: Manifest | str | os.PathLike, image_size: int = 1008, *,
+                 split: str | Sequence[str] | None = "train", datasets: Sequence[str] | None = None,
+                 augment: bool | None = None, cache: SampleCache | str | os.PathLike | None = None,
+                 window=None, absent_probability: float = 0.2, box_prompt_probability: float = 0.5,
+                 box_noise: float = BOX_NOISE, box_noise_max_px: float = BOX_NOISE_MAX_PX,
+                 max_negative_prompts: int = 3, prompt_variation: float = 0.5,
+                 min_scale: float = MIN_SCALE, intensity_jitter: float = 0.5, max_instances: int = 200,
+                 instance_masks: bool = True, seed: int = 0, memory_items: int = 2):
+        self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+        if image_size < 16:
+            raise ArgumentError(f"image_size {image_size} is too small")
+        for name, p in (("absent_probability", absent_probability),
+                        ("box_prompt_probability", box_prompt_probability),
+                        ("prompt_variation", prompt_variation), ("intensity_jitter", intensity_jitter)):
+            if not 0.0 <= p <= 1.0:
+                raise ArgumentError(f"{name} must be in [0, 1], got {p}")
+        if not 0.0 < min_scale <= 1.0:
+            raise ArgumentError(f"min_scale must be in (0, 1], got {min_scale}")
+        self.image_size = int(image_size)
+        self.selected = self.manifest.select(split=split, datasets=datasets, labelled=True)
+        if not len(self.selected):
+            raise ArgumentError(f"no labelled items in split {split!r}"
+                                + (f" of datasets {list(datasets)}" if datasets else "")
+                                + f" in {self.manifest.path or 'the manifest'}")
+        self.items = self.selected.items
+        self.augment = (split == "train") if augment is None else bool(augment)
+        self.cache = SampleCache(cache) if cache is not None and not isinstance(cache, SampleCache) else cache
+        from medsam3.preprocess import parse_window
+
+        self.window = parse_window(window)
+        self.absent_probability = absent_probability
+        self.box_prompt_probability = box_prompt_probability
+        self.box_noise, self.box_noise_max_px = box_noise, box_noise_max_px
+        self.max_negative_prompts = max_negative_prompts
+        self.prompt_variation = prompt_variation
+        self.min_scale = min_scale
+        self.intensity_jitter = intensity_jitter
+        self.max_instances = max_instances
+        self.instance_masks = instance_masks
+        self.seed = seed
+        self.epoch = 0
+        self.memory_items = max(1, memory_items)
+        self._memory: OrderedDict[int, LoadedItem] = OrderedDict()
+        self._presence: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+
+        self.targets = [item.targets() for item in self.items]
+        self.index = [(i, k) for i, t in enumerate(self.targets) for k in range(len(t))]
+        if not self.index:
+            raise ArgumentError("the selected items name no classes")
+        self.dataset_classes: dict[str, list[str]] = {}
+        for item in self.items:
+            names = self.dataset_classes.setdefault(item.dataset, [])
+            names.extend(n for n in item.class_names if n not in names)
+        self._prompts: dict[str, str] = {}
+        self.lateral = {ds: any(self._resolved(n).side for n in names) for ds, names in self.dataset_classes.items()}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw different slices, scales and prompts in each epoch (same per epoch and index)."""
+        self.epoch = int(epoch)
+
+    def group_keys(self, by: Sequence[str] = ("modality", "dataset")) -> list[tuple]:
+        """Per index, the item's values of ``by`` (for :class:`BalancedSampler`)."""
+        out = []
+        for i, _ in self.index:
+            item = self.items[i]
+            out.append(tuple(str(getattr(item, key) if getattr(item, key) is not None else "unknown")
+                             for key in by))
+        return out
+
+    def _resolved(self, name: str):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnknownConceptWarning)
+            return resolve_prompt(name, warn=False, check_length=False)
+
+    def prompt_for(self, name: str) -> str:
+        """The canonical prompt of a class (warns once for a concept the vocabulary lacks;
+        refuses one longer than SAM3's 32 tokens)."""
+        if name not in self._prompts:
+            self._prompts[name] = resolve_prompt(name, warn=True, check_length=True).prompt
+        return self._prompts[name]
+
+    def _load(self, i: int) -> LoadedItem:
+        if i in self._memory:
+            self._memory.move_to_end(i)
+            return self._memory[i]
+        item = self.items[i]
+        if self.cache is not None:
+            loaded = self.cache.load(self.manifest, item)
+            if i not in self._presence:
+                self._presence[i] = self.cache.presence(item.id)
+        else:
+            loaded = load_item(self.manifest, item, self.window)
+        self._memory[i] = loaded
+        while len(self._memory) > self.memory_items:
+            self._memory.popitem(last=False)
+        return loaded
+
+    def presence(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Item ``i``'s slices per class and its non-empty slices (computed once)."""
+        if i not in self._presence:
+            loaded = self._load(i)
+            if i not in self._presence:
+                self._presence[i] = (loaded.presence(), loaded.nonempty_slices())
+        return self._presence[i]
+
+    # ------------------------------------------------------------------ samples
+    def _choose_slice(self, i: int, name: str, absent: bool, rng: np.random.Generator) -> int:
+        per_class, nonempty = self.presence(i)
+        fg = per_class.get(name, np.zeros(0, np.int64))
+        if not absent and len(fg):
+            return int(rng.choice(fg))
+        background = np.setdiff1d(nonempty, fg) if len(nonempty) else np.setdiff1d(
+            np.arange(self.items[i].shape[0]), fg)
+        if len(background):
+            return int(rng.choice(background))
+        pool = fg if len(fg) else np.arange(self.items[i].shape[0])
+        return int(rng.choice(pool))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.index):
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        i, k = self.index[index]
+        item = self.items[i]
+        name, values = self.targets[i][k]
+        loaded = self._load(i)
+        want_absent = rng.random() < self.absent_probability
+
+        slice_index = None
+        if item.dim == 3:
+            slice_index = self._choose_slice(i, name, want_absent, rng)
+            image = to_unit_float(loaded.image[slice_index])
+            label = np.asarray(loaded.label[slice_index])
+            instances = None if loaded.instances is None else np.asarray(loaded.instances[slice_index])
+        else:
+            image = to_unit_float(loaded.image)
+            label = np.asarray(loaded.label)
+            instances = None if loaded.instances is None else np.asarray(loaded.instances)
+
+        present_values = set(np.unique(label).tolist()) - {item.ignore_value}
+        item_targets = dict(self.targets[i])
+
+        def in_image(class_name: str) -> bool:
+            if class_name not in item_targets:
+                return False
+            vals = item_targets[class_name]
+            return any(v > 0 for v in present_values) if vals is None else bool(present_values & set(vals))
+
+        # only classes this item labels are known to be absent when their pixels are missing
+        absent_classes = [n for n, _ in self.targets[i] if not in_image(n)]
+        if want_absent and item.dim == 2 and in_image(name):
+            swap = [n for n in absent_classes if n != name]
+            if swap:
+                name = swap[int(rng.integers(len(swap)))]
+                values = item_targets.get(name, ())
+
+        mask = target_mask(label, values) if name in item_targets else np.zeros(label.shape, bool)
+        ignore = (label == item.ignore_value) if item.ignore_value is not None else np.zeros(label.shape, bool)
+        mask &= ~ignore
+        if instances is not None:
+            instance_map = np.where(mask, instances, 0)
+        else:
+            instance_map = connected_instances(mask)
+
+        flipped = (False, False)
+        if self.augment:
+            h_ok, v_ok = allowed_flips(item.flips, item.modality, self.lateral[item.dataset])
+            flipped = (h_ok and rng.random() < 0.5, v_ok and rng.random() < 0.5)
+            if any(flipped):
+                image, instance_map, ignore = flip_arrays([image, instance_map, ignore], *flipped)
+            if self.intensity_jitter > 0:
+                image = jitter_intensity(image, rng, self.intensity_jitter)
+        canvas = self.image_size
+        side = random_side(rng, canvas, self.min_scale) if self.augment else canvas
+        pixels, (inst_t, ignore_t) = resize_to_canvas(image, [instance_map.astype(np.int32), ignore], side, canvas)
+
+        ids = kept_instance_ids(inst_t, self.max_instances)
+        truncated = len(ids) < len(kept_instance_ids(inst_t))
+        objects = relabel(inst_t, ids)
+        masks = objects[None] == torch.arange(1, len(ids) + 1, dtype=torch.int32)[:, None, None]
+        semantic = inst_t > 0
+        boxes = boxes_xyxy(masks)
+        present = bool(semantic.any())
+
+        box_prompt = None
+        if present and rng.random() < self.box_prompt_probability:
+            j = int(rng.integers(len(boxes)))
+            noisy = noisy_box(boxes[j], rng, side, canvas, self.box_noise, self.box_noise_max_px)
+            box_prompt = xyxy_to_cxcywh(noisy, canvas)
+
+        prompt = self.prompt_for(name)
+        if self.augment and self.prompt_variation > 0 and rng.random() < self.prompt_variation:
+            variants = prompt_variants(prompt)
+            prompt = variants[int(rng.integers(len(variants)))]
+        negatives = [n for n in absent_classes if n != name]
+        rng.shuffle(negatives)
+        negative_prompts = [self.prompt_for(n) for n in negatives[: self.max_negative_prompts]]
+
+        loss_mask = torch.zeros((canvas, canvas), dtype=torch.bool)
+        loss_mask[:side, :side] = True
+        loss_mask &= ~ignore_t
+
+        return {
+            "image": (pixels - PIXEL_MEAN) / PIXEL_STD,
+            "prompt": prompt,
+            "class_name": name,
+            "present": present,
+            "semantic_mask": semantic,
+            "instance_masks": masks if self.instance_masks else None,
+            "instance_map": objects,
+            "boxes": xyxy_to_cxcywh(boxes, canvas),
+            "box_prompt": box_prompt,
+            "negative_prompts": negative_prompts,
+            "loss_mask": loss_mask,
+            "meta": {"item_id": item.id, "dataset": item.dataset, "modality": item.modality,
+                     "slice_index": slice_index, "source_shape": tuple(label.shape), "side": side,
+                     "flipped": flipped, "instances_truncated": truncated},
+        }
+
+
+def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch samples: ``image`` ``(B, 3, S, S)``, ``semantic_mask`` and ``loss_mask``
+    ``(B, S, S)``, ``instance_map`` ``(B, S, S)``, ``present`` ``(B,)`` bool; the
+    per-sample lists ``prompt``,
+    ``class_name``, ``instance_masks``, ``boxes``, ``box_prompt`` (tensor or ``None``),
+    ``negative_prompts`` and ``meta``."""
+    out: dict[str, Any] = {
+        "image": torch.stack([s["image"] for s in batch]),
+        "semantic_mask": torch.stack([s["semantic_mask"] for s in batch]),
+        "loss_mask": torch.stack([s["loss_mask"] for s in batch]),
+        "present": torch.tensor([s["present"] for s in batch], dtype=torch.bool),
+    }
+    out["instance_map"] = torch.stack([s["instance_map"] for s in batch])
+    for key in ("prompt", "class_name", "instance_masks", "boxes", "box_prompt", "negative_prompts", "meta"):
+        out[key] = [s[key] for s in batch]
+    return out
+
+
+def balanced_weights(keys: Sequence[tuple]) -> np.ndarray:
+    """Sampling weights that give each value of the first key an equal share, within it
+    each value of the second key an equal share, and so on; indices of one leaf share
+    equally. Returns weights summing to 1."""
+    keys = [tuple(k) for k in keys]
+    if not keys:
+        return np.zeros(0)
+    depth = len(keys[0])
+    children: dict[tuple, set] = {}
+    leaf_count: dict[tuple, int] = {}
+    for k in keys:
+        for level in range(depth):
+            children.setdefault(k[:level], set()).add(k[level])
+        leaf_count[k] = leaf_count.get(k, 0) + 1
+    weights = np.empty(len(keys))
+    for n, k in enumerate(keys):
+        w = 1.0
+        for level in range(depth):
+            w /= len(children[k[:level]])
+        weights[n] = w / leaf_count[k]
+    return weights / weights.sum()
+
+
+class BalancedSampler(Sampler[int]):
+    """Indices of a :class:`PromptSegmentationDataset` drawn so that modalities, then
+    datasets within a modality, get equal shares (``by`` sets the levels).
+
+    Args:
+        dataset: the dataset.
+        num_samples: indices per epoch (default: ``len(dataset)``).
+        by: item fields, outermost first (default ``("modality", "dataset")``).
+        replacement: draw with replacement (needed when small datasets are up-weighted).
+        seed: with :meth:`set_epoch`, makes every epoch's order reproducible.
+    """
+
+    def __init__(self, dataset: PromptSegmentationDataset, num_samples: int | None = None,
+                 by: Sequence[str] = ("modality", "dataset"), replacement: bool = True, seed: int = 0):
+        self.weights = torch.as_tensor(balanced_weights(dataset.group_keys(by)), dtype=torch.float64)
+        self.num_samples = int(num_samples) if num_samples is not None else len(dataset)
+        if self.num_samples <= 0:
+            raise ArgumentError(f"num_samples must be positive, got {num_samples}")
+        if not replacement and self.num_samples > len(dataset):
+            raise ArgumentError(f"cannot draw {self.num_samples} indices without replacement from {len(dataset)}")
+        self.replacement = replacement
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.multinomial(self.weights, self.num_samples, self.replacement, generator=generator).tolist()

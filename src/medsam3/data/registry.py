@@ -1,0 +1,470 @@
+"""The datasets of the Medical SAM3 paper: what they are, where users get them, how to read them.
+
+:data:`REGISTRY` lists the paper's 33 training sets and 7 external (unseen) test sets
+(names and Dice results from the paper, ../docs/paper.md), plus two sets that medsam3
+itself uses: the CVPR-2025 BiomedSegFM 3D collection (the later 3D release) and the
+Colin27 + AAL brain atlas that Debian ships (the offline end-to-end test).
+
+Facts come from each dataset's own publication and download page as far as they are
+known to us; every field we could not verify is listed in :attr:`DatasetInfo.uncertain`
+and shown by ``medsam3 data list`` as "(unverified)". Check licences on the download
+page before use: several sets are for non-commercial research only.
+
+``layout`` is the converter that reads the download as it unpacks (``None`` when the
+raw files need a step first: XML / LabelMe / contour annotations, BMP / GIF / PPM
+pictures, HDF5 volumes; ``notes`` says which). :func:`prepare_dataset` runs it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medsam3.errors import ArgumentError
+
+ROLES = ("train", "external", "extra")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One registered dataset.
+
+    Attributes:
+        name: registry key (``medsam3 data prepare NAME``).
+        title: the dataset's own name.
+        role: ``train`` (one of the paper's 33 training sets), ``external`` (its 7 unseen
+            test sets) or ``extra``.
+        modality: the kind of imaging, in words ("endoscopy", "X-ray angiography").
+        image_modality: the normalisation modality (:data:`medsam3.image.MODALITIES`).
+        dim: 2 or 3.
+        classes: the classes as medsam3 prompts them.
+        layout: converter name, or ``None`` when the download needs a step first.
+        conversions: converter options, one dict per conversion whose items are merged
+            (``subdir``: run it on that folder; ``id_suffix``: tell the items apart).
+        licence: as stated by the provider.
+        source: where users obtain it.
+        citation: the publication to cite.
+        notes: layout facts and caveats.
+        paper_dice: Dice % text-only (vanilla SAM3, Medical SAM3) from the paper, if reported.
+        uncertain: names of the fields above that we could not verify.
+        default_root: where the data lies when a system package installs it.
+    """
+
+    name: str
+    title: str
+    role: str
+    modality: str
+    image_modality: str | None
+    dim: int
+    classes: tuple[str, ...]
+    layout: str | None
+    conversions: tuple[dict[str, Any], ...] = ()
+    licence: str = "unknown"
+    source: str = ""
+    citation: str = ""
+    notes: str = ""
+    paper_dice: tuple[float, float] | None = None
+    uncertain: tuple[str, ...] = ()
+    default_root: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def _d(name, title, role, modality, image_modality, dim, classes, layout=None, conversions=(),
+       **kw) -> DatasetInfo:
+    return DatasetInfo(name, title, role, modality, image_modality, dim, tuple(classes), layout,
+                       tuple(conversions), **kw)
+
+
+_UNKNOWN_ID = ("title", "modality", "classes", "licence", "source", "citation")
+
+REGISTRY_LIST: tuple[DatasetInfo, ...] = (
+    # ------------------------------------------------------------------ 33 training sets
+    _d("arcade", "ARCADE (Automatic Region-based Coronary Artery Disease diagnostics)", "train",
+       "X-ray coronary angiography", "XR", 2, ["coronary artery", "stenosis"], "coco",
+       [{"subdir": "syntax", "class_map": {"*": "coronary artery"}, "id_suffix": "syntax"},
+        {"subdir": "stenosis", "class_map": {"*": "stenosis"}, "id_suffix": "stenosis"}],
+       licence="CC BY 4.0", source="https://zenodo.org/records/10390295",
+       citation="Popov M. et al., Dataset for Automatic Region-based Coronary Artery Disease "
+                "Diagnostics Using X-Ray Angiography Images, Scientific Data 11:20 (2024)",
+       notes="COCO JSON per task (syntax: 26 SYNTAX artery segments, merged here into 'coronary "
+             "artery'; stenosis) with train/val/test folders of images/ + annotations/.",
+       uncertain=("licence", "source", "classes")),
+    _d("bkai-igh-neopolyp", "BKAI-IGH NeoPolyp", "train", "colonoscopy", "RGB", 2,
+       ["neoplastic polyp", "non-neoplastic polyp"], "folder2d",
+       [{"images_dir": "train/train", "masks_dir": "train_gt/train_gt",
+         "colors": {"neoplastic polyp": [255, 0, 0], "non-neoplastic polyp": [0, 255, 0]}}],
+       licence="Kaggle competition data (competition rules)",
+       source="https://www.kaggle.com/competitions/bkai-igh-neopolyp",
+       citation="Lan P.N. et al., NeoUNet: Towards accurate colon polyp segmentation and neoplasm "
+                "detection, ISVC 2021",
+       notes="1000 training images; masks are colour-coded JPEGs (red neoplastic, green "
+             "non-neoplastic), read with nearest-colour matching.",
+       uncertain=("licence", "citation")),
+    _d("btxrd", "BTXRD (Bone Tumor X-ray Radiograph Dataset)", "train", "X-ray radiography", "XR", 2,
+       ["bone tumor"], None,
+       licence="CC BY 4.0", source="https://doi.org/10.6084/m9.figshare.27865398",
+       citation="Yao S. et al., A radiograph dataset for the classification, localization, and "
+                "segmentation of primary bone tumors, Scientific Data 12:88 (2025)",
+       notes="Tumour outlines are LabelMe JSON polygons: rasterise them to masks/ first, then "
+             "convert with --layout folder2d --class-name 'bone tumor'.",
+       uncertain=("licence", "source")),
+    _d("bus-uclm", "BUS-UCLM breast ultrasound lesion segmentation", "train", "breast ultrasound", "US", 2,
+       ["breast tumor"], "folder2d",
+       [{"images_dir": "images", "masks_dir": "masks",
+         "colors": {"breast tumor": [[0, 255, 0], [255, 0, 0]]}}],
+       licence="CC BY 4.0", source="https://data.mendeley.com/datasets/7fvgj4jsp7",
+       citation="Vallez N. et al., BUS-UCLM: Breast ultrasound lesion segmentation dataset, "
+                "Scientific Data 12 (2025)",
+       notes="683 images of 38 patients; RGB masks, green benign and red malignant lesions "
+             "(both read as 'breast tumor').",
+       uncertain=("licence", "source", "citation", "conversions")),
+    _d("busi", "BUSI (Breast Ultrasound Images Dataset)", "train", "breast ultrasound", "US", 2,
+       ["breast tumor"], "folder2d", [{"class_name": "breast tumor"}],
+       licence="CC0 1.0 (as listed on Kaggle)", source="https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
+       citation="Al-Dhabyani W. et al., Dataset of breast ultrasound images, Data in Brief 28:104863 (2020)",
+       notes="780 images in benign/ malignant/ normal/; 'X (n)_mask.png' beside each image, extra "
+             "lesions as '_mask_1.png' (OR-ed); normal images have empty masks (class absent).",
+       uncertain=("licence",)),
+    _d("breast-cancer-segmentation", "Breast Cancer Segmentation", "train", "unknown", None, 2,
+       ["breast tumor"], None,
+       notes="The paper names it only as 'Breast Cancer Segmentation' (Dice 16.3 -> 43.8); which "
+             "public set this is (a Kaggle breast ultrasound or histology set) is not known to us.",
+       paper_dice=(16.3, 43.8), uncertain=_UNKNOWN_ID),
+    _d("covid-qu-ex", "COVID-QU-Ex", "train", "chest X-ray", "XR", 2, ["lungs", "covid-19 infection"],
+       "folder2d",
+       [{"subdir": "Lung Segmentation Data", "images_dir": "images", "masks_dir": "lung masks",
+         "class_name": "lungs", "id_suffix": "lungs"},
+        {"subdir": "Infection Segmentation Data", "images_dir": "images", "masks_dir": "infection masks",
+         "class_name": "covid-19 infection", "id_suffix": "infection"}],
+       licence="CC BY-SA 4.0", source="https://www.kaggle.com/datasets/anasmohammedtahir/covidqu",
+       citation="Tahir A.M. et al., COVID-19 infection localization and severity grading from chest "
+                "X-ray images, Computers in Biology and Medicine 139:105002 (2021)",
+       notes="33,920 X-rays with lung masks; 2,913 COVID-19 images also with infection masks; "
+             "Train/Val/Test folders set the split.",
+       uncertain=("licence",)),
+    _d("coph100", "COph100", "train", "fundus photography", "RGB", 2, ["retinal blood vessel"], None,
+       notes="Listed by the paper (Dice 34.1 -> 63.1); its layout and target classes are not known "
+             "to us.", paper_dice=(34.1, 63.1), uncertain=_UNKNOWN_ID),
+    _d("ct2us-kidney", "CT2US for kidney segmentation", "train", "kidney ultrasound (synthesised from CT)",
+       "US", 2, ["kidney"], None,
+       citation="Song Y. et al., CT2US: Cross-modal transfer learning for kidney segmentation in "
+                "ultrasound images with synthesized data, Ultrasonics 122:106706 (2022)",
+       notes="Distributed on Kaggle; convert its image/mask folders with --layout folder2d "
+             "--class-name kidney once unpacked.",
+       uncertain=("licence", "source", "layout")),
+    _d("chest-xray-pneumothorax", "Chest X-ray pneumothorax (SIIM-ACR)", "train", "chest X-ray", "XR", 2,
+       ["pneumothorax"], "folder2d",
+       [{"images_dir": "png_images", "masks_dir": "png_masks", "class_name": "pneumothorax"}],
+       licence="SIIM-ACR Pneumothorax Segmentation challenge terms",
+       source="https://www.kaggle.com/datasets/vbookshelf/pneumothorax-chest-xray-images-and-masks",
+       citation="SIIM-ACR Pneumothorax Segmentation (Kaggle, 2019)",
+       notes="PNG re-release of the SIIM-ACR challenge (the original ships DICOM + run-length CSV); "
+             "most images have empty masks (class absent).",
+       uncertain=("title", "licence", "source", "conversions")),
+    _d("chest-xray-masks-and-labels", "Chest X-ray masks and labels (Montgomery + Shenzhen)", "train",
+       "chest X-ray", "XR", 2, ["lungs"], "folder2d",
+       [{"images_dir": "CXR_png", "masks_dir": "masks", "class_name": "lungs", "unpaired": "skip"}],
+       licence="public (U.S. National Library of Medicine)",
+       source="https://www.kaggle.com/datasets/nikhilpandey360/chest-xray-masks-and-labels",
+       citation="Jaeger S. et al., Two public chest X-ray datasets for computer-aided screening of "
+                "pulmonary diseases, Quant Imaging Med Surg 4(6):475-477 (2014)",
+       notes="800 X-rays, 704 lung masks ('_mask' suffix for Shenzhen); images without a mask are skipped.",
+       uncertain=("licence",)),
+    _d("cholecseg8k", "CholecSeg8k", "train", "laparoscopic surgery video", "RGB", 2,
+       ["abdominal wall", "liver", "gastrointestinal tract", "fat", "grasper", "connective tissue",
+        "blood", "cystic duct", "electrocautery hook", "gallbladder", "hepatic vein", "liver ligament"],
+       None, licence="CC BY-NC-SA 4.0", source="https://www.kaggle.com/datasets/newslab/cholecseg8k",
+       citation="Hong W.-Y. et al., CholecSeg8k: A Semantic Segmentation Dataset for Laparoscopic "
+                "Cholecystectomy Based on Cholec80, arXiv:2012.12453 (2020)",
+       notes="8,080 frames of 17 Cholec80 videos, 13 classes (with black background); the "
+             "'_watershed_mask.png' files hold class codes: convert with --layout folder2d "
+             "--mask-suffix _endo_watershed_mask --labels '{code: name}' after checking the codes.",
+       uncertain=("licence",)),
+    _d("drive", "DRIVE (Digital Retinal Images for Vessel Extraction)", "train", "fundus photography",
+       "RGB", 2, ["retinal blood vessel"], None,
+       licence="research use after registration", source="https://drive.grand-challenge.org/",
+       citation="Staal J. et al., Ridge-based vessel segmentation in color images of the retina, "
+                "IEEE TMI 23(4):501-509 (2004)",
+       notes="40 images (TIFF); manual vessel masks are GIF (1st_manual/), which medsam3 does not "
+             "read: save them as PNG, then --layout folder2d --mask-suffix _manual1.",
+       paper_dice=(24.8, 55.8), uncertain=("licence",)),
+    _d("fetoplac", "FetoPlac (fetoscopy placental vessels)", "train", "fetoscopy", "RGB", 2,
+       ["placental vessel"], "folder2d", [{"class_name": "placental vessel"}],
+       source="https://www.ucl.ac.uk/interventional-surgical-sciences/fetoscopy-placenta-data",
+       citation="Bano S. et al., Deep placental vessel segmentation for fetoscopic mosaicking, "
+                "MICCAI 2020",
+       notes="Frames of 6 in-vivo fetoscopy videos with vessel masks (images/ + masks_gt/ per video).",
+       paper_dice=(56.6, 77.0), uncertain=("title", "licence", "conversions")),
+    _d("glas", "GlaS (Gland Segmentation in Colon Histology)", "train", "histopathology (H&E)", "RGB", 2,
+       ["gland"], None,
+       licence="research use", source="https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/",
+       citation="Sirinukunwattana K. et al., Gland segmentation in colon histology images: The GlaS "
+                "challenge contest, Medical Image Analysis 35:489-502 (2017)",
+       notes="165 BMP images with '_anno.bmp' instance maps; medsam3 does not read BMP: save both as "
+             "PNG, then --layout folder2d --mask-suffix _anno --class-name gland.",
+       paper_dice=(68.9, 88.2), uncertain=("licence",)),
+    _d("isic-2018", "ISIC 2018 Task 1 (lesion boundary segmentation)", "train", "dermoscopy", "RGB", 2,
+       ["skin lesion"], "folder2d",
+       [{"images_dir": "ISIC2018_Task1-2_Training_Input", "masks_dir": "ISIC2018_Task1_Training_GroundTruth",
+         "mask_suffix": "_segmentation", "class_name": "skin lesion"}],
+       licence="CC BY-NC 4.0", source="https://challenge.isic-archive.com/data/#2018",
+       citation="Codella N. et al., Skin Lesion Analysis Toward Melanoma Detection 2018, "
+                "arXiv:1902.03368; Tschandl P. et al., The HAM10000 dataset, Sci Data 5:180161 (2018)",
+       notes="2,594 training JPEGs with 'ISIC_XXXXXXX_segmentation.png' masks in a separate folder."),
+    _d("intraretinal-cystoid-fluid", "Intraretinal cystoid fluid (OCT)", "train", "OCT", "OTHER", 2,
+       ["intraretinal cystoid fluid"], None,
+       notes="OCT B-scans with fluid masks (Dice 62.0 -> 85.0 in the paper); the provider and layout "
+             "are not known to us.", paper_dice=(62.0, 85.0),
+       uncertain=("title", "licence", "source", "citation")),
+    _d("kvasir-seg", "Kvasir-SEG", "train", "colonoscopy", "RGB", 2, ["polyp"], "folder2d",
+       [{"images_dir": "images", "masks_dir": "masks", "class_name": "polyp"}],
+       licence="research and educational use", source="https://datasets.simula.no/kvasir-seg/",
+       citation="Jha D. et al., Kvasir-SEG: A Segmented Polyp Dataset, MMM 2020",
+       notes="1000 JPEG images with same-named JPEG masks (compressed: thresholded at half maximum).",
+       uncertain=("licence",)),
+    _d("mmdb", "MMDB", "train", "unknown", None, 2, [], None,
+       notes="Named in the paper's list only; not identified.", uncertain=_UNKNOWN_ID),
+    _d("mucic-colon-tissue", "MUCIC colon tissue", "train", "histopathology", "RGB", 2, [], None,
+       notes="Named in the paper's list only; not identified.", uncertain=_UNKNOWN_ID),
+    _d("hl60-granulocytes", "HL60 / granulocytes", "train", "fluorescence microscopy", "OTHER", 2,
+       ["cell nucleus", "granulocyte"], None,
+       source="https://cbia.fi.muni.cz/datasets/",
+       notes="Probably the CBIA simulated HL60 nuclei and granulocyte image sets; not verified.",
+       uncertain=_UNKNOWN_ID),
+    _d("monuseg", "MoNuSeg (Multi-Organ Nucleus Segmentation)", "train", "histopathology (H&E)", "RGB", 2,
+       ["cell nucleus"], None,
+       licence="CC BY-NC-SA 4.0", source="https://monuseg.grand-challenge.org/",
+       citation="Kumar N. et al., A Dataset and a Technique for Generalized Nuclear Segmentation for "
+                "Computational Pathology, IEEE TMI 36(7):1550-1560 (2017)",
+       notes="1000x1000 TIFF tiles with nucleus outlines in Aperio XML: rasterise to instance maps "
+             "first, then --layout folder2d --class-name 'cell nucleus'.",
+       uncertain=("licence",)),
+    _d("nucmm-z", "NucMM-Z (zebrafish EM nuclei)", "train", "electron microscopy", "OTHER", 3,
+       ["cell nucleus"], None, source="https://nucmm.github.io/",
+       citation="Lin Z. et al., NucMM Dataset: 3D Neuronal Nuclei Instance Segmentation at "
+                "Sub-Cubic Millimeter Scale, MICCAI 2021",
+       notes="HDF5 volumes with instance labels: save them as NIfTI/NRRD in an nnU-Net folder first.",
+       uncertain=("licence", "source")),
+    _d("papila", "PAPILA", "train", "fundus photography", "RGB", 2, ["optic disc", "optic cup"], None,
+       licence="CC BY 4.0", source="https://doi.org/10.6084/m9.figshare.14798004",
+       citation="Kovalyk O. et al., PAPILA: Dataset with fundus images and clinical data of both eyes "
+                "of the same patient for glaucoma assessment, Scientific Data 9:291 (2022)",
+       notes="488 images; disc and cup are contour point lists of two experts: fill them into masks first.",
+       paper_dice=(86.2, 99.4), uncertain=("licence", "source")),
+    _d("pcmmd", "PCMMD", "train", "unknown", None, 2, [], None,
+       notes="Named in the paper's list only; not identified.", uncertain=_UNKNOWN_ID),
+    _d("pannuke", "PanNuke", "train", "histopathology (H&E)", "RGB", 2,
+       ["neoplastic cell nucleus", "inflammatory cell nucleus", "connective tissue cell nucleus",
+        "dead cell nucleus", "epithelial cell nucleus"], None,
+       licence="CC BY-NC-SA 4.0", source="https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke",
+       citation="Gamper J. et al., PanNuke: An Open Pan-Cancer Histology Dataset for Nuclei Instance "
+                "Segmentation and Classification, ECDP 2019",
+       notes="7,904 256x256 patches in three folds as .npy arrays (images, 6-channel instance masks): "
+             "write them out as images + label maps first."),
+    _d("polypgen", "PolypGen", "train", "colonoscopy", "RGB", 2, ["polyp"], "folder2d",
+       [{"class_name": "polyp", "mask_suffix": "_mask"}],
+       licence="CC BY 4.0", source="https://www.synapse.org/#!Synapse:syn26376615",
+       citation="Ali S. et al., A multi-centre polyp detection and segmentation dataset for "
+                "generalisability assessment, Scientific Data 10:75 (2023)",
+       notes="1,537 frames from 6 centres: data_Cn/images_Cn + masks_Cn ('_mask.jpg').",
+       uncertain=("licence", "source")),
+    _d("ravir", "RAVIR (Retinal Arteries and Veins in Infrared Reflectance)", "train",
+       "infrared reflectance retina (SLO)", "OTHER", 2, ["retinal artery", "retinal vein"], None,
+       source="https://ravir.grand-challenge.org/",
+       citation="Hatamizadeh A. et al., RAVIR: A Dataset and Methodology for the Semantic Segmentation "
+                "and Quantitative Analysis of Retinal Arteries and Veins in Infrared Reflectance "
+                "Imaging, IEEE JBHI 26(7) (2022)",
+       notes="Masks hold two grey values for artery and vein; check which is which, then "
+             "--layout folder2d --labels '{\"VALUE\": \"retinal artery\", ...}'.",
+       uncertain=("licence",)),
+    _d("segthy", "SegThy (thyroid 3D ultrasound and MRI)", "train", "thyroid ultrasound", "US", 3,
+       ["thyroid gland", "carotid artery", "jugular vein"], None,
+       source="https://www.cs.cit.tum.de/camp/publications/segthy-dataset/",
+       citation="Kronke M. et al., Tracked 3D ultrasound and deep neural network-based thyroid "
+                "segmentation reduce interobserver variability in thyroid volumetry, PLoS One "
+                "17(7):e0268550 (2022)",
+       notes="Volumes with label maps; arrange them as an nnU-Net folder (or convert per case).",
+       paper_dice=(57.3, 78.5), uncertain=("licence", "source", "classes", "dim")),
+    _d("us-nerve", "Ultrasound Nerve Segmentation (brachial plexus)", "train", "ultrasound", "US", 2,
+       ["brachial plexus nerve"], "folder2d", [{"class_name": "brachial plexus nerve"}],
+       licence="Kaggle competition rules",
+       source="https://www.kaggle.com/competitions/ultrasound-nerve-segmentation",
+       citation="Ultrasound Nerve Segmentation (Kaggle, 2016)",
+       notes="5,635 training TIFFs with 'X_mask.tif' beside them; ~60 % of the masks are empty."),
+    _d("urocell", "UroCell", "train", "FIB-SEM electron microscopy", "OTHER", 3,
+       ["mitochondrion", "endolysosome", "fusiform vesicle"], None,
+       source="https://github.com/MancaZerovnikMekuc/UroCell",
+       citation="Zerovnik Mekuc M. et al., Automatic segmentation of mitochondria and endolysosomes "
+                "in volumetric electron microscopy data, Computers in Biology and Medicine "
+                "119:103693 (2020)",
+       notes="Five 256^3 FIB-SEM volumes of urothelial cells with per-organelle label files.",
+       uncertain=("licence", "layout")),
+    _d("m2caiseg", "m2caiSeg", "train", "laparoscopic surgery", "RGB", 2,
+       ["grasper", "bipolar forceps", "electrocautery hook", "scissors", "clipper", "irrigator",
+        "specimen bag", "trocar", "clip", "liver", "gallbladder", "fat", "abdominal wall", "artery",
+        "intestine", "bile", "blood"], None,
+       source="https://www.kaggle.com/datasets/salmanmaq/m2caiseg",
+       citation="Maqbool S. et al., m2caiSeg: Semantic Segmentation of Laparoscopic Images using "
+                "Convolutional Neural Networks, arXiv:2008.10134 (2020)",
+       notes="307 images with colour-coded masks of 19 classes: pass the colour table with "
+             "--layout folder2d --colors.", paper_dice=(67.7, 88.1),
+       uncertain=("licence", "classes")),
+    _d("ps-fh-aop-2023", "PS-FH-AOP 2023 (pubic symphysis and fetal head)", "train",
+       "intrapartum transperineal ultrasound", "US", 2, ["pubic symphysis", "fetal head"], "folder2d",
+       [{"images_dir": "image_mha", "masks_dir": "label_mha",
+         "labels": {"1": "pubic symphysis", "2": "fetal head"}}],
+       source="https://zenodo.org/records/10969427",
+       citation="MICCAI 2023 PS-FH-AOP challenge, built on JNU-IFM (Lu Y. et al., The JNU-IFM dataset "
+                "for segmenting pubic symphysis-fetal head, Data in Brief 41:107904 (2022))",
+       notes="4,000 256x256 MHA images with label maps.", paper_dice=(65.7, 91.6),
+       uncertain=("licence", "source", "conversions")),
+    # ------------------------------------------------------------------ 7 external test sets
+    _d("tn3k", "TN3K (thyroid nodules)", "external", "thyroid ultrasound", "US", 2, ["thyroid nodule"],
+       "folder2d", [{"class_name": "thyroid nodule"}],
+       source="https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation",
+       citation="Gong H. et al., Thyroid region prior guided attention for ultrasound segmentation "
+                "of thyroid nodules, Computers in Biology and Medicine 155:106389 (2023)",
+       notes="3,493 images: trainval-image/ + trainval-mask/, test-image/ + test-mask/.",
+       paper_dice=(4.2, 40.8), uncertain=("licence",)),
+    _d("hc18", "HC18 (fetal head circumference)", "external", "obstetric ultrasound", "US", 2,
+       ["fetal head"], None, licence="CC BY 4.0", source="https://zenodo.org/records/1327317",
+       citation="van den Heuvel T.L.A. et al., Automated measurement of fetal head circumference "
+                "using 2D ultrasound images, PLoS One 13(8):e0200412 (2018)",
+       notes="1,334 images; '_Annotation.png' holds the head outline (an ellipse line), not a filled "
+             "mask: fill it first.", paper_dice=(23.9, 92.6)),
+    _d("cvc-clinicdb", "CVC-ClinicDB", "external", "colonoscopy", "RGB", 2, ["polyp"], "folder2d",
+       [{"images_dir": "Original", "masks_dir": "Ground Truth", "class_name": "polyp"}],
+       licence="research use", source="https://polyp.grand-challenge.org/CVCClinicDB/",
+       citation="Bernal J. et al., WM-DOVA maps for accurate polyp highlighting in colonoscopy, "
+                "Computerized Medical Imaging and Graphics 43:99-111 (2015)",
+       notes="612 frames; Original/ + Ground Truth/ (TIFF or PNG depending on the copy).",
+       paper_dice=(0.0, 87.9), uncertain=("licence",)),
+    _d("etis-laribpolypdb", "ETIS-LaribPolypDB", "external", "capsule endoscopy / colonoscopy", "RGB", 2,
+       ["polyp"], "folder2d", [{"class_name": "polyp"}],
+       source="https://polyp.grand-challenge.org/EtisLarib/",
+       citation="Silva J. et al., Toward embedded detection of polyps in WCE images for early "
+                "diagnosis of colorectal cancer, IJCARS 9(2):283-293 (2014)",
+       notes="196 images with masks (images/ + masks/ in the common redistribution).",
+       paper_dice=(0.0, 86.1), uncertain=("licence", "source", "conversions")),
+    _d("ph2", "PH2", "external", "dermoscopy", "RGB", 2, ["skin lesion"], None,
+       source="https://www.fc.up.pt/addi/ph2%20database.html",
+       citation="Mendonca T. et al., PH2 - A dermoscopic image database for research and "
+                "benchmarking, EMBC 2013",
+       notes="200 BMP images with '_lesion.bmp' masks: save as PNG, then --layout folder2d "
+             "--mask-suffix _lesion --class-name 'skin lesion'.", paper_dice=(18.4, 92.7),
+       uncertain=("licence", "source")),
+    _d("chase-db1", "CHASE_DB1", "external", "fundus photography", "RGB", 2, ["retinal blood vessel"],
+       "folder2d", [{"mask_suffix": "_1stHO", "class_name": "retinal blood vessel", "unpaired": "skip"}],
+       licence="CC BY 4.0", source="https://blogs.kingston.ac.uk/retinal/chasedb1/",
+       citation="Fraz M.M. et al., An ensemble classification-based approach applied to retinal "
+                "blood vessel segmentation, IEEE TBME 59(9):2538-2548 (2012)",
+       notes="28 images 'Image_01L.jpg' with first-observer masks 'Image_01L_1stHO.png' (the "
+             "second observer's '_2ndHO.png' are skipped).", paper_dice=(17.9, 62.6),
+       uncertain=("licence",)),
+    _d("stare", "STARE", "external", "fundus photography", "RGB", 2, ["retinal blood vessel"], None,
+       source="https://cecas.clemson.edu/~ahoover/stare/",
+       citation="Hoover A. et al., Locating blood vessels in retinal images by piecewise threshold "
+                "probing of a matched filter response, IEEE TMI 19(3):203-210 (2000)",
+       notes="20 PPM images (gzipped) with two observers' vessel masks: save as PNG first.",
+       paper_dice=(18.6, 54.4), uncertain=("licence",)),
+    # ------------------------------------------------------------------ extras
+    _d("cvpr2025-biomedsegfm", "CVPR 2025 BiomedSegFM (text-guided 3D segmentation)", "extra",
+       "CT, MR, PET, ultrasound, microscopy volumes", None, 3, ["~85 classes named by text prompts"],
+       "npz", [{}], source="https://huggingface.co/datasets/junma/CVPR-BiomedSegFM",
+       citation="CVPR 2025 challenge 'Foundation Models for Text-guided 3D Biomedical Image Segmentation'",
+       notes="<Modality>/<Dataset>/<case>.npz with imgs, gts, spacing, text_prompts; the later 3D "
+             "Medical SAM3 checkpoint was trained on it.",
+       uncertain=("licence", "classes")),
+    _d("colin27-aal", "Colin27 T1 + AAL atlas (MRIcron templates)", "extra", "brain MRI (T1)", "MR", 3,
+       ["116 AAL regions (left/right gyri, nuclei, cerebellum, vermis)", "brain"], "atlas",
+       [{"image": "ch2.nii.gz", "label": "aal.nii.gz", "names": "aal.nii.txt", "mask": "ch2bet.nii.gz",
+         "mask_class": "brain", "mask_threshold": 0, "modality": "MR"}],
+       licence="MRIcron templates: BSD-3-clause (Debian package mricron-data); cite Colin27 and AAL",
+       source="Debian/Ubuntu package mricron-data (apt-get install mricron-data)",
+       citation="Holmes C.J. et al., J Comput Assist Tomogr 22(2):324-333 (1998); Tzourio-Mazoyer N. "
+                "et al., NeuroImage 15(1):273-289 (2002)",
+       notes="181x217x181 1 mm MNI grid; ch2bet.nii.gz > 0 gives the brain mask.",
+       default_root="/usr/share/mricron/templates"),
+)
+
+REGISTRY: dict[str, DatasetInfo] = {d.name: d for d in REGISTRY_LIST}
+
+
+def list_datasets(role: str | None = None) -> list[DatasetInfo]:
+    """Registered datasets, optionally only one role (``train``, ``external``, ``extra``)."""
+    if role is not None and role not in ROLES:
+        raise ArgumentError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    return [d for d in REGISTRY_LIST if role is None or d.role == role]
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    """The registry entry called ``name`` (case-insensitive; ``_`` and spaces read as ``-``)."""
+    key = name.strip().lower().replace("_", "-").replace(" ", "-")
+    if key in REGISTRY:
+        return REGISTRY[key]
+    close = [k for k in REGISTRY if key in k or k in key]
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ArgumentError(f"unknown dataset {name!r}{hint}; `medsam3 data list` shows the registry")
+
+
+def prepare_dataset(name: str, root: str | os.PathLike | None, output: str | os.PathLike | None = None,
+                    *, val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0,
+                    check_geometry: bool = True, progress: bool = True):
+    """Turn a downloaded copy of a registered dataset into a manifest (``data prepare``).
+
+    Args:
+        name: registry key (see :func:`list_datasets`).
+        root: the unpacked download (default: the entry's system location, if any).
+        output: the manifest to write (``.jsonl``); ``None`` only returns it.
+
+    Raises:
+        ArgumentError: unknown name, or a dataset whose download needs a step first
+            (the message says which).
+    """
+    from medsam3.data.convert import apply_class_map, convert_items
+    from medsam3.data.manifest import Manifest, write_manifest
+
+    info = get_dataset(name)
+    if info.layout is None:
+        raise ArgumentError(f"{info.title} cannot be read as downloaded: {info.notes}")
+    if root is None:
+        if not info.default_root:
+            raise ArgumentError(f"give the folder of your {info.title} download (--root DIR)")
+        root = info.default_root
+    root = Path(os.path.expanduser(str(root)))
+    items = []
+    for conversion in info.conversions or ({},):
+        options = dict(conversion)
+        subdir = options.pop("subdir", None)
+        suffix = options.pop("id_suffix", None)
+        class_map = options.pop("class_map", None)
+        options.setdefault("modality", info.image_modality)
+        part = convert_items(info.layout, root / subdir if subdir else root, progress=progress,
+                             dataset=info.name, val_fraction=val_fraction, test_fraction=test_fraction,
+                             seed=seed, check_geometry=check_geometry, **options)
+        for item in part:
+            if subdir:
+                item.image = _under(subdir, item.image)
+                item.label = _under(subdir, item.label)
+            if suffix:
+                item.id = f"{item.id}/{suffix}"
+        if class_map:
+            apply_class_map(part, class_map)
+        items.extend(part)
+    manifest = Manifest(items, root.resolve(), info.layout)
+    if output is not None:
+        manifest.path = write_manifest(items, output, root, info.layout)
+    return manifest
+
+
+def _under(subdir: str, path):
+    """A path relative to ``subdir`` made relative to the dataset root (lists element-wise)."""
+    if path is None or (isinstance(path, str) and Path(path).is_absolute()):
+        return path
+    if isinstance(path, list):
+        return [_under(subdir, p) for p in path]
+    return f"{Path(subdir).as_posix()}/{path}"

@@ -21,6 +21,18 @@ import numpy as np
 MODALITIES = ("CT", "MR", "PT", "XR", "US", "RGB", "OTHER")
 
 
+def check_modality(modality: str | None) -> str | None:
+    """The canonical (upper-case) modality name, ``None`` for unknown; anything else is an error."""
+    if modality is None:
+        return None
+    name = str(modality).strip().upper()
+    if name not in MODALITIES:
+        from medsam3.errors import ArgumentError
+
+        raise ArgumentError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
+    return name
+
+
 @dataclass
 class Image:
     """A 2D or 3D medical image with its physical geometry.

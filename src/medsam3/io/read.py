@@ -12,21 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from medsam3.errors import ArgumentError, InputError, MedSAM3Error
-from medsam3.image import MODALITIES, Image
+from medsam3.image import Image, check_modality
 from medsam3.io.dicom import read_dicom_directory, read_dicom_file
 from medsam3.io.formats import DICOM, NIFTI, PNG, SUPPORTED_INPUT_FORMATS, TIFF, input_format
 from medsam3.io.itk_bridge import read_with_simpleitk
 from medsam3.io.nifti import check_nifti_complete
 from medsam3.io.tiff import read_tiff
 
-
-def _check_modality(modality: str | None) -> str | None:
-    if modality is None:
-        return None
-    name = str(modality).strip().upper()
-    if name not in MODALITIES:
-        raise ArgumentError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
-    return name
 
 
 def _read_any(path: Path, series_uid: str | None) -> Image:
@@ -78,7 +70,7 @@ def read_image(path: str | os.PathLike, modality: str | None = None,
             DICOM series and no ``series_uid``.
         ArgumentError: unknown ``modality``; ``series_uid`` for a non-DICOM file.
     """
-    modality = _check_modality(modality)
+    modality = check_modality(modality)
     path = Path(os.path.expanduser(os.fspath(path)))
     try:
         image = _read_any(path, series_uid)
@@ -115,7 +107,27 @@ def _smallest_label_dtype(max_label: int) -> np.dtype:
     return np.dtype(np.uint64)
 
 
-def read_label_map(path: str | os.PathLike) -> Image:
+def _read_dicom_label_map(path: Path, kind: str, reference) -> Image:
+    """A DICOM SEG or RT Structure Set as a label map; foreign failures become InputError."""
+    try:
+        if kind == "SEG":
+            from medsam3.io.dicom_seg import read_dicom_seg
+
+            return read_dicom_seg(path, reference)
+        from medsam3.io.rtstruct import read_rtstruct
+
+        return read_rtstruct(path, reference)
+    except MedSAM3Error:
+        raise
+    except MemoryError:
+        raise InputError(f"cannot read {path}: not enough memory to hold the label map") from None
+    except Exception as exc:
+        reason = " ".join(str(exc).split())
+        raise InputError(f"cannot read {path}: not a readable DICOM {kind} "
+                         f"({type(exc).__name__}: {reason})") from None
+
+
+def read_label_map(path: str | os.PathLike, reference: Image | str | os.PathLike | None = None) -> Image:
     """Read an integer label map (0 = background) for evaluation, with its geometry.
 
     Float files holding whole numbers (as some tools save labels) are accepted; the array
@@ -123,10 +135,28 @@ def read_label_map(path: str | os.PathLike) -> Image:
     Indexed-colour PNGs give their palette indices; an RGB file whose three channels are
     equal gives one channel.
 
+    DICOM Segmentation (SEG) and RT Structure Set files are read too: values are segment /
+    ROI numbers and ``meta["labels"]`` maps them to segment labels / ROI names (see
+    :func:`medsam3.io.dicom_seg.read_dicom_seg`, :func:`medsam3.io.rtstruct.read_rtstruct`).
+
+    Args:
+        path: the label map file.
+        reference: DICOM SEG / RTSTRUCT only: the image series they belong to (an
+            :class:`Image` or its series directory / file); the labels land on its grid.
+            Required for RTSTRUCT (contours are polygons in patient space); for SEG without
+            it, the grid is the SEG's own frame stack. Ignored for other formats.
+
     Raises:
         InputError: as :func:`read_image`, or the file does not hold non-negative whole
             numbers in one channel.
+        ArgumentError: an RT Structure Set without ``reference``.
     """
+    from medsam3.io.dicom_derived import derived_kind
+
+    dicom_path = Path(os.path.expanduser(os.fspath(path)))
+    kind = derived_kind(dicom_path)
+    if kind is not None:
+        return _read_dicom_label_map(dicom_path, kind, reference)
     image = read_image(path)
     source = image.path
     array = image.array

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 import zipfile
 from collections.abc import Mapping
@@ -554,22 +553,10 @@ def convert_checkpoint(path, out_dir, kind: str = "auto", config=None, nan_fallb
     state, report = _convert(plan, nan_fallback=nan_fallback)
     config = plan.config
     del plan  # the loaded checkpoint object (optimizer entries included) is not needed any more
-    staging = out_dir.with_name(f".{out_dir.name}.convert-{os.getpid()}")
-    try:
-        save_model_directory(state, config, staging)
-        report.output = str(out_dir)
-        report.seconds = round(time.monotonic() - start, 2)
-        (staging / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=1))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            staging.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    report.output = str(out_dir)
+    report.seconds = round(time.monotonic() - start, 2)
+    save_model_directory(state, config, out_dir,
+                         extra_files={REPORT_NAME: json.dumps(report.to_dict(), indent=1)})
     return report
 
 

@@ -35,7 +35,7 @@ def build_processor(image_size: int) -> Sam3Processor:
 
 
 def save_model_directory(state_dict: dict[str, torch.Tensor], config: Sam3VideoConfig, directory,
-                         processor: Sam3Processor | None = None) -> Path:
+                         processor: Sam3Processor | None = None, extra_files: dict[str, str] | None = None) -> Path:
     """Write a complete model directory atomically (a temporary sibling renamed into place).
 
     Args:
@@ -44,6 +44,8 @@ def save_model_directory(state_dict: dict[str, torch.Tensor], config: Sam3VideoC
         config: the matching :class:`Sam3VideoConfig`.
         directory: where the directory will be; an existing one is replaced only on success.
         processor: saved alongside; built for ``config.image_size`` when omitted.
+        extra_files: more text files to write into the directory (name -> content), e.g. a
+            conversion report.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -53,6 +55,9 @@ def save_model_directory(state_dict: dict[str, torch.Tensor], config: Sam3VideoC
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (processor or build_processor(config.image_size)).save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             directory.rename(old)

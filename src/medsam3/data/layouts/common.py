@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 from tqdm.auto import tqdm
 
 from medsam3.errors import ArgumentError, InputError
-from medsam3.image import MODALITIES
+from medsam3.image import MODALITIES, check_modality  # noqa: F401 - check_modality is used by the layouts
 
 #: File endings of images the readers of :mod:`medsam3.io` accept, longest first.
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg",
@@ -117,14 +117,6 @@ def modality_from_name(name: str | None) -> str | None:
             return modality
     return None
 
-
-def check_modality(modality: str | None) -> str | None:
-    if modality is None:
-        return None
-    name = str(modality).strip().upper()
-    if name not in MODALITIES:
-        raise ArgumentError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
-    return name
 
 
 def split_from_path(parts: Iterable[str]) -> str | None:

@@ -3,6 +3,10 @@
 The format comes from the output file name (see :data:`SUPPORTED_OUTPUT_FORMATS`). PNG
 and TIFF keep pixels and spacing only; NIfTI, NRRD and MetaImage also keep origin and
 direction, so a label map lands exactly on the scan it was made from.
+
+Label maps of DICOM inputs can also go back as DICOM (:data:`DICOM_LABEL_FORMATS`): a
+``.dcm`` name means DICOM SEG (:mod:`medsam3.io.dicom_seg`); ``format="dicom-rt"`` gives
+an RT Structure Set (:mod:`medsam3.io.rtstruct`), ``format="dicom-seg"`` a SEG under any name.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ from medsam3.io.itk_bridge import image_to_simpleitk, itk_error_text
 
 # The pixel types a PNG file can hold; the other output formats take any integer or float type.
 _PNG_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+#: ``format=`` values of :func:`write_label_map` for DICOM outputs; a ``.dcm`` name alone means
+#: ``"dicom-seg"``.
+DICOM_LABEL_FORMATS = ("dicom-seg", "dicom-rt")
+_DICOM_LABEL_WHAT = {"dicom-seg": "DICOM SEG", "dicom-rt": "an RT Structure Set"}
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -143,8 +152,71 @@ def _write_sitk(itk_image: sitk.Image, path: Path, fmt: ImageFormat,
         raise ArgumentError(f"could not write {path}: {exc.strerror or exc}") from None
 
 
+def dicom_label_format(path: str | os.PathLike, format: str | None = None) -> str | None:
+    """``"dicom-seg"`` / ``"dicom-rt"`` when ``path`` / ``format`` ask for DICOM, else ``None``.
+
+    The rule of :func:`write_label_map`: ``format`` wins; without it a ``.dcm`` name means
+    ``"dicom-seg"``. Cheap, so callers can check an output before the work that makes it.
+
+    Raises:
+        ArgumentError: an unknown ``format``, or a DICOM format for a name ending like
+            another format (``seg.nii.gz``).
+    """
+    if format is None:
+        return "dicom-seg" if os.fspath(path).lower().endswith(".dcm") else None
+    name = str(format).strip().lower()
+    if name not in DICOM_LABEL_FORMATS:
+        raise ArgumentError(f"cannot write {path}: unknown format {format!r}; use one of "
+                            f"{', '.join(DICOM_LABEL_FORMATS)}, or leave it out to choose by file name")
+    fmt = output_format(path)
+    if fmt is not None:
+        raise ArgumentError(f"cannot write {path} as {name}: the name ends like a {fmt.name} file; "
+                            "use a .dcm name (or none)")
+    return name
+
+
+def _write_dicom_label_map(array: np.ndarray, series, path: Path, dicom_format: str,
+                           sidecar: dict[str, Any] | None, sidecar_text: str | None,
+                           names: dict | None, model_id: str | None, colors: dict | None) -> None:
+    """Build the DICOM SEG / RTSTRUCT on the source ``series`` and write it (and the sidecar)
+    atomically."""
+    from medsam3.io.dicom_derived import segments_to_write
+
+    what = _DICOM_LABEL_WHAT[dicom_format]
+    if names is None:
+        names = dict((sidecar or {}).get("labels") or {})
+    if model_id is None:
+        model_id = str((sidecar or {}).get("model") or "unknown")
+    segments = segments_to_write(array, names, colors, path)
+    try:
+        if dicom_format == "dicom-seg":
+            from medsam3.io.dicom_seg import build_dicom_seg
+
+            dataset = build_dicom_seg(array, series, segments, model_id)
+        else:
+            from medsam3.io.rtstruct import build_rtstruct
+
+            dataset = build_rtstruct(array, series, segments, model_id, path)
+    except MedSAM3Error:
+        raise
+    except Exception as exc:  # highdicom / pydicom refusals: one clear line
+        raise ArgumentError(f"cannot write {path} as {what}: {type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())}") from None
+    try:
+        with ExitStack() as stack:
+            tmp = stack.enter_context(atomic_output(path))
+            tmp_sidecar = stack.enter_context(atomic_output(sidecar_path(path))) if sidecar_text else None
+            dataset.save_as(tmp, enforce_file_format=True)
+            if tmp_sidecar is not None:
+                tmp_sidecar.write_text(sidecar_text, encoding="utf-8")
+    except OSError as exc:
+        raise ArgumentError(f"could not write {path}: {exc.strerror or exc}") from None
+
+
 def write_label_map(labels: np.ndarray, reference: Image, path: str | os.PathLike,
-                    sidecar: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
+                    sidecar: dict[str, Any] | None = None, overwrite: bool = True, *,
+                    format: str | None = None, names: dict[int, str] | None = None,
+                    model_id: str | None = None, colors: dict[int, tuple[int, int, int]] | None = None) -> Path:
     """Write an integer label map on exactly the reference image's grid.
 
     Args:
@@ -152,9 +224,17 @@ def write_label_map(labels: np.ndarray, reference: Image, path: str | os.PathLik
         reference: the image the labels belong to; its spacing, origin and direction are
             written (PNG/TIFF keep spacing only). 2D references give 2D files.
         path: output file; the format comes from its ending
-            (see :data:`SUPPORTED_OUTPUT_FORMATS`). Missing parent directories are created.
+            (see :data:`SUPPORTED_OUTPUT_FORMATS`); ``.dcm`` means DICOM SEG.
+            Missing parent directories are created.
         sidecar: facts to store as JSON beside it (``seg.nii.gz`` -> ``seg.json``).
         overwrite: replace an existing output file.
+        format: ``"dicom-seg"`` or ``"dicom-rt"`` (RT Structure Set) to write DICOM whatever
+            the name (which must not end like another format); ``None``: by file name.
+        names, model_id, colors: DICOM outputs only: ``{label: name}`` (default: the
+            sidecar's ``"labels"``), the model id stored as the algorithm (default: the
+            sidecar's ``"model"``), ``{label: (r, g, b)}`` (default: the overlay colours).
+            DICOM outputs need a ``reference`` read from DICOM (see
+            :func:`medsam3.io.dicom_seg.write_dicom_seg`).
 
     Returns:
         The path written. The file is ``uint8`` when the largest label is < 256, else
@@ -163,11 +243,19 @@ def write_label_map(labels: np.ndarray, reference: Image, path: str | os.PathLik
     Raises:
         ArgumentError: wrong shape or type of ``labels``, unsupported extension, a 3D map
             to PNG, ``path`` is (or is inside) the reference input, the file exists and
-            ``overwrite`` is False, or the file system refused the write.
+            ``overwrite`` is False, or the file system refused the write; for DICOM, a
+            reference not read from DICOM.
     """
-    path, fmt = _output_path(path)
+    dicom_format = dicom_label_format(path, format)
+    if dicom_format is None:
+        path, fmt = _output_path(path)
+    else:
+        path = Path(os.path.expanduser(os.fspath(path)))
+        if path.is_dir():
+            raise ArgumentError(f"cannot write {path}: it is a directory; give a file name such as seg.dcm")
     array = _label_array(labels, reference, path)
-    _check_dims(path, fmt, reference.ndim)
+    if dicom_format is None:
+        _check_dims(path, fmt, reference.ndim)
     _refuse_input_overwrite(path, reference)
     if sidecar is not None:
         _refuse_input_overwrite(sidecar_path(path), reference)
@@ -177,7 +265,14 @@ def write_label_map(labels: np.ndarray, reference: Image, path: str | os.PathLik
                 raise ArgumentError(f"refusing to write {existing}: it exists (allow overwriting "
                                     "to replace it)")
     text = _sidecar_text(sidecar, path) if sidecar is not None else None
+    if dicom_format is not None:
+        from medsam3.io.dicom_derived import source_series
+
+        series = source_series(reference, path, _DICOM_LABEL_WHAT[dicom_format])
     _make_parent(path)
+    if dicom_format is not None:
+        _write_dicom_label_map(array, series, path, dicom_format, sidecar, text, names, model_id, colors)
+        return path
     _write_sitk(_as_simpleitk(reference, path, array), path, fmt, text)
     return path
 

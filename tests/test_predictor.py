@@ -171,3 +171,13 @@ def test_predict_before_set_image_and_bad_arguments(tiny_model):
     p.set_image(np.zeros((32, 32), np.float32))
     with pytest.raises(ArgumentError, match="no prompts"):
         p.predict([])
+
+
+def test_text_only_prompts_answer_the_same_next_to_exemplar_prompts(tiny_model, ct_slice):
+    predictor = ImagePredictor(tiny_model, score_threshold=0.0, presence_threshold=0.0, batch_size=8)
+    predictor.set_image(ct_slice)
+    (alone,) = predictor.predict(["liver"])
+    mixed = predictor.predict([TextPrompt("spleen", [[10, 10, 60, 50]]), "liver", TextPrompt("liver", [[5, 5, 30, 30]])])
+    assert [r.prompt for r in mixed] == ["spleen", "liver", "liver"]
+    np.testing.assert_allclose(mixed[1].probability, alone.probability, atol=1e-5)
+    np.testing.assert_allclose(mixed[1].scores, alone.scores, atol=1e-6)

@@ -1,7 +1,9 @@
-"""``medsam3 evaluate``: score existing label-map folders, or compare two evaluation reports.
+"""``medsam3 evaluate``: score existing label-map folders, run a model on a manifest and score
+it, or compare two evaluation reports.
 
 The lead's ``medsam3/cli.py`` calls :func:`register`; arguments mirror
-:func:`medsam3.evaluate.evaluate_folder` and :func:`medsam3.evaluate.compare_reports`.
+:func:`medsam3.evaluate.evaluate_folder`, :func:`medsam3.evaluate.evaluate_model`,
+:func:`medsam3.evaluate.evaluate_manifest` and :func:`medsam3.evaluate.compare_reports`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,19 @@ OUT/cases.csv (one row per case and class), OUT/report.md, OUT/report.json and b
 A run resumes: cases already in OUT/cases.csv are not scored again. Failures are rows, not
 gaps: a missing prediction or an "absent" answer on a positive case scores Dice 0 and is listed.
 
-With --compare A.json B.json, compare two such reports instead: paired differences (B - A)
-with bootstrap CIs and Wilcoxon p-values, bar charts and box plots, in OUT/compare.*.
+With --model M --manifest F, run the model on the manifest's items (the test split by default)
+with one --prompt-mode, write its label maps to OUT/predictions/ and score them the same way:
+  text      text prompts only (the classes' canonical prompts); ground truth read only to score;
+            volumes through `medsam3 segment` on the whole volume
+  text+box  text + one exemplar box per class: the box of its largest ground-truth component
+  box       no text: SAM3 tracker, one ground-truth box per connected component (vanilla SAM3 + GT boxes)
+  point     no text: SAM3 tracker, one click per ground-truth component (its most interior pixel)
+The three ground-truth modes prompt volumes slice by slice, on the slices holding the class.
+With --predictions DIR --manifest F, score existing predictions (named by item id) against the
+manifest's ground truth.
+
+With --compare A.json B.json, compare two such reports instead (e.g. text vs text+box): paired
+differences (B - A) with bootstrap CIs and Wilcoxon p-values, bar charts and box plots, in OUT/compare.*.
 """
 
 _EXAMPLES = """\
@@ -28,6 +41,10 @@ examples:
   medsam3 evaluate -p preds/ -g labelsTs/ --labels 1=liver,2=spleen -o eval/
   medsam3 evaluate -p finetuned/ -g labelsTs/ -o eval_ft/ --name finetuned --nsd-tolerance 1
   medsam3 evaluate --compare eval/report.json eval_ft/report.json -o eval_cmp/ --names vanilla,finetuned
+  medsam3 evaluate --model ChongCong/Medical-SAM3 --manifest kvasir.jsonl --prompt-mode text -o ev_text/
+  medsam3 evaluate --model ChongCong/Medical-SAM3 --manifest kvasir.jsonl --prompt-mode text+box -o ev_box/
+  medsam3 evaluate --compare ev_text/ ev_box/ -o text_vs_box/ --names text,text+box
+  medsam3 evaluate -p nnunet_preds/ --manifest liver.jsonl -o eval_nnunet/
 """
 
 
@@ -42,6 +59,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                    help="compare two report.json files (or their folders) instead of scoring")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("-m", "--model", metavar="M",
+                   help="run this model (directory, hub id or random:NAME) on --manifest's items and score it")
+    p.add_argument("--manifest", metavar="F.jsonl",
+                   help="manifest whose items and ground truth are evaluated (with --model, or with --predictions "
+                        "instead of --ground-truth)")
+    p.add_argument("--prompt-mode", choices=("text", "text+box", "box", "point"), default="text",
+                   help="with --model: how classes are prompted (default text; the others see the ground truth)")
+    p.add_argument("--split", choices=("train", "val", "test", "all"),
+                   help="manifest items of this split (default test; every item, with a note, when the manifest "
+                        "has no test split)")
+    p.add_argument("--datasets", metavar="A,B", help="only manifest items of these datasets")
     g = p.add_argument_group("scoring")
     g.add_argument("--labels", metavar="1=liver,2=spleen",
                    help="score exactly these label values (default: names from the ground truth's JSON sidecars "
@@ -58,6 +86,22 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--dataset", help="dataset name for the summary (default: from sidecars or dataset.json)")
     g.add_argument("--name", help="name of this run in reports and comparisons (default: OUT's folder name)")
     g.add_argument("--overwrite", action="store_true", help="score every case again instead of resuming")
+    m = p.add_argument_group("model runs (--model)")
+    m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    m.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights' precision (default float32)")
+    m.add_argument("--threshold", type=float, default=0.5, help="instance score threshold (default 0.5)")
+    m.add_argument("--presence-threshold", type=float, default=0.5,
+                   help="below this presence a class is answered absent (default 0.5)")
+    m.add_argument("--mask-threshold", type=float, default=0.5, help="pixel probability threshold (default 0.5)")
+    m.add_argument("--volume-mode", choices=("merged", "propagate", "slices"), default="merged",
+                   help="text mode on volumes, as `medsam3 segment --mode` (default merged)")
+    m.add_argument("--axis", choices=("axial", "coronal", "sagittal"),
+                   help="slicing plane of volumes (default: the acquisition plane)")
+    m.add_argument("--max-objects", type=int, metavar="N",
+                   help="box/point modes: prompt only the N largest components of a class per image or slice "
+                        "(default all; the rest are counted, and scored as misses)")
+    m.add_argument("--window", help="CT window for CT items: preset name or LEVEL,WIDTH (default soft tissue)")
+    m.add_argument("--batch-size", type=int, default=8, help="text prompts per detector batch (default 8)")
     c = p.add_argument_group("comparison")
     c.add_argument("--names", metavar="A,B", help="display names of the two compared runs")
     c.add_argument("--group-by", choices=("class", "dataset", "modality", "dimension"),
@@ -76,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise ArgumentError(f"--bootstrap {args.bootstrap} must be >= 0")
     if args.compare:
-        if args.predictions or args.ground_truth:
-            raise ArgumentError("--compare takes two report.json files; do not also give --predictions/--ground-truth")
+        if args.predictions or args.ground_truth or args.model or args.manifest:
+            raise ArgumentError("--compare takes two report.json files; do not also give "
+                                "--predictions/--ground-truth/--model/--manifest")
         from medsam3.evaluate.compare import compare_reports
 
         result = compare_reports(args.compare[0], args.compare[1], args.out, names=args.names,
@@ -94,8 +139,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {warning}")
         print(f"report: {result.compare_md}")
         return 0
+    if args.model or args.manifest:
+        return _run_manifest(args)
     if not args.predictions or not args.ground_truth:
-        raise ArgumentError("give --predictions PRED_DIR and --ground-truth GT_DIR (or --compare A.json B.json)")
+        raise ArgumentError("give --predictions PRED_DIR and --ground-truth GT_DIR (or --manifest F), "
+                            "--model M --manifest F, or --compare A.json B.json")
     from medsam3.evaluate.folder import evaluate_folder
 
     result = evaluate_folder(args.predictions, args.ground_truth, args.out, labels=args.labels,
@@ -110,9 +158,64 @@ def run(args: argparse.Namespace) -> int:
         if st["n"]:
             print(f"  {metric}: mean {st['mean']:.4f} [{st['ci_low']:.4f}, {st['ci_high']:.4f}], "
                   f"median {st['median']:.4f} (n={st['n']})")
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result) -> None:
+    overall = result.summary["overall"]
     failures = sum(overall["status"].get(s, 0) for s in ("false_negative", "absent_answer", "missing_prediction",
                                                           "false_positive"))
     if failures:
         print(f"  failures: {failures} (listed in {result.report_md})")
     print(f"report: {result.report_md}")
+
+
+def _run_manifest(args: argparse.Namespace) -> int:
+    """``--model M --manifest F`` or ``--predictions DIR --manifest F``."""
+    if not args.manifest:
+        raise ArgumentError("--model needs --manifest F.jsonl: the items to run it on and their ground truth")
+    if args.ground_truth:
+        raise ArgumentError("give --manifest or --ground-truth, not both: with a manifest the ground truth is "
+                            "the manifest's labels")
+    if args.labels:
+        raise ArgumentError("--labels is for --ground-truth folders; with --manifest the classes are the "
+                            "manifest's (use --datasets / --split to choose items)")
+    if args.dataset:
+        raise ArgumentError("--dataset names a folder's dataset; with --manifest every item has its own "
+                            "(use --datasets A,B to choose datasets)")
+    common = dict(split=args.split, datasets=args.datasets, nsd_tolerance=args.nsd_tolerance,
+                  both_empty=args.both_empty, one_empty_distance=args.one_empty_distance,
+                  instances=args.instances, name=args.name, n_bootstrap=args.bootstrap, seed=args.seed,
+                  overwrite=args.overwrite, progress=args.progress, plots=args.plots)
+    if args.model:
+        if args.predictions:
+            raise ArgumentError("give --model (predict and score) or --predictions (score existing label maps), "
+                                "not both")
+        from medsam3.evaluate.model import evaluate_model
+
+        result = evaluate_model(args.model, args.manifest, args.out, prompt_mode=args.prompt_mode,
+                                device=args.device, dtype=args.dtype, threshold=args.threshold,
+                                presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
+                                volume_mode=args.volume_mode, axis=args.axis, max_objects=args.max_objects,
+                                window=args.window, batch_size=args.batch_size, **common)
+    else:
+        if not args.predictions:
+            raise ArgumentError("--manifest needs --model M (predict and score) or --predictions DIR "
+                                "(score existing label maps)")
+        from medsam3.evaluate.manifest import evaluate_manifest
+
+        result = evaluate_manifest(args.predictions, args.manifest, args.out, **common)
+    overall = result.summary["overall"]
+    predicted = f"; predicted now: {len(result.predicted_now)}" if args.model else ""
+    print(f"{overall['n_cases']} cases ({result.split} split), {overall['n_rows']} rows; "
+          f"scored now: {len(result.scored_now)}{predicted}")
+    for metric in ("dice", "nsd", "hd95"):
+        st = overall[metric]
+        if st["n"]:
+            print(f"  {metric}: mean {st['mean']:.4f} [{st['ci_low']:.4f}, {st['ci_high']:.4f}], "
+                  f"median {st['median']:.4f} (n={st['n']})")
+    for note in result.notes:
+        print(f"note: {note}")
+    _print_summary(result)
     return 0

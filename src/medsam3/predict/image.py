@@ -190,10 +190,16 @@ class ImagePredictor:
         prompts = [_as_prompt(p) for p in prompts]
         if not prompts:
             raise ArgumentError("no prompts given")
-        results: list[PromptResult] = []
-        for batch, out in self.detect(prompts):
-            for i, prompt in enumerate(batch):
-                results.append(self._result_from_detector(prompt.text, out, i))
+        results: list[PromptResult | None] = [None] * len(prompts)
+        # Prompts with exemplar boxes run apart from text-only ones: in a mixed batch the
+        # text-only rows would get (fully padded) geometry tokens and a different answer.
+        for with_boxes in (False, True):
+            order = [i for i, p in enumerate(prompts) if bool(p.exemplar_boxes) == with_boxes]
+            done = 0
+            for batch, out in self.detect([prompts[i] for i in order]):
+                for j, prompt in enumerate(batch):
+                    results[order[done + j]] = self._result_from_detector(prompt.text, out, j)
+                done += len(batch)
         return results
 
     def _result_from_detector(self, text: str, out, i: int) -> PromptResult:

@@ -1,0 +1,79 @@
+"""``medsam3 serve``: start the web app (:mod:`medsam3.app.ui`) on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model directory, Hugging Face hub id, or random:NAME; "
+                   "default: facebook/sam3 (loaded once, when the server starts)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; the default serves only this machine (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--max-upload-mb", type=float, default=512.0, help="largest upload accepted, in MB")
+    p.add_argument("--threshold", type=float, default=0.5, help="starting instance score threshold in the UI")
+    p.add_argument("--presence-threshold", type=float, default=0.5,
+                   help="starting presence threshold in the UI (below it a prompt is reported absent)")
+    p.add_argument("--mask-threshold", type=float, default=0.5, help="starting pixel probability threshold in the UI")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="segmentations run at once; further requests wait in the queue")
+    p.add_argument("--workdir", default=None,
+                   help="where per-session upload directories are made (default: a new temporary directory, "
+                        "removed when the server stops)")
+
+
+def register(subparsers) -> None:
+    """Add the ``serve`` subcommand to the ``medsam3`` command line."""
+    p = subparsers.add_parser(
+        "serve", help="start the web app: interactive text, box and point segmentation in the browser",
+        description="Start a Gradio web app on HOST:PORT. Upload a 2D image or 3D volume, type prompts or "
+                    "click points/boxes, see the overlay and download the label map with its JSON sidecar.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Load the model, build the app and serve it until interrupted."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a clinical workstation
+    from medsam3.app.ui import AppSettings, build_app
+    from medsam3.errors import ArgumentError
+
+    if args.max_upload_mb <= 0:
+        raise ArgumentError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    if args.concurrency < 1:
+        raise ArgumentError(f"--concurrency must be >= 1, got {args.concurrency}")
+    settings = AppSettings(model=args.model, device=args.device, threshold=args.threshold,
+                           presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
+                           max_upload_mb=args.max_upload_mb, workdir=args.workdir, concurrency=args.concurrency)
+    print(f"medsam3 serve: loading model {args.model or 'facebook/sam3'} ...", flush=True)
+    demo, files = build_app(settings)
+    demo.queue(default_concurrency_limit=args.concurrency)
+    print(f"medsam3 serve: http://{args.host}:{args.port}", flush=True)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, max_file_size=int(args.max_upload_mb * 1e6),
+                    show_error=True, inbrowser=False, share=False, quiet=True)
+    finally:
+        if args.workdir is None:
+            files.remove_all()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m medsam3.app``: the same as ``medsam3 serve``."""
+    from medsam3.errors import MedSAM3Error
+
+    parser = argparse.ArgumentParser(prog="medsam3 serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except MedSAM3Error as exc:
+        print(f"medsam3: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

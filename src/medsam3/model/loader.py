@@ -96,6 +96,21 @@ def _download(repo_id: str) -> Path:
     return Path(path)
 
 
+def model_directory(name_or_dir: str | os.PathLike) -> Path:
+    """The local model directory for a directory path or a hub id (downloaded, and converted
+    when the hub holds original-format checkpoints, once; cached after that)."""
+    name = str(name_or_dir)
+    path = Path(name).expanduser()
+    if is_model_directory(path):
+        return path
+    if path.exists():
+        raise InputError(f"{path} is not a model directory (needs config.json and model.safetensors)")
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return _download(name)
+    raise InputError(f"model {name!r} not found: give a model directory, a hub id such as facebook/sam3, "
+                     f"or random:NAME ({', '.join(config_names())})")
+
+
 class MedSAM3:
     """A SAM3-architecture model ready for inference: the concept detector, the
     interactive tracker (loaded on first use) and the processor.
@@ -143,16 +158,7 @@ class MedSAM3:
             del video
             return cls(detector.to(device_, dtype_), build_processor(config.image_size), config, name,
                        device_, dtype_, tracker=tracker.to(device_, dtype_))
-        path = Path(name).expanduser()
-        if is_model_directory(path):
-            directory = path
-        elif path.exists():
-            raise InputError(f"{path} is not a model directory (needs config.json and model.safetensors)")
-        elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
-            directory = _download(name)
-        else:
-            raise InputError(f"model {name!r} not found: give a model directory, a hub id such as facebook/sam3, "
-                             f"or random:NAME ({', '.join(config_names())})")
+        directory = model_directory(name)
         config = Sam3VideoConfig.from_pretrained(directory)
         detector = Sam3Model.from_pretrained(directory, dtype=dtype_).to(device_)
         processor = Sam3Processor.from_pretrained(directory)

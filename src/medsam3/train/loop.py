@@ -1,0 +1,690 @@
+"""The training engine: accelerate, checkpoints, exact resume, a guard against NaNs, validation.
+
+:func:`train` runs one :class:`~medsam3.train.config.TrainingConfig` on whatever
+``accelerate`` was launched with: one CPU, one GPU, several GPUs (DDP) or FSDP
+(``accelerate launch --config_file configs/accelerate/...``), or ``torchrun`` (the
+``torch.distributed`` environment variables are read by accelerate; gloo on CPUs).
+
+The output directory::
+
+    OUTPUT/
+      config.yaml                 the resolved configuration of the run
+      train.log, metrics.csv      the log and every logged number (step, tag, value, time)
+      tensorboard/                TensorBoard events (when the tensorboard package is installed)
+      checkpoints/step-0000100/   every ``checkpoint_every`` steps, the last ``keep_checkpoints``
+        model/                    a complete model directory (MedSAM3.from_pretrained, segment --model)
+        state/                    optimizer, scheduler, grad scaler, RNG states of every process
+                                  (accelerate's save_state), adapter.safetensors for LoRA
+        trainer.json              step, best validation Dice, skipped steps, source model
+      best/                       model directory with the best validation Dice (+ best.json)
+      final/                      model directory after the last step (+ training.json)
+      source_model/               only for ``model: random:NAME``
+
+A checkpoint is written under ``checkpoints/.step-N.tmp`` and renamed into place when
+complete, so a killed run leaves either a whole checkpoint or none; ``resume`` continues
+from the newest one with the same weights, optimizer moments, learning-rate schedule, RNG
+states and position in the sample stream (see :mod:`medsam3.train.batch`) - the weights
+then match an uninterrupted run.
+
+Non-finite loss or gradients: the step is skipped (no optimizer update, logged with the
+offending loss terms); ``train.max_nonfinite_steps`` such steps in a row stop the run with
+:class:`TrainingError`. A checkpoint whose weights are not all finite is never written.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from medsam3.errors import ArgumentError, InputError, MedSAM3Error
+from medsam3.train.config import TrainingConfig, save_config
+
+log = logging.getLogger("medsam3.train")
+
+CHECKPOINTS = "checkpoints"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+FREEZE_PRESETS = {
+    "vision": ("vision_encoder.backbone",),
+    "neck": ("vision_encoder.neck",),
+    "text": ("text_encoder", "text_projection"),
+    "geometry": ("geometry_encoder",),
+    "decoder": ("detr_encoder", "detr_decoder", "mask_decoder", "dot_product_scoring"),
+}
+
+
+class TrainingError(MedSAM3Error):
+    """Training cannot go on: repeated non-finite losses or gradients, non-finite weights
+    at a checkpoint, or replicas whose weights differ."""
+
+
+@dataclass
+class TrainingResult:
+    output_dir: Path
+    final_model: Path
+    best_model: Path | None
+    steps: int
+    skipped_steps: int
+    validation: list[dict] = field(default_factory=list)
+    rank_digests: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- helpers
+def checkpoint_dirs(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints ``(step, path)`` of a run, oldest first."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / "trainer.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def find_checkpoint(output_dir: str | os.PathLike, resume: bool | str | os.PathLike) -> Path | None:
+    """The checkpoint to resume from: ``True`` = the newest of the run (``None`` when there is
+    none yet), a path = that checkpoint."""
+    if resume is False or resume is None:
+        return None
+    if resume is True or str(resume) in ("latest", "auto", ""):
+        found = checkpoint_dirs(output_dir)
+        return found[-1][1] if found else None
+    path = Path(resume)
+    if not (path / "trainer.json").is_file():
+        raise InputError(f"cannot resume from {path}: not a complete checkpoint (no trainer.json); "
+                         f"checkpoints are OUTPUT/{CHECKPOINTS}/step-N")
+    return path
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors of a state dict (sorted names, raw bytes)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _other_tensors(source_dir: Path) -> dict[str, torch.Tensor]:
+    """The non-detector tensors (tracker, tracker neck) of a model directory, unchanged."""
+    from safetensors import safe_open
+
+    from medsam3.model.directory import WEIGHTS_NAME
+
+    out = {}
+    with safe_open(str(source_dir / WEIGHTS_NAME), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+            if not key.startswith("detector_model."):
+                out[key] = f.get_tensor(key)
+    return out
+
+
+def resolve_source_model(spec: str, output_dir: Path, seed: int, is_main: bool, wait) -> Path:
+    """A model directory for ``model:`` (directory, hub id, or ``random:NAME`` created once)."""
+    from medsam3.model.directory import create_random_model, is_model_directory
+    from medsam3.model.loader import RANDOM_PREFIX
+
+    if spec.startswith(RANDOM_PREFIX):
+        from medsam3.model.configs import config_names
+
+        name = spec[len(RANDOM_PREFIX):]
+        if name not in config_names():
+            raise ArgumentError(f"config: model {spec!r}: unknown configuration; known: {', '.join(config_names())}")
+        target = output_dir / "source_model"
+        if is_main and not is_model_directory(target):
+            log.warning("model %s: RANDOM initial weights (for smoke tests and benchmarks)", spec)
+            create_random_model(name, target, seed=seed)
+        wait()
+        return target
+    from medsam3.model.loader import model_directory
+
+    return model_directory(spec)
+
+
+def freeze_parameters(detector: torch.nn.Module, names: list[str]) -> int:
+    """Freeze presets (:data:`FREEZE_PRESETS`) or dotted prefixes; returns frozen tensors."""
+    prefixes: list[str] = []
+    for name in names:
+        prefixes.extend(FREEZE_PRESETS.get(name, (name,)))
+    params = dict(detector.named_parameters())
+    frozen = 0
+    for prefix in prefixes:
+        hits = [n for n in params if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            raise ArgumentError(f"config: train.freeze: {prefix!r} names no parameters; presets: "
+                                f"{', '.join(FREEZE_PRESETS)}, or a module prefix such as vision_encoder.neck")
+        for n in hits:
+            if params[n].requires_grad:
+                params[n].requires_grad = False
+                frozen += 1
+    return frozen
+
+
+class MetricsLog:
+    """``metrics.csv`` (step, tag, value, time) and TensorBoard scalars, main process only."""
+
+    def __init__(self, output_dir: Path, csv_on: bool, tensorboard_on: bool, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.csv_path = output_dir / "metrics.csv" if csv_on and enabled else None
+        self.writer = None
+        if not enabled:
+            return
+        if self.csv_path is not None:
+            rows = []
+            if self.csv_path.is_file() and start_step > 0:  # drop what a killed run logged past the checkpoint
+                with open(self.csv_path, newline="") as fh:
+                    rows = [r for r in csv.reader(fh)][1:]
+                rows = [r for r in rows if r and r[0].isdigit() and int(r[0]) <= start_step]
+            with open(self.csv_path, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["step", "tag", "value", "time"])
+                w.writerows(rows)
+        if tensorboard_on:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step or None)
+            except ImportError:
+                log.warning("TensorBoard logging asked for but the tensorboard package is not installed "
+                            "(pip install tensorboard); writing metrics.csv only")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        if self.csv_path is not None:
+            with open(self.csv_path, "a", newline="") as fh:
+                w = csv.writer(fh)
+                for tag, value in values.items():
+                    w.writerow([step, tag, f"{float(value):.6g}", f"{now:.3f}"])
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, float(value), step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ---------------------------------------------------------------------------- the trainer
+class Trainer:
+    """One training run (see the module docstring); :meth:`run` does the work."""
+
+    def __init__(self, config: TrainingConfig, resume: bool | str | os.PathLike = False):
+        self.cfg = config.validate()
+        self.resume = resume
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+        from transformers import Sam3Model, Sam3Processor, Sam3VideoConfig
+
+        from medsam3.train.losses import SetCriterion
+        from medsam3.train.model import (
+            DetectorForTraining,
+            enable_activation_checkpointing,
+        )
+        from medsam3.train.optim import build_optimizer, build_scheduler
+
+        cfg = self.cfg
+        if cfg.train.cpu_threads:
+            torch.set_num_threads(int(cfg.train.cpu_threads))
+        precision = cfg.train.mixed_precision
+        if precision == "auto":  # accelerate launch's --mixed_precision / config file, else bf16 on GPUs only
+            precision = None if os.environ.get("ACCELERATE_MIXED_PRECISION") else (
+                "bf16" if torch.cuda.is_available() else "no")
+        # accelerate treats torchrun's processes as CPU workers (gloo) only when told so
+        on_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = acc = Accelerator(
+            cpu=on_cpu, mixed_precision=precision, step_scheduler_with_optimizer=False,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)])
+        self.is_main = acc.is_main_process
+        from accelerate.utils import DistributedType
+
+        if cfg.train.mode == "lora" and acc.distributed_type == DistributedType.FSDP:
+            raise ArgumentError("config: train.mode lora is not supported with FSDP; use DDP (adapters are small)")
+        self.output_dir = Path(cfg.output_dir)
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / CHECKPOINTS).mkdir(exist_ok=True)
+            for stale in (self.output_dir / CHECKPOINTS).glob(".step-*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)  # a run killed while writing a checkpoint
+        acc.wait_for_everyone()
+        self._log_to_file()
+
+        checkpoint = find_checkpoint(self.output_dir, self.resume)
+        if checkpoint is None and self.resume not in (False, None):
+            log.info("resume: no checkpoint in %s yet, starting from the beginning", self.output_dir)
+        if checkpoint is None and checkpoint_dirs(self.output_dir):
+            raise ArgumentError(f"{self.output_dir} already holds checkpoints of a run: pass --resume to continue "
+                                "it, or choose another output_dir")
+        self.checkpoint = checkpoint
+        state = json.loads((checkpoint / "trainer.json").read_text()) if checkpoint else {}
+        self.start_step = int(state.get("step", 0))
+        self.best_score = float(state.get("best_score", -1.0))
+        self.skipped_total = int(state.get("skipped_steps", 0))
+        self.validation_history: list[dict] = list(state.get("validation", []))
+
+        set_seed(cfg.seed)
+        self.source_dir = resolve_source_model(cfg.model, self.output_dir, cfg.seed, self.is_main, acc.wait_for_everyone)
+        self.video_config = Sam3VideoConfig.from_pretrained(self.source_dir)
+        self.processor = Sam3Processor.from_pretrained(self.source_dir)
+        lora = cfg.train.mode == "lora"
+        weights_dir = checkpoint / "model" if checkpoint is not None and not lora else self.source_dir
+        detector = Sam3Model.from_pretrained(weights_dir, dtype=torch.float32)
+        model_size = int(detector.config.vision_config.backbone_config.image_size)
+        self.image_size = cfg.data.image_size or model_size
+        if self.image_size != model_size:
+            raise ArgumentError(f"config: data.image_size {self.image_size} differs from the model's input size "
+                                f"{model_size} ({self.source_dir}); leave it null or build a model of that size")
+        self.num_queries = int(detector.config.detr_decoder_config.num_queries)
+        if cfg.train.freeze:
+            n = freeze_parameters(detector, cfg.train.freeze)
+            log.info("froze %d parameter tensors (%s)", n, ", ".join(cfg.train.freeze))
+        if lora:
+            from medsam3.train.lora import apply_lora
+
+            l = cfg.lora
+            n = apply_lora(detector, l.r, l.alpha, l.dropout, l.target_modules, l.train_modules)
+            log.info("LoRA: %d adapted layers (r=%d, alpha=%g)", n, l.r, l.alpha)
+            if checkpoint is not None:
+                from safetensors.torch import load_file
+
+                adapters = load_file(str(checkpoint / "state" / "adapter.safetensors"))
+                missing = set(adapters) - set(dict(detector.named_parameters()))
+                if missing:
+                    raise InputError(f"{checkpoint}: adapter tensors {sorted(missing)[:3]} do not fit this LoRA config")
+                detector.load_state_dict(adapters, strict=False)
+        if cfg.train.activation_checkpointing:
+            n = enable_activation_checkpointing(detector)
+            log.info("activation checkpointing on %d backbone blocks", n)
+        trainable = sum(p.numel() for p in detector.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in detector.parameters())
+        log.info("trainable parameters: %d of %d (%s)", trainable, total, cfg.train.mode)
+
+        model = DetectorForTraining(detector)
+        o = cfg.optim
+        optimizer, infos = build_optimizer(model, o.lr, o.layer_decay, o.weight_decay, o.betas, o.eps)
+        for info in infos:
+            log.debug("param group %s: %d parameters, lr %.3g", info.name, info.count, info.lr)
+        scheduler = build_scheduler(optimizer, cfg.train.max_steps, o.warmup_steps, o.cooldown_steps, o.timescale)
+        fresh_schedule = copy.copy(scheduler.lr_lambdas[0])  # this run's schedule, kept past load_state
+        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        self.criterion = SetCriterion(cfg.loss)
+
+        if checkpoint is not None:
+            def skip_model(models, input_dir):  # weights come from checkpoint/model (or adapters), not state/
+                models.clear()
+
+            handle = acc.register_load_state_pre_hook(skip_model)
+            acc.load_state(str(checkpoint / "state"))
+            handle.remove()
+            # the schedule follows this run's config (a resumed run may train longer than planned)
+            inner = self.scheduler.scheduler
+            for fn in inner.lr_lambdas:
+                fn.__dict__.update(vars(fresh_schedule))
+            for group, base, fn in zip(self.optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
+                group["lr"] = base * fn(inner.last_epoch)  # what LambdaLR computes, under this schedule
+            if int(state.get("num_processes", acc.num_processes)) != acc.num_processes:
+                log.warning("resuming a run of %s processes with %d: it goes on from step %d, but draws other "
+                            "samples than the uninterrupted run would have", state.get("num_processes"),
+                            acc.num_processes, self.start_step)
+            log.info("resumed from %s at step %d", checkpoint, self.start_step)
+        self._build_data()
+        if self.is_main:
+            save_config(cfg, self.output_dir / "config.yaml")
+        self.metrics = MetricsLog(self.output_dir, cfg.logging.csv, cfg.logging.tensorboard, self.start_step,
+                                  self.is_main)
+
+    def _log_to_file(self) -> None:
+        if not self.is_main:
+            return
+        path = self.output_dir / "train.log"
+        for h in log.handlers:
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve():
+                return
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        self._file_handler = handler
+
+    def _dataset(self, split: str, train: bool):
+        from medsam3.data import PromptSegmentationDataset
+
+        d = self.cfg.data
+        kwargs = {"split": split, "datasets": d.datasets, "cache": d.cache, "window": d.window,
+                  "seed": self.cfg.seed, "max_instances": d.max_instances or self.num_queries}
+        if train:
+            kwargs.update(augment=d.augment, absent_probability=d.absent_probability,
+                          box_prompt_probability=d.box_prompt_probability,
+                          max_negative_prompts=max(d.negative_prompts, 0))
+            if d.min_scale is not None:
+                kwargs["min_scale"] = d.min_scale
+        else:
+            kwargs.update(augment=False, absent_probability=d.val_absent_probability, box_prompt_probability=0.0,
+                          max_negative_prompts=0)
+        return PromptSegmentationDataset(d.manifest, self.image_size, **kwargs)
+
+    def _build_data(self) -> None:
+        from torch.utils.data import DataLoader
+
+        from medsam3.data import balanced_weights
+        from medsam3.train.batch import (
+            EpochIndexedDataset,
+            RowCollator,
+            StreamBatchSampler,
+        )
+
+        d, acc = self.cfg.data, self.accelerator
+        self.train_set = self._dataset(d.train_split, train=True)
+        weights = None
+        if d.balanced:
+            weights = torch.as_tensor(balanced_weights(self.train_set.group_keys()), dtype=torch.float64)
+        self.sampler = StreamBatchSampler(len(self.train_set), d.batch_size, acc.num_processes, acc.process_index,
+                                          self.cfg.seed, weights, start_step=self.start_step)
+        tokenizer = self.processor.tokenizer
+        self.train_loader = DataLoader(
+            EpochIndexedDataset(self.train_set), batch_sampler=self.sampler,
+            collate_fn=RowCollator(tokenizer, d.negative_prompts), num_workers=d.num_workers,
+            pin_memory=acc.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.cfg.seed))  # never draw from the global RNG
+        self.val_set = None
+        if d.val_split and d.val_samples > 0:
+            try:
+                self.val_set = self._dataset(d.val_split, train=False)
+            except ArgumentError as exc:
+                log.warning("no validation: %s", exc)
+        self.val_collate = RowCollator(tokenizer, 0, use_box_prompts=False)
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        from accelerate.utils import DistributedType
+
+        from medsam3.train.batch import EpochIndexedDataset, validation_keys
+        from medsam3.train.validate import DiceTally
+
+        acc = self.accelerator
+        keys = validation_keys(len(self.val_set), self.cfg.data.val_samples)
+        world, rank = acc.num_processes, acc.process_index
+        per_rank = math.ceil(len(keys) / world)
+        mine = [keys[i] if i < len(keys) else None for i in range(rank, per_rank * world, world)]
+        fsdp = acc.distributed_type == DistributedType.FSDP
+        model = self.model if fsdp else acc.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        data = EpochIndexedDataset(self.val_set)
+        tally = DiceTally()
+        bs = self.cfg.data.batch_size
+        for start in range(0, len(mine), bs):
+            chunk = mine[start:start + bs]
+            real = [k for k in chunk if k is not None]
+            samples = [data[k] for k in (real or [keys[0]])]
+            batch = self.val_collate(samples).to(acc.device)
+            with acc.autocast():
+                out = model(**batch.model_inputs())
+            if real:  # padding keys only keep FSDP's collective forwards in step
+                tally.add(out, batch)
+        model.train(was_training)
+        values = tally.values.to(acc.device)
+        if world > 1:
+            values = acc.reduce(values, reduction="sum")
+        tally.values = values.cpu()
+        return tally.result()
+
+    def _record_validation(self, step: int) -> dict:
+        result = self.validate()
+        result["step"] = step
+        self.validation_history.append(result)
+        self.metrics.scalars(step, {f"val/{k}": v for k, v in result.items() if k != "step" and v is not None})
+        log.info("validation at step %d: %s", step, ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items() if k != "step"))
+        dice = result[self.cfg.train.best_metric]
+        if step > 0 and dice is not None and dice > self.best_score:
+            self.best_score = dice
+            self._save_model_directory(self.output_dir / "best", extra={"best.json": {"step": step, **result}})
+        self.accelerator.wait_for_everyone()
+        return result
+
+    # ------------------------------------------------------------------ saving
+    def _detector_state(self) -> dict[str, torch.Tensor]:
+        """The full-precision plain ``Sam3Model`` state (collective under FSDP)."""
+        state = self.accelerator.get_state_dict(self.model)
+        state = {k.removeprefix("detector."): v for k, v in state.items()}
+        if self.cfg.train.mode == "lora":
+            from medsam3.train.lora import merge_lora_state
+
+            state = merge_lora_state(state, self.cfg.lora.alpha / self.cfg.lora.r)
+        return state
+
+    def _check_finite(self) -> None:
+        bad = []
+        for n, p in self.accelerator.unwrap_model(self.model).named_parameters():
+            t = p.detach()
+            t = t.to_local() if hasattr(t, "to_local") else t  # an FSDP2 shard: this rank's part
+            if not bool(torch.isfinite(t).all()):
+                bad.append(n)
+        flag = torch.tensor([float(len(bad))], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        if float(flag) > 0:
+            raise TrainingError(f"refusing to write a checkpoint: {int(float(flag))} weight tensors are not finite "
+                                f"(e.g. {bad[:3]}); the last good checkpoint is "
+                                f"{checkpoint_dirs(self.output_dir)[-1][1] if checkpoint_dirs(self.output_dir) else 'none'}")
+
+    def _save_model_directory(self, target: Path, state: dict | None = None, extra: dict | None = None) -> None:
+        """Main process: a model directory (detector + the source's tracker tensors), atomically."""
+        from medsam3.model.directory import save_model_directory
+
+        state = self._detector_state() if state is None else state
+        if not self.is_main:
+            return
+        full = {f"detector_model.{k}": v for k, v in state.items()}
+        full.update(_other_tensors(self.source_dir))
+        save_model_directory(full, self.video_config, target, processor=self.processor)
+        for name, content in (extra or {}).items():
+            (target / name).write_text(json.dumps(content, indent=2, default=_json_default))
+
+    def save_checkpoint(self, step: int) -> Path:
+        acc = self.accelerator
+        self._check_finite()
+        root = self.output_dir / CHECKPOINTS
+        final = root / f"step-{step:07d}"
+        tmp = root / f".step-{step:07d}.tmp"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+
+        def drop_weights(models, weights, output_dir):  # the model lives in model/, not twice
+            weights.clear()
+
+        handle = acc.register_save_state_pre_hook(drop_weights)
+        acc.save_state(str(tmp / "state"))
+        handle.remove()
+        state = self._detector_state()
+        if self.is_main:
+            self._save_model_directory(tmp / "model", state=state)
+            if self.cfg.train.mode == "lora":
+                from safetensors.torch import save_file
+
+                from medsam3.train.lora import trainable_state_dict
+
+                adapters = trainable_state_dict(acc.unwrap_model(self.model).detector)
+                save_file({k: v.to("cpu").contiguous() for k, v in adapters.items()},
+                          str(tmp / "state" / "adapter.safetensors"))
+            trainer_state = {"step": step, "best_score": self.best_score, "best_metric": self.cfg.train.best_metric, "skipped_steps": self.skipped_total,
+                             "validation": self.validation_history, "source_model": str(self.source_dir),
+                             "num_processes": acc.num_processes, "mode": self.cfg.train.mode}
+            (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2, default=_json_default))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            keep = self.cfg.train.keep_checkpoints
+            if keep:
+                for _, old in checkpoint_dirs(self.output_dir)[:-keep]:
+                    shutil.rmtree(old, ignore_errors=True)
+            log.info("checkpoint: %s", final)
+        acc.wait_for_everyone()
+        return final
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainingResult:
+        self._setup()
+        cfg, acc = self.cfg, self.accelerator
+        t = cfg.train
+        if self.val_set is not None and t.validate_at_start and self.start_step == 0:
+            self._record_validation(0)
+        progress = None
+        if self.is_main and cfg.logging.progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=t.max_steps, initial=self.start_step, desc="train", unit="step", dynamic_ncols=True)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        consecutive_bad = 0
+        first_bad = None
+        last_saved = self.checkpoint is not None and self.start_step or -1
+        last_validated = self.start_step if self.start_step else 0
+        iterator = iter(self.train_loader)
+        self.model.train()
+        step = self.start_step
+        try:
+            while step < t.max_steps:
+                tic = time.perf_counter()
+                batch = next(iterator).to(acc.device, non_blocking=True)
+                outputs = self.model(**batch.model_inputs())
+                num_boxes = torch.tensor([float(sum(len(x.boxes) for x in batch.targets))], device=acc.device)
+                if acc.num_processes > 1:
+                    num_boxes = acc.reduce(num_boxes, reduction="mean")
+                losses = self.criterion(outputs, batch.targets, num_boxes=float(num_boxes))
+                acc.backward(losses.total)
+                max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
+                grad_norm = acc.clip_grad_norm_(params, max_norm)
+                grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+                loss_value = losses.total.detach().reshape(1)
+                if acc.num_processes > 1:
+                    loss_value = acc.reduce(loss_value, reduction="mean")
+                loss_value = float(loss_value)
+                finite = math.isfinite(loss_value) and (math.isfinite(grad_norm) or acc.scaler is not None)
+                if finite:
+                    self.optimizer.step()
+                    consecutive_bad = 0
+                else:
+                    consecutive_bad += 1
+                    self.skipped_total += 1
+                    first_bad = step + 1 if consecutive_bad == 1 else first_bad
+                    bad_terms = [k for k, v in losses.terms.items() if not torch.isfinite(v.detach())]
+                    log.warning("step %d skipped: loss %s, gradient norm %s%s (%d in a row)", step + 1, loss_value,
+                                grad_norm, f", non-finite terms {bad_terms}" if bad_terms else "", consecutive_bad)
+                    self.metrics.scalars(step + 1, {"train/skipped_step": 1.0})
+                self.optimizer.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():  # a skipped first step is not an ordering mistake
+                    warnings.filterwarnings("ignore", message=r".*lr_scheduler.step\(\)` before `optimizer.step")
+                    self.scheduler.step()
+                step += 1
+                if consecutive_bad >= t.max_nonfinite_steps:
+                    saved = checkpoint_dirs(self.output_dir)
+                    raise TrainingError(
+                        f"stopping at step {step}: the loss or gradients were not finite in {consecutive_bad} steps in a "
+                        f"row (steps {first_bad}-{step}); last good checkpoint: "
+                        f"{saved[-1][1] if saved else 'none'}. Lower the learning rates (optim.lr), check the data "
+                        "for NaN or empty images, or train in fp32 (train.mixed_precision: no)")
+                elapsed = time.perf_counter() - tic
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss_value:.3f}",
+                                         img_s=f"{batch.images * acc.num_processes / max(elapsed, 1e-9):.2f}")
+                if t.log_every and (step % t.log_every == 0 or step == t.max_steps):
+                    terms = {k: v.detach().float().reshape(1) for k, v in losses.terms.items()}
+                    if acc.num_processes > 1:
+                        stacked = acc.reduce(torch.cat(list(terms.values())), reduction="mean")
+                        terms = dict(zip(terms, stacked))
+                    values = {f"loss/{k}": float(v) for k, v in terms.items()}
+                    values.update({"train/loss": loss_value, "train/grad_norm": grad_norm,
+                                   "train/lr_decoder": self._group_lr("decoder"),
+                                   "train/images_per_s": batch.images * acc.num_processes / max(elapsed, 1e-9),
+                                   "train/rows": float(len(batch.targets))})
+                    self.metrics.scalars(step, values)
+                    if not cfg.logging.progress:
+                        log.info("step %d/%d loss %.4f grad-norm %.3g %.2f img/s", step, t.max_steps, loss_value,
+                                 grad_norm, values["train/images_per_s"])
+                if self.val_set is not None and t.validate_every and step % t.validate_every == 0 \
+                        and step < t.max_steps:
+                    self._record_validation(step)
+                    last_validated = step
+                if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:
+                    self.save_checkpoint(step)
+                    last_saved = step
+        finally:
+            if progress is not None:
+                progress.close()
+            del iterator
+        if self.val_set is not None and last_validated != step:
+            self._record_validation(step)
+        if last_saved != step:
+            self.save_checkpoint(step)
+        return self._finish(step)
+
+    def _group_lr(self, group: str) -> float:
+        for g in self.optimizer.param_groups:
+            if g.get("name", "").startswith(group + "."):
+                return float(g["lr"])
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _finish(self, step: int) -> TrainingResult:
+        from accelerate.utils import DistributedType, gather_object
+
+        acc = self.accelerator
+        digests: list[str] = []
+        if acc.distributed_type != DistributedType.FSDP:
+            own = weights_digest(acc.unwrap_model(self.model).detector.state_dict())
+            digests = gather_object([own]) if acc.num_processes > 1 else [own]
+        final = self.output_dir / "final"
+        summary = {"steps": step, "skipped_steps": self.skipped_total, "best_score": self.best_score,
+                   "validation": self.validation_history, "num_processes": acc.num_processes,
+                   "rank_weight_digests": digests, "source_model": str(self.source_dir),
+                   "config": self.cfg.to_dict()}
+        self._save_model_directory(final, extra={"training.json": summary})
+        self.metrics.close()
+        acc.wait_for_everyone()
+        if len(set(digests)) > 1:
+            raise TrainingError(f"the {len(digests)} processes ended with different weights ({digests}); "
+                                "the distributed setup did not synchronise gradients")
+        best = self.output_dir / "best"
+        handler = getattr(self, "_file_handler", None)
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        return TrainingResult(self.output_dir, final, best if best.is_dir() else None, step, self.skipped_total,
+                              self.validation_history, digests)
+
+
+def _json_default(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def train(config: TrainingConfig, resume: bool | str | os.PathLike = False) -> TrainingResult:
+    """Run a training configuration (see the module docstring); ``resume=True`` continues
+    from the newest checkpoint in ``output_dir``, a path from that checkpoint."""
+    return Trainer(config, resume).run()

@@ -260,7 +260,7 @@ def test_app_in_browser_matches_the_cli(server, browser, tmp_path, tiny_model_di
     from selenium.webdriver.support import expected_conditions as ec
 
     from medsam3.io import read_label_map
-    from medsam3.segment import segment
+    from medsam3.segmentation import segment
 
     d = browser
     d.get(server)

@@ -311,9 +311,9 @@ def test_predictions_with_manifest_score_like_the_model_run(text_run, manifest_2
 def test_cli_model_and_manifest_modes(tiny_model, manifest_2d, text_run, tmp_path, monkeypatch, capsys):
     import argparse
 
-    import medsam3.segment
+    import medsam3.segmentation
 
-    monkeypatch.setattr(medsam3.segment, "load_model", lambda *args, **kwargs: tiny_model)
+    monkeypatch.setattr(medsam3.segmentation, "load_model", lambda *args, **kwargs: tiny_model)
     parser = argparse.ArgumentParser(prog="medsam3")
     register(parser.add_subparsers())
     args = parser.parse_args(["evaluate", "--model", "random:tiny", "--manifest", str(manifest_2d), "--prompt-mode",
@@ -338,16 +338,16 @@ def test_cli_model_and_manifest_modes(tiny_model, manifest_2d, text_run, tmp_pat
 
 
 def test_3d_text_mode_runs_segment_on_the_whole_volume(tiny_model, manifest_3d, tmp_path, monkeypatch):
-    import medsam3.segment
+    import medsam3.segmentation
 
     shapes = []
-    original = medsam3.segment.segment
+    original = medsam3.segmentation.segment
 
     def spy(image, *args, **kwargs):
         shapes.append(image.shape)
         return original(image, *args, **kwargs)
 
-    monkeypatch.setattr(medsam3.segment, "segment", spy)
+    monkeypatch.setattr(medsam3.segmentation, "segment", spy)
     result = evaluate_model(tiny_model, manifest_3d, tmp_path / "t3", "text", threshold=0.5, presence_threshold=0.0,
                             **FAST)
     assert shapes == [(4, 64, 64)]  # one call, the whole volume

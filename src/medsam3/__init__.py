@@ -12,8 +12,8 @@ from medsam3.image import Image
 __version__ = "0.1.0"
 
 _LAZY = {
-    "segment": "medsam3.segment",
-    "Segmentation": "medsam3.segment",
+    "segment": "medsam3.segmentation",
+    "Segmentation": "medsam3.segmentation",
     "MedSAM3": "medsam3.model.loader",
     "ImagePredictor": "medsam3.predict.image",
     "TextPrompt": "medsam3.predict.image",

@@ -61,8 +61,36 @@ def _add_segment(subparsers) -> None:
                    dest="exemplars", help="an example box of the text concept, given with every text prompt")
     p.add_argument("--negative-exemplar", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
                    action=_AppendExemplar, dest="exemplars", help="a counter-example box of the text concept")
-    p.add_argument("--slice", type=int, dest="slice_index", metavar="Z",
-                   help="for volumes: the axial slice index (array order) that --box/--point refer to")
+    p.add_argument("--slice", type=int, dest="slice_index", metavar="K",
+                   help="for volumes: the slice --box/--point are drawn on, as an index along the slicing axis "
+                        "(array order); X/Y are the columns/rows of that array plane")
+    v = p.add_argument_group("volumes", "3D inputs: the detector finds the prompts on every slice, the SAM3 tracker "
+                             "propagates what it found (and any --box/--point) through the volume, and the two are "
+                             "merged; see medsam3.predict.volume")
+    v.add_argument("--mode", choices=("merged", "propagate", "slices"), default="merged",
+                   help="merged: detection + tracker propagation, merged; propagate: tracker masks from detected "
+                        "key slices; slices: detection on each slice only")
+    v.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default=None,
+                   help="slice the volume in this physical plane (not array order); default: the plane closest "
+                        "to the acquisition plane")
+    v.add_argument("--instances", action="store_true",
+                   help="also write an instance map (one id per object, the same on every slice) as "
+                        "OUTPUT_instances.EXT with its own sidecar")
+    v.add_argument("--keep-empty", dest="skip_empty", action="store_false",
+                   help="run the model on empty background slices too (by default a slice is skipped when fewer "
+                        "than 0.1%% of its pixels are 0.05 above its minimum, in normalised intensity)")
+    v.add_argument("--backward-slices", type=int, default=8, metavar="N",
+                   help="propagate each track back this many slices from the slice it was first detected on")
+    v.add_argument("--max-unsupported", type=int, default=2, metavar="N",
+                   help="merge rule: a tracked mask may go N slices without a detection agreeing; "
+                        "N+1 such slices in a row are drift and removed")
+    v.add_argument("--iou-threshold", type=float, default=0.3,
+                   help="merge rule: IoU at which a tracked mask and a detection are the same object")
+    v.add_argument("--size", type=int, default=None, metavar="PX",
+                   help="the model's input resolution (a multiple of 14, e.g. 504 for ~4x less compute than "
+                        "1008); default: the checkpoint's own")
+    v.add_argument("--key-score", type=float, default=0.5,
+                   help="merge rule: a detection this confident that no track explains starts a new track")
     p.add_argument("--model", default=None, help="model directory, Hugging Face hub id, or random:NAME "
                    "(random weights, for tests and benchmarks); default: facebook/sam3")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -81,7 +109,7 @@ def _add_segment(subparsers) -> None:
 
 
 def _run_segment(args) -> int:
-    from medsam3.segment import segment, summary_dict
+    from medsam3.segmentation import segment, summary_dict
 
     if args.window is not None and "," in args.window:
         try:
@@ -95,7 +123,10 @@ def _run_segment(args) -> int:
                   slice_index=args.slice_index, model=args.model, device=args.device, dtype=args.dtype,
                   modality=args.modality, window=window, threshold=args.threshold,
                   presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
-                  overlay=args.overlay, batch_size=args.batch_size)
+                  overlay=args.overlay, batch_size=args.batch_size, mode=args.mode, axis=args.axis,
+                  instances=args.instances, skip_empty=args.skip_empty, backward_slices=args.backward_slices,
+                  max_unsupported=args.max_unsupported, iou_threshold=args.iou_threshold,
+                  key_score=args.key_score, size=args.size)
     if args.json:
         print(json.dumps([summary_dict(r) for r in seg.results], indent=2))
     for k, name in enumerate(seg.prompts, start=1):
@@ -104,6 +135,8 @@ def _run_segment(args) -> int:
         print(f"  {k}: {name}: {state} (presence {r.presence_score:.3f})")
     print(f"label map: {seg.output}")
     print(f"sidecar:   {seg.output and __import__('medsam3.io', fromlist=['sidecar_path']).sidecar_path(seg.output)}")
+    if seg.extra.get("instances_output"):
+        print(f"instances: {seg.extra['instances_output']}")
     if seg.overlay:
         print(f"overlay:   {seg.overlay}")
     return 0
@@ -159,12 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_segment(subparsers)
     _add_model(subparsers)
-    for module in ("medsam3.model.convert_cli", "medsam3.evaluate.cli"):
-        try:
-            register = __import__(module, fromlist=["register"]).register
-        except ImportError:
-            continue
-        register(subparsers)
+    import importlib
+
+    for module in ("medsam3.model.convert_cli", "medsam3.data.cli", "medsam3.evaluate.cli", "medsam3.train.cli",
+                   "medsam3.app.cli"):
+        importlib.import_module(module).register(subparsers)
     return parser
 
 
@@ -185,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medsam3: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `medsam3 data list | head`: the reader left, not an error
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":

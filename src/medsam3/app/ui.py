@@ -6,7 +6,7 @@ for positive/negative points or the two corners of a box); on the right the resu
 overlay, the three orthogonal views of a volume, the legend with each prompt's presence
 score and an explicit "absent", per-class toggles, and the label map + JSON sidecar to download.
 
-Every segmentation goes through :func:`medsam3.segment.segment` with the model loaded once
+Every segmentation goes through :func:`medsam3.segmentation.segment` with the model loaded once
 per process; events run through Gradio's queue, the model one request at a time, and each
 browser session keeps its own state and its own temporary directory.
 """
@@ -34,7 +34,7 @@ class AppSettings:
     """What ``medsam3 serve`` configures.
 
     Attributes:
-        model: model directory, hub id or ``random:NAME`` (see :func:`medsam3.segment.load_model`).
+        model: model directory, hub id or ``random:NAME`` (see :func:`medsam3.segmentation.load_model`).
         device: ``auto``, ``cpu``, ``cuda``.
         threshold, presence_threshold, mask_threshold: the UI's starting thresholds.
         max_upload_mb: the largest upload accepted, in MB.
@@ -137,7 +137,7 @@ def build_app(settings: AppSettings | None = None, model=None):
     Args:
         settings: :class:`AppSettings` (defaults when ``None``).
         model: an already loaded :class:`medsam3.model.loader.MedSAM3`; loaded from
-            ``settings.model`` once (cached per process by :func:`medsam3.segment.load_model`) when ``None``.
+            ``settings.model`` once (cached per process by :func:`medsam3.segmentation.load_model`) when ``None``.
 
     Returns:
         ``(blocks, files)``: the app and its :class:`medsam3.app.uploads.SessionFiles`.
@@ -153,7 +153,7 @@ def build_app(settings: AppSettings | None = None, model=None):
     )
     from medsam3.io import read_image
     from medsam3.preprocess import normalize_intensity
-    from medsam3.segment import load_model, segment
+    from medsam3.segmentation import load_model, segment
 
     settings = settings or AppSettings()
     loaded = model if model is not None else load_model(settings.model, device=settings.device)

@@ -3,7 +3,7 @@
 A volume is shown slice by slice in an anatomical plane (radiological orientation, from
 :func:`medsam3.predict.orientation.choose_orientation`, the same slicing the volume
 predictor uses), each pixel stretched to its physical size. Clicks on the picture are mapped
-back to the input array's plane, the frame :func:`medsam3.segment.segment` takes box and
+back to the input array's plane, the frame :func:`medsam3.segmentation.segment` takes box and
 point prompts in.
 """
 

@@ -351,7 +351,7 @@ class _Runner:
     @property
     def model(self):
         if self._model is None:
-            from medsam3.segment import load_model
+            from medsam3.segmentation import load_model
 
             self._model = load_model(self._model_arg, device=self.device, dtype=self.dtype)
         return self._model
@@ -390,7 +390,7 @@ class _Runner:
 
     def _text_volume(self, reference, normalised, item, classes, layers, answers) -> dict[str, Any]:
         """``text`` mode on a volume: :func:`medsam3.segment` on the whole volume, once per layer."""
-        from medsam3.segment import segment
+        from medsam3.segmentation import segment
 
         image = reference.with_array(normalised, modality=item.modality)
         image.meta.pop("rgb", None)

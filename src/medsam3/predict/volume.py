@@ -1,25 +1,86 @@
-"""Volumes, slice by slice: detection on every axial slice (array order ``z``).
+"""Volumes: text prompts, boxes, clicks and masks segmented through a whole 3D image.
 
-Each slice is encoded once and answers all prompts (text embeddings are computed once per
-volume). Slices whose normalised intensities are all equal (padding, empty background)
-are not run and get no labels. Propagation through the SAM3 tracker comes on top of this.
+Medical SAM3's 3D scheme (detector on slices + SAM3 tracker propagation, merged), run on
+the whole volume in one streaming pass, with no ground truth anywhere:
+
+* **Slicing** (:mod:`medsam3.predict.orientation`): the volume is cut into axial, coronal
+  or sagittal slices in the patient's physical orientation (default: the plane closest
+  to the acquisition plane), shown to the model in the radiological in-plane orientation.
+  Labels are written back in the input's array order and geometry.
+* **One ViT pass per slice.** Each slice is encoded once; all text prompts go through
+  the detector together (text embeddings computed once per prompt), and the tracker's
+  features come from the same ViT output (:mod:`medsam3.predict.propagation`).
+* **Key slices and propagation.** A confident detection (score >= ``key_score``) that no
+  existing track explains starts a track on that slice, its key slice; the tracker then
+  propagates it forwards slice by slice, and backwards from the key slice through the
+  slices still held in memory (``backward_slices``). A box, clicks or a mask given on one
+  slice start a track there, propagated both ways through the whole volume (the pass
+  starts at that slice and comes back to cover the slices before it). The order of the
+  pass is the slices' array order; a key slice is therefore the first slice where the
+  detector is confident, not the globally best one, which would need a second ViT pass.
+* **Merging** (:mod:`medsam3.predict.merge`, which states the rule exactly): detections
+  are always kept; tracker masks are kept where a detection supports them, bridge up to
+  ``max_unsupported`` slices without support, and are removed as drift when they go on
+  longer without any detection agreeing. Overlaps between prompts and instances are
+  resolved per voxel by probability; every instance keeps one id across slices.
+
+Modes: ``merged`` (default, the above); ``propagate`` (tracker masks only: detections
+only start tracks, a track ends where the tracker loses the object); ``slices``
+(detections only, no tracker; instances are linked between neighbouring slices by IoU).
+
+**Empty slices** (:class:`EmptySliceRule`): a slice is skipped -- no model run, no labels
+-- when fewer than ``max(1, ceil(min_fraction x pixels))`` of its normalised
+intensities lie more than ``level`` above the slice's minimum (default 0.1 % of the
+pixels, 0.05 of the [0, 1] range): padding, air and empty background. A track ends at a
+skipped slice (as where the tracker loses its object). The slice a box/point/mask prompt
+is drawn on is never skipped.
+
+**Memory.** Peak memory does not grow with the number of slices beyond the input and
+output volumes: at any time only the current slice's detector features and the ViT
+output (tracker features are made from it on demand) and low-resolution masks of the
+last ``max(backward_slices, max_unsupported + 1)`` slices (the slices whose answer can
+still change) are held, plus each live object's bounded memory bank. Older slices are
+final and written into the label map (and instance map) right away.
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from medsam3.predict.image import ImagePredictor, TextPrompt
-from medsam3.predict.results import PromptResult, combine_label_map
+from medsam3.errors import ArgumentError
+from medsam3.predict.image import ImagePredictor, TextPrompt, _as_prompt
+from medsam3.predict.merge import (
+    EMPTY,
+    SUPPORTED,
+    UNSUPPORTED,
+    MergeRule,
+    TrackLedger,
+    fold_duplicates,
+    greedy_match,
+    mask_iou,
+    resolve_voxels,
+)
+from medsam3.predict.orientation import SliceOrientation, choose_orientation
+from medsam3.predict.propagation import TrackedObject, VolumeTracker, logit
+
+MODES = ("merged", "propagate", "slices")
 
 
 @dataclass
 class VolumePromptSummary:
-    """A prompt's answer over a whole volume."""
+    """A prompt's answer over a whole volume.
+
+    ``slices_present`` are indices along the slicing axis (array order), ``voxels`` the
+    voxel count of its label, ``instance_ids`` the ids it holds in the instance map.
+    """
 
     prompt: str
     present: bool
@@ -27,36 +88,665 @@ class VolumePromptSummary:
     slices_present: list[int] = field(default_factory=list)
     voxels: int = 0
     kind: str = "text"
+    instance_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ObjectPrompt:
+    """One object drawn on one slice, propagated through the volume by the tracker.
+
+    Coordinates are pixels of the input array's plane ``np.take(array, slice_index,
+    axis=s)`` where ``s`` is the slicing axis: ``x`` = its column, ``y`` = its row (for
+    the default axial slicing of an axial scan, ``array[slice_index]``).
+
+    Attributes:
+        slice_index: the slice, an index along the slicing axis in array order.
+        box: ``x0 y0 x1 y1``.
+        points: ``[[x, y], ...]`` clicks; ``point_labels`` 1 = on the object (default), 0 = not.
+        mask: a boolean mask of that plane (instead of a box/points).
+        name: the label's name (default ``box``, ``points`` or ``mask``).
+    """
+
+    slice_index: int
+    box: Sequence[float] | None = None
+    points: Sequence[Sequence[float]] | None = None
+    point_labels: Sequence[int] | None = None
+    mask: np.ndarray | None = None
+    name: str | None = None
+
+    @property
+    def label_name(self) -> str:
+        if self.name:
+            return self.name
+        return "mask" if self.mask is not None else ("box" if self.box is not None else "points")
+
+
+@dataclass(frozen=True)
+class EmptySliceRule:
+    """Which slices are background and skipped (module docstring).
+
+    Attributes:
+        level: how far above the slice's minimum (in normalised [0, 1] units) a pixel must be
+            to count as content.
+        min_fraction: the fraction of the slice's pixels that must be content (at least one pixel).
+    """
+
+    level: float = 0.05
+    min_fraction: float = 0.001
+
+    def is_empty(self, plane: np.ndarray) -> bool:
+        plane = np.asarray(plane)
+        if plane.size == 0:
+            return True
+        needed = max(1, math.ceil(self.min_fraction * plane.size))
+        return int(np.count_nonzero(plane > plane.min() + self.level)) < needed
+
+
+@dataclass
+class VolumeSegmentation:
+    """What :meth:`VolumePredictor.segment` returns.
+
+    Attributes:
+        labels: ``(Z, Y, X)`` label map in the input's array order; label k = k-th prompt
+            (text prompts, then objects).
+        summaries: one :class:`VolumePromptSummary` per label.
+        instances: ``(Z, Y, X)`` instance ids (0 = background), when asked for.
+        instance_labels: instance id -> its label.
+        key_slices: instance id -> the slice its track started on (detections and objects).
+        orientation: how the volume was sliced.
+        skipped_slices: slices skipped as empty background.
+        mode: ``merged``, ``propagate`` or ``slices``.
+        stats: work done: ``slices_encoded`` (ViT passes), ``tracks`` started,
+            ``tracker_steps`` (tracker runs on a slice, all objects and directions).
+    """
+
+    labels: np.ndarray
+    summaries: list[VolumePromptSummary]
+    instances: np.ndarray | None
+    instance_labels: dict[int, int]
+    key_slices: dict[int, int]
+    orientation: SliceOrientation
+    skipped_slices: list[int]
+    mode: str
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Candidate:
+    score: float
+    logits: torch.Tensor  # (h, w) low-resolution mask logits
+    mask: torch.Tensor  # (h, w) bool
+    strong: bool
+    owner: int | None = None
+
+
+@dataclass
+class _TrackMask:
+    logits: torch.Tensor
+    keep: bool | None  # None: pending (an unsupported mask whose run is not settled yet)
+
+
+@dataclass
+class _Record:
+    """What is known about one slice while its answer can still change."""
+
+    index: int
+    skipped: bool
+    hidden: torch.Tensor | None = None  # the ViT output, from which tracker features are made on demand
+    candidates: list[list[_Candidate]] = field(default_factory=list)
+    masks: dict[int, _TrackMask] = field(default_factory=dict)
+    _features: object = None
+
+
+@dataclass
+class _Track:
+    id: int
+    label: int
+    kind: str  # "text" or "object"
+    obj: TrackedObject | None
+    ledger: TrackLedger
+    alive: bool = True
+    last_mask: torch.Tensor | None = None  # slices mode: the mask on the previous slice
+
+
+class VolumePredictor:
+    """Segments volumes with a 2D :class:`ImagePredictor`'s model and thresholds.
+
+    Args:
+        predictor: the 2D predictor (its score, presence and mask thresholds apply).
+        mode: ``merged`` (default), ``propagate`` or ``slices`` (module docstring).
+        rule: the :class:`MergeRule`.
+        backward_slices: how far back (in slices) a track is propagated from its key slice.
+        max_objects: at most this many live tracks per text prompt; further detections are
+            kept as detections without a track (like those below the key score).
+        empty_slices: the :class:`EmptySliceRule`, or ``None`` to run every slice.
+        progress: show a progress bar per volume.
+    """
+
+    def __init__(self, predictor: ImagePredictor, mode: str = "merged", rule: MergeRule | None = None,
+                 backward_slices: int = 8, max_objects: int = 8, empty_slices: EmptySliceRule | None = EmptySliceRule(),
+                 progress: bool = True):
+        if mode not in MODES:
+            raise ArgumentError(f"unknown volume mode {mode!r}; accepted: {', '.join(MODES)}")
+        if backward_slices < 0 or int(backward_slices) != backward_slices:
+            raise ArgumentError(f"backward slices must be a whole number >= 0, got {backward_slices}")
+        if max_objects < 1:
+            raise ArgumentError(f"max objects per prompt must be at least 1, got {max_objects}")
+        self.predictor = predictor
+        self.mode = mode
+        self.rule = rule or MergeRule()
+        self.backward_slices = int(backward_slices)
+        self.max_objects = int(max_objects)
+        self.empty_slices = empty_slices
+        self.progress = progress
+
+    def segment(self, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
+                objects: Sequence[ObjectPrompt] = (), direction=None, axis: str | None = None,
+                instances: bool = False, description: str = "volume") -> VolumeSegmentation:
+        """Segment a normalised volume.
+
+        Args:
+            volume: ``(Z, Y, X)`` intensities in [0, 1], array order of the image.
+            prompts: text prompts (labels 1..K).
+            objects: :class:`ObjectPrompt` s (labels K+1...), propagated from their slice.
+            direction: the image's flattened 3x3 direction matrix (identity when ``None``).
+            axis: ``axial``, ``coronal``, ``sagittal`` or ``None`` (module docstring).
+            instances: also return the instance map.
+            description: the progress bar's label.
+        """
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise ArgumentError(f"a volume must be 3D (Z, Y, X), got shape {volume.shape}")
+        text = [_as_prompt(p) for p in prompts]
+        objects = list(objects)
+        if not text and not objects:
+            raise ArgumentError("no prompt given: give a text prompt or an object (box, points or mask)")
+        orientation = choose_orientation(direction if direction is not None else np.eye(3).ravel(), axis)
+        return _VolumeRun(self, volume, text, objects, orientation, instances, description).execute()
+
+
+def segment_volume(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
+                   objects: Sequence[ObjectPrompt] = (), *, direction=None, axis: str | None = None,
+                   mode: str = "merged", instances: bool = False, progress: bool = True,
+                   description: str = "volume", **options) -> VolumeSegmentation:
+    """Functional form of :meth:`VolumePredictor.segment`; ``options`` go to :class:`VolumePredictor`."""
+    return VolumePredictor(predictor, mode=mode, progress=progress, **options).segment(
+        volume, prompts, objects, direction=direction, axis=axis, instances=instances, description=description)
 
 
 def segment_slices(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt],
                    progress: bool = True, description: str = "slices") -> tuple[np.ndarray, list[VolumePromptSummary]]:
-    """Label map ``(Z, Y, X)`` of a normalised volume, label k = k-th prompt.
-
-    Args:
-        predictor: the 2D predictor (its thresholds apply per slice).
-        volume: normalised intensities in [0, 1], ``(Z, Y, X)``.
-        prompts: text prompts.
-    """
-    names = [p.text if isinstance(p, TextPrompt) else str(p) for p in prompts]
-    summaries = [VolumePromptSummary(n, False, 0.0) for n in names]
-    labels = np.zeros(volume.shape, np.uint8 if len(names) < 256 else np.uint16)
-    for z in tqdm(range(volume.shape[0]), desc=description, unit="slice", disable=not progress, leave=False):
-        plane = volume[z]
-        if plane.size == 0 or float(plane.max()) == float(plane.min()):
-            continue
-        predictor.set_image(plane)
-        results = predictor.predict(prompts)
-        labels[z] = combine_label_map(results, dtype=labels.dtype)
-        _accumulate(summaries, results, z, labels[z])
-    return labels, summaries
+    """Detection only, slice by slice along array axis 0: ``(labels, summaries)``."""
+    result = segment_volume(predictor, volume, prompts, mode="slices", progress=progress, description=description)
+    return result.labels, result.summaries
 
 
-def _accumulate(summaries: list[VolumePromptSummary], results: list[PromptResult], z: int,
-                plane_labels: np.ndarray) -> None:
-    for k, (summary, result) in enumerate(zip(summaries, results), start=1):
-        summary.presence_score = max(summary.presence_score, result.presence_score)
-        if result.present:
-            summary.present = True
+class _VolumeRun:
+    """One volume through :class:`VolumePredictor`: the pass, the window of open slices, the output."""
+
+    def __init__(self, owner: VolumePredictor, volume: np.ndarray, text: list[TextPrompt],
+                 objects: list[ObjectPrompt], orientation: SliceOrientation, instances: bool, description: str):
+        self.p = owner
+        self.predictor = owner.predictor
+        self.rule = owner.rule
+        self.mode = owner.mode
+        self.text = text
+        self.objects = objects
+        self.orientation = orientation
+        self.description = description
+        self.stack = orientation.stack(volume)
+        self.num_slices = self.stack.shape[0]
+        self.plane_shape = tuple(self.stack.shape[1:])
+        n_labels = len(text) + len(objects)
+        self.labels = np.zeros(volume.shape, np.uint8 if n_labels < 256 else np.uint16)
+        self.labels_stack = orientation.stack(self.labels)
+        self.instances = np.zeros(volume.shape, np.uint32) if instances else None
+        self.instances_stack = orientation.stack(self.instances) if instances else None
+        self.summaries = [VolumePromptSummary(p.text, False, 0.0) for p in text]
+        self.summaries += [VolumePromptSummary(o.label_name, False, 0.0, kind="interactive") for o in objects]
+        self.thr = logit(self.predictor.mask_threshold)
+        self.support_score = (self.rule.support_score if self.rule.support_score is not None
+                              else self.predictor.score_threshold / 2)
+        self.tracking = self.mode != "slices"
+        self.window_size = max(self.p.backward_slices, self.rule.max_unsupported + 1) if self.tracking else 0
+        self.object_starts = self._check_objects()
+        self.tracker = (VolumeTracker(self.predictor.model, self.num_slices, self.plane_shape)
+                        if self.tracking or objects else None)
+        self.tracks: list[_Track] = []  # the live ones (dead tracks are dropped after each slice)
+        self.track_ids: set[int] = set()
+        self.label_of: dict[int, int] = {}
+        self.key_slices: dict[int, int] = {}
+        self.next_id = 1
+        self.window: OrderedDict[int, _Record] = OrderedDict()
+        self.skipped: list[int] = []
+        self.step = 1
+        self.start = min(self.object_starts) if (self.object_starts and self.tracking) else 0
+        self.seeds: list[tuple[int, torch.Tensor]] = []
+        self.seed_features = None
+        self.stats = {"slices_encoded": 0, "tracks": 0, "tracker_steps": 0}
+        self.standalone: dict[int, list[tuple[int, torch.Tensor]]] = {}  # label -> (id, mask) on the last commit
+
+    # ------------------------------------------------------------------ set-up
+    def _check_objects(self) -> dict[int, list[int]]:
+        """Validate object prompts; slice -> indices of the objects drawn on it."""
+        starts: dict[int, list[int]] = {}
+        shape = self.labels.shape
+        plane_h, plane_w = self.orientation.plane_shape(shape)
+        n = self.num_slices
+        for i, obj in enumerate(self.objects):
+            k = obj.slice_index
+            if isinstance(k, bool) or int(k) != k or not 0 <= k < n:
+                raise ArgumentError(f"prompt slice {k} is out of range: the volume has {n} "
+                                    f"{self.orientation.axis} slices (0..{n - 1})")
+            if obj.mask is None and obj.box is None and not obj.points:
+                raise ArgumentError("an object prompt needs a box, points or a mask")
+            if obj.mask is not None:
+                if np.asarray(obj.mask).shape != (plane_h, plane_w):
+                    raise ArgumentError(f"the mask on slice {k} has shape {np.asarray(obj.mask).shape}, "
+                                        f"expected the plane's {(plane_h, plane_w)}")
+                if not np.asarray(obj.mask).any():
+                    raise ArgumentError(f"the mask on slice {k} is empty")
+            if obj.box is not None:
+                if len(obj.box) != 4:
+                    raise ArgumentError(f"a box needs 4 numbers X0 Y0 X1 Y1, got {list(obj.box)}")
+                x0, y0, x1, y1 = (float(v) for v in obj.box)
+                if not (0 <= x0 < x1 <= plane_w and 0 <= y0 < y1 <= plane_h):
+                    raise ArgumentError(f"box {x0:g} {y0:g} {x1:g} {y1:g} is not inside slice {k} "
+                                        f"(width {plane_w}, height {plane_h}) with X0 < X1 and Y0 < Y1")
+            labels = list(obj.point_labels) if obj.point_labels is not None else [1] * len(obj.points or [])
+            if len(labels) != len(obj.points or []):
+                raise ArgumentError(f"{len(obj.points or [])} points but {len(labels)} point labels")
+            for point in obj.points or []:
+                if len(point) != 2:
+                    raise ArgumentError(f"a point needs 2 numbers X Y, got {list(point)}")
+                x, y = (float(v) for v in point)
+                if not (0 <= x < plane_w and 0 <= y < plane_h):
+                    raise ArgumentError(f"point {x:g} {y:g} is outside slice {k} (width {plane_w}, height {plane_h})")
+            starts.setdefault(int(k), []).append(i)
+        return starts
+
+    def _model_prompt(self, obj: ObjectPrompt) -> dict:
+        """An object's prompt on the stack's slice, in model input pixels."""
+        shape = self.labels.shape
+        if obj.mask is not None:
+            mask = np.ascontiguousarray(self.orientation.plane_mask_to_slice(np.asarray(obj.mask, bool)))
+            return {"mask": torch.from_numpy(mask)}
+        h, w = self.plane_shape
+        size = self.predictor.model.image_size
+        sx, sy = size / w, size / h
+        out = {}
+        if obj.box is not None:
+            x0, y0, x1, y1 = self.orientation.plane_box_to_slice([float(v) for v in obj.box], shape)
+            out["box"] = [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
+        if obj.points:
+            pts = [self.orientation.plane_to_slice_xy(float(p[0]), float(p[1]), shape) for p in obj.points]
+            out["points"] = [[x * sx, y * sy] for x, y in pts]
+            out["point_labels"] = list(obj.point_labels) if obj.point_labels is not None else [1] * len(pts)
+        return out
+
+    # ------------------------------------------------------------------ the pass
+    def execute(self) -> VolumeSegmentation:
+        bar = tqdm(total=self.num_slices, desc=self.description, unit="slice", disable=not self.p.progress,
+                   leave=False)
+        try:
+            with torch.inference_mode():
+                self.step = 1
+                for z in range(self.start, self.num_slices):
+                    self._visit(z)
+                    bar.update(1)
+                self._finish_half()
+                if self.start > 0:
+                    self.step = -1
+                    self.standalone = {}
+                    self._seed_backward_half()
+                    for z in range(self.start - 1, -1, -1):
+                        self._visit(z)
+                        bar.update(1)
+                    self._finish_half()
+        finally:
+            bar.close()
+            for track in self.tracks:
+                if track.obj is not None:
+                    track.obj.close()
+        for summary in self.summaries:
+            summary.present = summary.voxels > 0
+            summary.slices_present.sort()
+            summary.instance_ids.sort()
+        return VolumeSegmentation(self.labels, self.summaries, self.instances, dict(self.label_of),
+                                  dict(self.key_slices), self.orientation, sorted(self.skipped), self.mode,
+                                  dict(self.stats))
+
+    def _new_id(self, label: int) -> int:
+        """A new instance id (track or detection) for ``label``."""
+        i = self.next_id
+        self.next_id += 1
+        self.label_of[i] = label
+        return i
+
+    def _live(self) -> list[_Track]:
+        return [t for t in self.tracks if t.alive]
+
+    def _add_track(self, track: _Track) -> None:
+        self.tracks.append(track)
+        self.track_ids.add(track.id)
+
+    def _visit(self, z: int) -> None:
+        plane = self.stack[z]
+        forced = self.step == 1 and z in self.object_starts
+        rule = self.p.empty_slices
+        if rule is not None and not forced and rule.is_empty(plane):
+            record = _Record(z, True)
+            self.window[z] = record
+            self.skipped.append(z)
+            for track in self._live():
+                self._apply(track, record, EMPTY, None, None)
+        else:
+            self.predictor.set_image(plane)
+            self.stats["slices_encoded"] += 1
+            hidden = self.predictor._features.last_hidden_state if self.tracker is not None else None
+            record = _Record(z, False, hidden, self._candidates())
+            self.window[z] = record
+            self._track(record)
+            self._start_objects(record)
+            self._start_tracks(record)
+        self.tracks = self._live()  # stopped tracks hold nothing the output still needs
+        self._commit_settled(z)
+
+    def _features(self, record: _Record):
+        """The tracker's features of a slice, made from its ViT output the first time they are needed."""
+        if record._features is None:
+            record._features = self.tracker.slice_features(record.hidden)
+        return record._features
+
+    # ------------------------------------------------------------------ detection
+    def _candidates(self) -> list[list[_Candidate]]:
+        pred = self.predictor
+        out_all: list[list[_Candidate]] = []
+        if not self.text:
+            return out_all
+        for batch, out in pred.detect(self.text):
+            for i in range(len(batch)):
+                k = len(out_all)
+                presence = float(out.presence_logits[i].float().sigmoid().squeeze())
+                self.summaries[k].presence_score = max(self.summaries[k].presence_score, presence)
+                scores = out.pred_logits[i].float().sigmoid() * presence
+                strong = (scores > pred.score_threshold) & (presence >= pred.presence_threshold)
+                usable = strong | (scores >= self.support_score) if self.mode == "merged" else strong
+                idx = usable.nonzero().flatten()
+                logits = out.pred_masks[i, idx].float()
+                masks = logits > self.thr
+                nonempty = masks.flatten(1).any(1)
+                idx, logits, masks = idx[nonempty], logits[nonempty], masks[nonempty]
+                cands: list[_Candidate] = []
+                is_strong = strong[idx]
+                s_pos = is_strong.nonzero().flatten().tolist()
+                if s_pos:
+                    s_scores = scores[idx[s_pos]]
+                    for group in fold_duplicates(s_scores, masks[s_pos], self.rule.duplicate_iou):
+                        members = [s_pos[g] for g in group]
+                        merged = logits[members].max(0).values
+                        cands.append(_Candidate(float(s_scores[group[0]]), merged, merged > self.thr, True))
+                for j in (~is_strong).nonzero().flatten().tolist():
+                    cands.append(_Candidate(float(scores[idx[j]]), logits[j], masks[j], False))
+                out_all.append(cands)
+        return out_all
+
+    # ------------------------------------------------------------------ tracking
+    def _track(self, record: _Record) -> None:
+        live = self._live()
+        if not live:
+            return
+        if self.mode == "slices":
+            self._link_slices(record, live)
+            return
+        stepped = {t.id: t.obj.step(record.index, self._features(record)) for t in live}
+        self.stats["tracker_steps"] += len(live)
+        for k in range(len(self.text)):
+            tracks = [t for t in live if t.kind == "text" and t.label == k + 1]
+            if not tracks:
+                continue
+            cands = [c for c in record.candidates[k] if self.mode == "merged" or c.strong]
+            t_masks = torch.stack([stepped[t.id][0] > self.thr for t in tracks])
+            c_masks = torch.stack([c.mask for c in cands]) if cands else torch.zeros(0, *t_masks.shape[1:], dtype=torch.bool)
+            pairs = dict(greedy_match(mask_iou(t_masks, c_masks), self.rule.iou_threshold))
+            for i, track in enumerate(tracks):
+                logits, score = stepped[track.id]
+                nonempty = bool(t_masks[i].any())
+                if i in pairs:
+                    cand = cands[pairs[i]]
+                    cand.owner = track.id
+                    final = torch.maximum(logits, cand.logits) if self.mode == "merged" else logits
+                    self._apply(track, record, SUPPORTED, final, score)
+                elif nonempty:
+                    self._apply(track, record, UNSUPPORTED if self.mode == "merged" else SUPPORTED, logits, score)
+                else:
+                    self._apply(track, record, EMPTY, logits, score)
+        for track in live:
+            if track.kind == "object":
+                logits, score = stepped[track.id]
+                state = SUPPORTED if bool((logits > self.thr).any()) else EMPTY
+                self._apply(track, record, state, logits, score)
+
+    def _apply(self, track: _Track, record: _Record, state: str, final: torch.Tensor | None,
+               score: float | None) -> None:
+        """Record a track's state on a slice, settle its ledger and encode its memory."""
+        if state != EMPTY:
+            record.masks[track.id] = _TrackMask(final, True if state == SUPPORTED else None)
+        decision = track.ledger.add(record.index, state)
+        self._settle(track.id, decision)
+        if decision.stop:
+            self._stop(track)
+        elif track.obj is not None and final is not None:
+            track.obj.remember(record.index, final, score)
+
+    def _stop(self, track: _Track) -> None:
+        track.alive = False
+        if track.obj is not None:
+            track.obj.close()
+            track.obj = None
+
+    def _settle(self, track_id: int, decision) -> None:
+        for value, indices in ((True, decision.keep), (False, decision.drop)):
+            for index in indices:
+                record = self.window.get(index)
+                if record is not None and track_id in record.masks:
+                    record.masks[track_id].keep = value
+
+    def _link_slices(self, record: _Record, live: list[_Track]) -> None:
+        """``slices`` mode: a detection continues the instance it overlaps on the previous slice."""
+        for k in range(len(self.text)):
+            tracks = [t for t in live if t.label == k + 1 and t.kind == "text"]
+            cands = [c for c in record.candidates[k] if c.strong]
+            if tracks and cands:
+                iou = mask_iou(torch.stack([t.last_mask for t in tracks]), torch.stack([c.mask for c in cands]))
+                pairs = dict(greedy_match(iou, self.rule.iou_threshold))
+            else:
+                pairs = {}
+            for i, track in enumerate(tracks):
+                if i in pairs:
+                    cand = cands[pairs[i]]
+                    cand.owner = track.id
+                    track.last_mask = cand.mask
+                    record.masks[track.id] = _TrackMask(cand.logits, True)
+                else:
+                    track.alive, track.last_mask = False, None
+        for track in live:
+            if track.kind == "object":
+                track.alive = False
+
+    def _start_objects(self, record: _Record) -> None:
+        if self.step != 1:
+            return
+        for i in self.object_starts.get(record.index, []):
+            label = len(self.text) + 1 + i
+            obj, logits, score = self.tracker.start(record.index, self._features(record), reverse=False,
+                                                    **self._model_prompt(self.objects[i]))
+            summary = self.summaries[label - 1]
+            summary.presence_score = float(torch.sigmoid(torch.tensor(score)))
+            if not bool((logits > self.thr).any()):
+                obj.close()  # the tracker sees no object there: reported absent
+                continue
+            track = _Track(self._new_id(label), label, "object", obj, TrackLedger(self.rule.max_unsupported, False))
+            self._add_track(track)
+            self.stats["tracks"] += 1
+            self.key_slices[track.id] = record.index
+            record.masks[track.id] = _TrackMask(logits, True)
+            if self.tracking:
+                obj.remember(record.index, logits, score)
+                if record.index != self.start:
+                    self._propagate_back(track, record)
+            else:
+                self._stop(track)
+
+    def _start_tracks(self, record: _Record) -> None:
+        """Detections no track explains start new tracks (their key slice)."""
+        for k, cands in enumerate(record.candidates):
+            for cand in cands:
+                if not cand.strong or cand.owner is not None:
+                    continue
+                if self.mode != "slices" and cand.score < self.rule.key_score:
+                    continue  # kept as a detection of this slice (see _commit)
+                live = [t for t in self._live() if t.kind == "text" and t.label == k + 1]
+                if len(live) >= self.p.max_objects:
+                    continue  # kept as a detection with its own id (see max_objects)
+                track_id = self._new_id(k + 1)
+                cand.owner = track_id
+                self.key_slices[track_id] = record.index
+                record.masks[track_id] = _TrackMask(cand.logits, True)
+                if self.mode == "slices":
+                    self._add_track(_Track(track_id, k + 1, "text", None, TrackLedger(0, False),
+                                           last_mask=cand.mask))
+                    continue
+                obj, logits, score = self.tracker.start(record.index, self._features(record), reverse=self.step < 0,
+                                                        mask=cand.mask)
+                obj.remember(record.index, logits, score)
+                track = _Track(track_id, k + 1, "text", obj,
+                               TrackLedger(self.rule.max_unsupported, drop_drift=self.mode == "merged"))
+                self._add_track(track)
+                self.stats["tracks"] += 1
+                self._propagate_back(track, record)
+
+    def _propagate_back(self, track: _Track, key: _Record) -> None:
+        """Propagate a new track from its key slice back through the open slices."""
+        reach = self.p.backward_slices
+        if reach == 0:
+            return
+        obj = track.obj.fork(reverse=self.step > 0)
+        ledger = TrackLedger(self.rule.max_unsupported, drop_drift=track.ledger.drop_drift)
+        decision = None
+        for j in range(1, reach + 1):
+            index = key.index - j * self.step
+            record = self.window.get(index)
+            if record is None or record.skipped:
+                break
+            trk, score = obj.step(index, self._features(record))
+            self.stats["tracker_steps"] += 1
+            mask = trk > self.thr
+            if bool(mask.any()) and self._overlaps_other(track, record, mask):
+                break  # that object is tracked there already
+            state, final = self._classify(track, record, trk, mask)
+            if state != EMPTY:
+                record.masks[track.id] = _TrackMask(final, True if state == SUPPORTED else None)
+            decision = ledger.add(index, state)
+            self._settle(track.id, decision)
+            if decision.stop:
+                break
+            obj.remember(index, final, score)
+        if not ledger.stopped:
+            self._settle(track.id, ledger.finish())
+        obj.close()
+
+    def _classify(self, track: _Track, record: _Record, trk: torch.Tensor, mask: torch.Tensor):
+        if not bool(mask.any()):
+            return EMPTY, trk
+        if track.kind != "text" or self.mode != "merged":
+            return SUPPORTED, trk
+        free = [c for c in record.candidates[track.label - 1] if c.owner is None]
+        if free:
+            iou = mask_iou(mask[None], torch.stack([c.mask for c in free]))[0]
+            best = int(iou.argmax())
+            if float(iou[best]) >= self.rule.iou_threshold:
+                free[best].owner = track.id
+                return SUPPORTED, torch.maximum(trk, free[best].logits)
+        return UNSUPPORTED, trk
+
+    def _overlaps_other(self, track: _Track, record: _Record, mask: torch.Tensor) -> bool:
+        others = [m.logits > self.thr for tid, m in record.masks.items()
+                  if tid != track.id and m.keep is not False and self.label_of[tid] == track.label]
+        if not others:
+            return False
+        return bool((mask_iou(mask[None], torch.stack(others))[0] >= self.rule.iou_threshold).any())
+
+    # ------------------------------------------------------------------ halves
+    def _finish_half(self) -> None:
+        for track in self._live():
+            self._settle(track.id, track.ledger.finish())
+            self._stop(track)
+        while self.window:
+            self._commit(self.window.popitem(last=False)[1])
+
+    def _seed_backward_half(self) -> None:
+        """Tracks present on the start slice continue into the other half with the same ids."""
+        for track_id, logits in self.seeds:
+            label = self.label_of[track_id]
+            kind = "object" if label > len(self.text) else "text"
+            obj, start_logits, score = self.tracker.start(self.start, self.seed_features, reverse=True,
+                                                          mask=logits > self.thr)
+            obj.remember(self.start, start_logits, score)
+            drop = self.mode == "merged" and kind == "text"
+            self._add_track(_Track(track_id, label, kind, obj, TrackLedger(self.rule.max_unsupported, drop)))
+        self.seeds, self.seed_features = [], None
+
+    # ------------------------------------------------------------------ output
+    def _commit_settled(self, current: int) -> None:
+        while self.window:
+            index = next(iter(self.window))
+            if abs(current - index) < self.window_size:
+                break
+            self._commit(self.window.popitem(last=False)[1])
+
+    def _standalone(self, label: int, cands: list[_Candidate]) -> list[tuple]:
+        """Detections without a track (below the key score, or beyond ``max_objects``): each
+        continues the id of the one it overlaps on the previously committed slice."""
+        previous = self.standalone.get(label, [])
+        pairs = {}
+        if previous and cands:
+            iou = mask_iou(torch.stack([m for _, m in previous]), torch.stack([c.mask for c in cands]))
+            pairs = {j: i for i, j in greedy_match(iou, self.rule.iou_threshold)}
+        current, entries = [], []
+        for j, cand in enumerate(cands):
+            ident = previous[pairs[j]][0] if j in pairs else self._new_id(label)
+            current.append((ident, cand.mask))
+            entries.append((label, ident, cand.logits))
+        self.standalone[label] = current
+        return entries
+
+    def _commit(self, record: _Record) -> None:
+        """Write a slice whose answer can no longer change into the output volumes."""
+        entries = [(self.label_of[tid], tid, m.logits) for tid, m in record.masks.items() if m.keep is not False]
+        for k, cands in enumerate(record.candidates):
+            entries += self._standalone(k + 1, [c for c in cands if c.strong and c.owner is None])
+        if not record.candidates:
+            self.standalone = {}
+        if record.index == self.start and self.step == 1 and self.start > 0:
+            self.seeds = [(tid, logits) for _, tid, logits in entries if tid in self.track_ids]
+            self.seed_features = self._features(record) if self.seeds else None
+        record.hidden = record._features = None
+        if not entries:
+            return
+        entries.sort(key=lambda e: (e[0], e[1]))
+        logits = torch.stack([e[2] for e in entries]).float()
+        probs = F.interpolate(logits.sigmoid()[None], size=self.plane_shape, mode="bilinear", align_corners=False)[0]
+        label_plane, id_plane = resolve_voxels(probs, [e[0] for e in entries], [e[1] for e in entries],
+                                               self.predictor.mask_threshold)
+        z = record.index
+        self.labels_stack[z] = label_plane
+        if self.instances_stack is not None:
+            self.instances_stack[z] = id_plane
+        for label in np.unique(label_plane[label_plane > 0]).tolist():
+            summary = self.summaries[label - 1]
             summary.slices_present.append(z)
-            summary.voxels += int((plane_labels == k).sum())
+            summary.voxels += int((label_plane == label).sum())
+            for i in np.unique(id_plane[label_plane == label]).tolist():
+                if i not in summary.instance_ids:
+                    summary.instance_ids.append(i)

@@ -1,4 +1,4 @@
-"""``medsam3.segment``: the Python face of ``medsam3 segment``, with the same arguments.
+"""``medsam3.segment`` (this module: ``medsam3.segmentation``): the Python face of ``medsam3 segment``, with the same arguments.
 
 file on disk -> :class:`Image` -> intensity normalisation -> predictor -> label map in the
 input's geometry (+ JSON sidecar, + optional overlay PNG).
@@ -17,8 +17,9 @@ from medsam3.errors import ArgumentError
 from medsam3.image import Image
 from medsam3.model.loader import MedSAM3
 from medsam3.predict.image import ImagePredictor, TextPrompt
+from medsam3.predict.orientation import choose_orientation
 from medsam3.predict.results import PromptResult, combine_label_map
-from medsam3.predict.volume import VolumePromptSummary, segment_slices
+from medsam3.predict.volume import VolumePromptSummary
 
 #: The model used when none is given: the published SAM3 weights (needs the network once).
 DEFAULT_MODEL = "facebook/sam3"
@@ -65,7 +66,10 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             slice_index: int | None = None, model: str | MedSAM3 | None = None, device: str = "auto",
             dtype=None, modality: str | None = None, window=None, threshold: float = 0.5,
             presence_threshold: float = 0.5, mask_threshold: float = 0.5, overlay=None,
-            batch_size: int = 8, progress: bool = True) -> Segmentation:
+            batch_size: int = 8, progress: bool = True, mode: str = "merged", axis: str | None = None,
+            instances: bool = False, skip_empty: bool = True, backward_slices: int = 8,
+            max_unsupported: int = 2, iou_threshold: float = 0.3, key_score: float = 0.5,
+            size: int | None = None) -> Segmentation:
     """Segment a 2D image or 3D volume from text, box and point prompts.
 
     Args:
@@ -79,13 +83,27 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             default) or 0 (negative).
         exemplars: ``X0 Y0 X1 Y1`` exemplar boxes given with every text prompt (concept
             prompts); ``exemplar_labels`` 1 = example (default), 0 = counter-example.
-        slice_index: for volumes, the axial slice (array index z) that box/points refer to.
+        slice_index: for volumes, the slice that box/points are drawn on: its index along the
+            slicing axis, in array order (for axial slicing of an axial scan, array index z);
+            box/point pixels are that array plane's columns (x) and rows (y).
         model: model directory, hub id, ``random:NAME`` or a loaded :class:`MedSAM3`.
         device: ``auto``, ``cpu``, ``cuda``.
         modality, window: intensity normalisation (see :func:`medsam3.preprocess.normalize_intensity`).
         threshold: instance score threshold; presence_threshold: below it a prompt is "absent";
         mask_threshold: pixel probability threshold.
         overlay: optional PNG path for an overlay picture.
+        mode: volumes: ``merged`` (detection + tracker propagation, merged; default),
+            ``propagate`` (tracker masks from detected key slices) or ``slices`` (detection only);
+            see :mod:`medsam3.predict.volume`.
+        axis: volumes: ``axial``, ``coronal`` or ``sagittal`` slices in the image's physical
+            orientation; default the plane closest to the acquisition plane.
+        instances: volumes: also write an instance map (one id per object, kept across
+            slices) next to the label map, ``NAME_instances.EXT`` with its own sidecar.
+        skip_empty: volumes: skip empty background slices (:class:`medsam3.predict.volume.EmptySliceRule`).
+        size: volumes: the model's input resolution in pixels (a multiple of 14; default the
+            checkpoint's own), see :func:`medsam3.predict.input_size.with_input_size`.
+        backward_slices, max_unsupported, iou_threshold, key_score: volumes: how far tracks are
+            propagated back from their key slice, and the merge rule (:mod:`medsam3.predict.merge`).
 
     Returns:
         a :class:`Segmentation`.
@@ -113,6 +131,12 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
     names = prompts + ([("box" if box is not None else "points")] if interactive else [])
 
     if image.ndim == 2:
+        if axis is not None:
+            raise ArgumentError(f"--axis {axis} given, but {image.path or 'the input'} is a 2D image")
+        if instances:
+            raise ArgumentError(f"--instances is for volumes, but {image.path or 'the input'} is a 2D image")
+        if size is not None:
+            raise ArgumentError(f"--size is for volumes, but {image.path or 'the input'} is a 2D image")
         if slice_index is not None:
             raise ArgumentError(f"--slice {slice_index} given, but {image.path or 'the input'} is a 2D image")
         predictor.set_image(normalized)
@@ -121,8 +145,10 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             results.append(predictor.predict_interactive(box=box, points=points, point_labels=point_labels))
         label_array = combine_label_map(results)
     else:
-        label_array, results = _segment_volume(predictor, normalized, text_prompts, box, points, point_labels,
-                                               slice_index, image, progress)
+        label_array, results, volume_extra = _segment_volume(
+            predictor, normalized, text_prompts, box, points, point_labels, slice_index, image, progress,
+            mode=mode, axis=axis, instances=instances, skip_empty=skip_empty, backward_slices=backward_slices,
+            max_unsupported=max_unsupported, iou_threshold=iou_threshold, key_score=key_score, size=size)
     labels = image.with_array(label_array, modality=None)
     labels.meta.pop("rgb", None)
     absent = [r.prompt for r in results if not r.present]
@@ -136,11 +162,18 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         "window": window if window is None or isinstance(window, str) else list(window),
         "thresholds": {"score": threshold, "presence": presence_threshold, "mask": mask_threshold},
         "instances": {r.prompt: _instance_count(r) for r in results},
+        # kept here too, because PNG/TIFF outputs cannot store origin and direction
+        "geometry": {"size": list(image.size), "spacing": list(image.spacing), "origin": list(image.origin),
+                     "direction": list(image.direction)},
         "medsam3_version": __version__,
     }
+    if image.ndim == 3:
+        sidecar["volume"] = volume_extra["sidecar"]
     seg = Segmentation(labels=labels, prompts=names, results=results, absent=absent, sidecar=sidecar)
     if output is not None:
         seg.output = write_label_map(label_array, image, output, sidecar=sidecar)
+    if image.ndim == 3:
+        seg.extra.update(_write_instances(volume_extra, image, output, sidecar))
     if overlay is not None:
         from medsam3.overlay import render_overlay
 
@@ -149,30 +182,73 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
     return seg
 
 
-def _segment_volume(predictor, normalized, text_prompts, box, points, point_labels, slice_index, image, progress):
+def _segment_volume(predictor, normalized, text_prompts, box, points, point_labels, slice_index, image, progress,
+                    mode="merged", axis=None, instances=False, skip_empty=True, backward_slices=8,
+                    max_unsupported=2, iou_threshold=0.3, key_score=0.5, size=None):
+    """A volume through :class:`VolumePredictor`: ``(labels, summaries, extra)`` in the input's array order."""
+    from medsam3.predict.input_size import check_input_size, with_input_size
+    from medsam3.predict.merge import MergeRule
+    from medsam3.predict.volume import EmptySliceRule, ObjectPrompt, VolumePredictor
+
     interactive = box is not None or bool(points)
+    orientation = choose_orientation(image.direction, axis)
+    n = image.shape[orientation.slice_axis]
     if interactive and slice_index is None:
-        raise ArgumentError(f"{image.path or 'the input'} is a volume: box/point prompts need --slice Z "
-                            f"(the axial slice index, 0..{image.shape[0] - 1}) they were drawn on")
-    if slice_index is not None and not 0 <= slice_index < image.shape[0]:
+        raise ArgumentError(f"{image.path or 'the input'} is a volume: box/point prompts need --slice K "
+                            f"(the {orientation.axis} slice index they were drawn on, 0..{n - 1})")
+    if slice_index is not None and not 0 <= slice_index < n:
         raise ArgumentError(f"--slice {slice_index} is out of range: {image.path or 'the input'} has "
-                            f"{image.shape[0]} slices (0..{image.shape[0] - 1})")
-    if text_prompts:
-        label_array, results = segment_slices(predictor, normalized, text_prompts, progress=progress,
-                                              description=Path(str(image.path or "volume")).name)
-    else:
-        label_array, results = np.zeros(image.shape, np.uint8), []
-    if interactive:
-        predictor.set_image(normalized[slice_index])
-        r = predictor.predict_interactive(box=box, points=points, point_labels=point_labels)
-        k = len(text_prompts) + 1
-        summary = VolumePromptSummary(r.prompt, r.present, r.presence_score, kind="interactive")
-        if r.present:
-            label_array[slice_index][r.semantic] = k
-            summary.slices_present = [slice_index]
-            summary.voxels = int(r.semantic.sum())
-        results.append(summary)
-    return label_array, results
+                            f"{n} {orientation.axis} slices (0..{n - 1})")
+    objects = [ObjectPrompt(slice_index, box=box, points=points, point_labels=point_labels)] if interactive else []
+    if size is not None and check_input_size(size) != predictor.model.image_size:
+        predictor = ImagePredictor(with_input_size(predictor.model, size), score_threshold=predictor.score_threshold,
+                                   presence_threshold=predictor.presence_threshold,
+                                   mask_threshold=predictor.mask_threshold, batch_size=predictor.batch_size)
+    volume = VolumePredictor(predictor, mode=mode,
+                             rule=MergeRule(iou_threshold=iou_threshold, max_unsupported=max_unsupported,
+                                            key_score=key_score),
+                             backward_slices=backward_slices, empty_slices=EmptySliceRule() if skip_empty else None,
+                             progress=progress)
+    result = volume.segment(normalized, text_prompts, objects, direction=image.direction, axis=axis,
+                            instances=instances, description=Path(str(image.path or "volume")).name)
+    extra = {
+        "instances": result.instances,
+        "instance_labels": result.instance_labels,
+        "sidecar": {
+            "mode": result.mode,
+            "axis": result.orientation.axis,
+            "slice_axis": "zyx"[result.orientation.slice_axis],
+            "skipped_slices": result.skipped_slices,
+            "model_input_size": predictor.model.image_size,
+            "merge_rule": {"iou_threshold": iou_threshold, "max_unsupported": max_unsupported,
+                           "backward_slices": backward_slices, "key_score": key_score},
+        },
+    }
+    return result.labels, result.summaries, extra
+
+
+def _write_instances(volume_extra, image, output, sidecar) -> dict:
+    """Write the instance map beside the label map (``NAME_instances.EXT``), when one was made."""
+    instances = volume_extra["instances"]
+    if instances is None:
+        return {}
+    extra = {"instances": image.with_array(instances, modality=None), "instance_labels": volume_extra["instance_labels"]}
+    if output is not None:
+        from medsam3.io import write_label_map
+        from medsam3.io.formats import image_extension, strip_image_extension
+
+        path = Path(str(strip_image_extension(output)) + "_instances" + image_extension(output))
+        labels = sidecar["labels"]
+        present = set(np.unique(instances).tolist())
+        instance_sidecar = {
+            "instances": {str(i): {"label": int(k), "name": labels.get(str(k))}
+                          for i, k in sorted(volume_extra["instance_labels"].items()) if i in present},
+            "label_map": str(output),
+            "input": sidecar.get("input"),
+            "model": sidecar.get("model"),
+        }
+        extra["instances_output"] = write_label_map(instances, image, path, sidecar=instance_sidecar)
+    return extra
 
 
 def _instance_count(result) -> int:

@@ -1,0 +1,140 @@
+"""End to end on real files: read -> segment -> write keeps the input's geometry exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+import medsam3
+from medsam3.errors import ArgumentError
+from medsam3.io import read_image, read_label_map, sidecar_path
+from medsam3.predict import ImagePredictor, combine_label_map
+from medsam3.preprocess import normalize_intensity
+
+ITK_DATA = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
+CT5N = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
+SAMPLE = Path(medsam3.__file__).parent / "data" / "samples" / "colin27_t1_2mm.nii.gz"
+# thresholds at 0 make a random-weight model draw every query, so the geometry is really exercised
+OPEN = {"threshold": 0.0, "presence_threshold": 0.0}
+
+
+def itk_file(name: str) -> Path:
+    path = ITK_DATA / name
+    if not path.exists():
+        pytest.fail(f"{path} missing: install Debian's insighttoolkit5-examples (`apt-get install insighttoolkit5-examples`)")
+    return path
+
+
+def assert_written_on_input_grid(output: Path, source) -> None:
+    written, original = read_label_map(output), read_image(source)
+    assert written.shape == original.shape
+    assert written.spacing == pytest.approx(original.spacing, abs=1e-6)
+    assert written.origin == pytest.approx(original.origin, abs=1e-6)
+    assert written.direction == pytest.approx(original.direction, abs=1e-6)
+
+
+def test_2d_dicom_ct_to_nifti_labels_and_sidecar(tiny_model, tmp_path):
+    source = get_testdata_file("CT_small.dcm")
+    out = tmp_path / "seg.nii.gz"
+    seg = medsam3.segment(source, out, ["liver", "spleen"], model=tiny_model, **OPEN)
+    assert_written_on_input_grid(out, source)
+    side = json.loads(sidecar_path(out).read_text())
+    assert side["labels"] == {"1": "liver", "2": "spleen"}
+    assert set(side["scores"]) == {"liver", "spleen"} and side["absent"] == []
+    assert side["model"] == tiny_model.source and side["modality"] == "CT"
+    # label k is the k-th prompt; the map equals the predictor's own union-based combination
+    image = read_image(source)
+    predictor = ImagePredictor(tiny_model, score_threshold=0.0, presence_threshold=0.0)
+    predictor.set_image(normalize_intensity(image))
+    expected = combine_label_map(predictor.predict(["liver", "spleen"]))
+    np.testing.assert_array_equal(read_label_map(out).array, expected)
+    np.testing.assert_array_equal(seg.labels.array, expected)
+    assert seg.results[0].semantic.sum() == int((seg.results[0].masks.any(0)).sum())  # union of instances
+
+
+def test_2d_png_output_and_overlay(tiny_model, tmp_path):
+    source = get_testdata_file("MR_small.dcm")
+    seg = medsam3.segment(source, tmp_path / "mr.png", ["brain"], model=tiny_model,
+                          overlay=tmp_path / "mr_overlay.png", **OPEN)
+    written, original = read_label_map(tmp_path / "mr.png"), read_image(source)
+    assert written.shape == original.shape  # PNG holds no origin/direction: the sidecar keeps them
+    geometry = json.loads((tmp_path / "mr.json").read_text())["geometry"]
+    assert geometry == {"size": list(original.size), "spacing": list(original.spacing),
+                        "origin": list(original.origin), "direction": list(original.direction)}
+    assert seg.overlay.exists() and seg.overlay.stat().st_size > 1000
+    assert (tmp_path / "mr.json").exists()
+
+
+def test_absent_prompts_give_empty_labels_and_are_listed(tiny_model, tmp_path):
+    source = get_testdata_file("CT_small.dcm")
+    seg = medsam3.segment(source, tmp_path / "a.nii.gz", ["liver", "cell nucleus"], model=tiny_model,
+                          presence_threshold=0.99)
+    assert seg.absent == ["liver", "cell nucleus"]
+    assert not seg.labels.array.any()
+    assert json.loads((tmp_path / "a.json").read_text())["absent"] == ["liver", "cell nucleus"]
+
+
+def test_rotated_direction_2d_mha_geometry(tiny_model, tmp_path):
+    source = itk_file("BrainProtonDensitySliceBorder20DirectionPlus30.mhd")
+    out = tmp_path / "rot.mha"
+    medsam3.segment(source, out, ["brain"], model=tiny_model, **OPEN)
+    assert_written_on_input_grid(out, source)
+    assert read_label_map(out).direction == pytest.approx((0.8660254, -0.5, 0.5, 0.8660254), abs=1e-6)
+
+
+def test_rotated_direction_3d_nifti_geometry(tiny_model, tmp_path):
+    source = itk_file("KmeansTest_T1UCharRaw.nii.gz")  # direction (1,0,0, 0,0,-1, 0,1,0), spacing 2x2x3
+    out = tmp_path / "kmeans_seg.nrrd"
+    seg = medsam3.segment(source, out, ["white matter"], model=tiny_model, progress=False, **OPEN)
+    assert_written_on_input_grid(out, source)
+    assert seg.labels.array.shape == (62, 128, 128) and seg.labels.array.any()
+
+
+def test_dicom_series_volume_geometry(tiny_model, tmp_path):
+    out = tmp_path / "ct5n.nii.gz"
+    medsam3.segment(CT5N, out, ["liver", "bone"], model=tiny_model, progress=False, **OPEN)
+    assert_written_on_input_grid(out, CT5N)
+    assert set(np.unique(read_label_map(out).array)) <= {0, 1, 2}
+
+
+def test_mni152_template_volume(tiny_model, tmp_path):
+    from nilearn.datasets import load_mni152_template
+
+    path = tmp_path / "mni152_2mm.nii.gz"
+    load_mni152_template(resolution=2).to_filename(path)
+    out = tmp_path / "mni_seg.mha"
+    seg = medsam3.segment(path, out, ["brain"], model=tiny_model, progress=False, **OPEN)
+    assert_written_on_input_grid(out, path)
+    assert seg.results[0].present and seg.results[0].voxels == int((seg.labels.array == 1).sum())
+
+
+def test_bundled_sample_is_the_colin27_template():
+    image = read_image(SAMPLE)
+    assert image.shape == (90, 108, 90) and image.spacing == (2.0, 2.0, 2.0)
+    assert image.array.dtype == np.uint8 and image.array.max() > 200
+
+
+def test_box_and_points_become_the_label_after_the_text_prompts(tiny_model, tmp_path):
+    source = get_testdata_file("CT_small.dcm")
+    seg = medsam3.segment(source, tmp_path / "b.nii.gz", ["liver"], box=[20, 20, 100, 100],
+                          points=[[60, 60]], model=tiny_model, presence_threshold=0.0)
+    assert seg.prompts == ["liver", "box"]
+    assert json.loads((tmp_path / "b.json").read_text())["labels"] == {"1": "liver", "2": "box"}
+
+
+def test_api_argument_errors(tiny_model, tmp_path):
+    source = get_testdata_file("CT_small.dcm")
+    with pytest.raises(ArgumentError, match="no prompt given"):
+        medsam3.segment(source, tmp_path / "x.nii.gz", [], model=tiny_model)
+    with pytest.raises(ArgumentError, match="is empty"):
+        medsam3.segment(source, tmp_path / "x.nii.gz", ["  "], model=tiny_model)
+    with pytest.raises(ArgumentError, match="would overwrite the input"):
+        medsam3.segment(source, source, ["liver"], model=tiny_model)
+    with pytest.raises(ArgumentError, match="2D image"):
+        medsam3.segment(source, tmp_path / "x.nii.gz", ["liver"], slice_index=3, model=tiny_model)
+    assert not list(tmp_path.iterdir())

@@ -138,3 +138,26 @@ def test_api_argument_errors(tiny_model, tmp_path):
     with pytest.raises(ArgumentError, match="2D image"):
         medsam3.segment(source, tmp_path / "x.nii.gz", ["liver"], slice_index=3, model=tiny_model)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["dicom-seg", "dicom-rt"])
+def test_dicom_series_to_dicom_seg_and_rtstruct(tiny_model, tmp_path, fmt):
+    """Clinical output: the label map goes back as DICOM referencing the source series."""
+    out = tmp_path / f"ct5n_{fmt}.dcm"
+    seg = medsam3.segment(CT5N, out, ["liver", "bone"], model=tiny_model, progress=False, mode="slices",
+                          output_format=fmt, **OPEN)
+    ds = pydicom.dcmread(out)
+    assert ds.Modality == ("SEG" if fmt == "dicom-seg" else "RTSTRUCT")
+    source = read_image(CT5N)
+    assert ds.StudyInstanceUID == source.meta["dicom"]["StudyInstanceUID"]
+    back = read_label_map(out, reference=CT5N)
+    assert back.shape == source.shape and back.origin == pytest.approx(source.origin, abs=1e-4)
+    if fmt == "dicom-seg":  # voxel-exact; RT contours are polygons (tested to one voxel in test_dicom_out)
+        np.testing.assert_array_equal(back.array, seg.labels.array)
+    assert set(back.meta["labels"].values()) <= {"liver", "bone"}
+
+
+def test_dicom_output_needs_a_dicom_input(tiny_model, tmp_path):
+    with pytest.raises(ArgumentError, match="DICOM"):
+        medsam3.segment(SAMPLE, tmp_path / "x.dcm", ["brain"], model=tiny_model)
+    assert not list(tmp_path.iterdir())

@@ -50,6 +50,11 @@ def _add_segment(subparsers) -> None:
     p.add_argument("-i", "--input", required=True, help=f"image file or DICOM series directory ({SUPPORTED_INPUT_FORMATS})")
     p.add_argument("-o", "--output", required=True, help=f"label map to write ({SUPPORTED_OUTPUT_FORMATS}); "
                    "the sidecar is OUTPUT with its extension replaced by .json")
+    p.add_argument("--format", dest="output_format", choices=("dicom-seg", "dicom-rt"), default=None,
+                   help="write DICOM: a Segmentation object (SEG) or an RT Structure Set referencing the input "
+                        "series (a .dcm output defaults to dicom-seg); otherwise the format follows -o's extension")
+    p.add_argument("--series-uid", default=None, metavar="UID",
+                   help="for a DICOM folder holding several series: the SeriesInstanceUID to read")
     p.add_argument("-p", "--prompt", action="append", default=[], dest="prompts", metavar="TEXT",
                    help="a structure's name, e.g. -p liver -p spleen (repeatable)")
     p.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
@@ -109,6 +114,7 @@ def _add_segment(subparsers) -> None:
 
 
 def _run_segment(args) -> int:
+    from medsam3.io import sidecar_path
     from medsam3.segmentation import segment, summary_dict
 
     if args.window is not None and "," in args.window:
@@ -126,7 +132,8 @@ def _run_segment(args) -> int:
                   overlay=args.overlay, batch_size=args.batch_size, mode=args.mode, axis=args.axis,
                   instances=args.instances, skip_empty=args.skip_empty, backward_slices=args.backward_slices,
                   max_unsupported=args.max_unsupported, iou_threshold=args.iou_threshold,
-                  key_score=args.key_score, size=args.size)
+                  key_score=args.key_score, size=args.size, series_uid=args.series_uid,
+                  output_format=args.output_format)
     if args.json:
         print(json.dumps([summary_dict(r) for r in seg.results], indent=2))
     for k, name in enumerate(seg.prompts, start=1):
@@ -134,7 +141,7 @@ def _run_segment(args) -> int:
         state = "absent" if not r.present else "present"
         print(f"  {k}: {name}: {state} (presence {r.presence_score:.3f})")
     print(f"label map: {seg.output}")
-    print(f"sidecar:   {seg.output and __import__('medsam3.io', fromlist=['sidecar_path']).sidecar_path(seg.output)}")
+    print(f"sidecar:   {sidecar_path(seg.output)}")
     if seg.extra.get("instances_output"):
         print(f"instances: {seg.extra['instances_output']}")
     if seg.overlay:

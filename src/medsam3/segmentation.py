@@ -69,7 +69,8 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             batch_size: int = 8, progress: bool = True, mode: str = "merged", axis: str | None = None,
             instances: bool = False, skip_empty: bool = True, backward_slices: int = 8,
             max_unsupported: int = 2, iou_threshold: float = 0.3, key_score: float = 0.5,
-            size: int | None = None) -> Segmentation:
+            size: int | None = None, series_uid: str | None = None,
+            output_format: str | None = None) -> Segmentation:
     """Segment a 2D image or 3D volume from text, box and point prompts.
 
     Args:
@@ -105,10 +106,15 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         backward_slices, max_unsupported, iou_threshold, key_score: volumes: how far tracks are
             propagated back from their key slice, and the merge rule (:mod:`medsam3.predict.merge`).
 
+        series_uid: for a DICOM folder holding several series, the one to read.
+        output_format: ``dicom-seg`` or ``dicom-rt`` to write DICOM (a ``.dcm`` output defaults
+            to ``dicom-seg``); otherwise the format follows the output's extension.
+
     Returns:
         a :class:`Segmentation`.
     """
-    from medsam3.io import read_image, write_label_map
+    from medsam3.io import dicom_label_format, read_image, write_label_map
+    from medsam3.io.dicom_derived import source_series
     from medsam3.preprocess import normalize_intensity
 
     prompts = [str(p) for p in (prompts or [])]
@@ -119,9 +125,12 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         raise ArgumentError("no prompt given: give at least one text prompt (-p), a --box or a --point")
     if output is not None:
         output = Path(output)
-    image = input if isinstance(input, Image) else read_image(input, modality=modality)
+    image = input if isinstance(input, Image) else read_image(input, modality=modality, series_uid=series_uid)
     if output is not None and image.path and _same_file(output, image.path):
         raise ArgumentError(f"output {output} would overwrite the input {image.path}")
+    if output is not None and dicom_label_format(output, output_format):
+        # DICOM SEG / RTSTRUCT reference the source series: check that before the model runs
+        source_series(image, output, "DICOM output")
     normalized = normalize_intensity(image, modality=modality, window=window)
     loaded = load_model(model, device=device, dtype=dtype)
     predictor = ImagePredictor(loaded, score_threshold=threshold, presence_threshold=presence_threshold,
@@ -171,9 +180,9 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         sidecar["volume"] = volume_extra["sidecar"]
     seg = Segmentation(labels=labels, prompts=names, results=results, absent=absent, sidecar=sidecar)
     if output is not None:
-        seg.output = write_label_map(label_array, image, output, sidecar=sidecar)
+        seg.output = write_label_map(label_array, image, output, sidecar=sidecar, format=output_format)
     if image.ndim == 3:
-        seg.extra.update(_write_instances(volume_extra, image, output, sidecar))
+        seg.extra.update(_write_instances(volume_extra, image, output, sidecar, output_format))
     if overlay is not None:
         from medsam3.overlay import render_overlay
 
@@ -227,7 +236,7 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
     return result.labels, result.summaries, extra
 
 
-def _write_instances(volume_extra, image, output, sidecar) -> dict:
+def _write_instances(volume_extra, image, output, sidecar, output_format=None) -> dict:
     """Write the instance map beside the label map (``NAME_instances.EXT``), when one was made."""
     instances = volume_extra["instances"]
     if instances is None:
@@ -247,7 +256,10 @@ def _write_instances(volume_extra, image, output, sidecar) -> dict:
             "input": sidecar.get("input"),
             "model": sidecar.get("model"),
         }
-        extra["instances_output"] = write_label_map(instances, image, path, sidecar=instance_sidecar)
+        names = {i: f"{labels.get(str(k), k)} {i}" for i, k in volume_extra["instance_labels"].items()}
+        extra["instances_output"] = write_label_map(instances, image, path, sidecar=instance_sidecar,
+                                                    format=output_format, names=names,
+                                                    model_id=sidecar.get("model"))
     return extra
 
 

@@ -650,3 +650,20 @@ def test_supported_format_strings_name_the_formats():
         assert name in SUPPORTED_INPUT_FORMATS
     for ext in (".nii.gz", ".nrrd", ".mha", ".mhd", ".png", ".tif"):
         assert ext in SUPPORTED_OUTPUT_FORMATS
+
+
+def test_one_channel_of_a_4d_decathlon_style_file(tmp_path):
+    """Decathlon BrainTumour / Prostate images are 4D (x, y, z, sequence): read one sequence."""
+    data = np.arange(4 * 5 * 6 * 3, dtype=np.int16).reshape(4, 5, 6, 3)
+    affine = np.diag([1.5, 2.0, 3.0, 1.0])
+    affine[:3, 3] = (1.0, 2.0, 3.0)
+    path = tmp_path / "BRATS_001.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    for channel in range(3):
+        image = read_image(path, channel=channel)
+        np.testing.assert_array_equal(image.array, data[..., channel].transpose(2, 1, 0))
+        assert image.spacing == (1.5, 2.0, 3.0) and image.origin == (-1.0, -2.0, 3.0)  # RAS -> LPS
+    with pytest.raises(InputError, match="channels are 0..2"):
+        read_image(path, channel=3)
+    with pytest.raises(InputError, match="pick one with channel="):
+        read_image(path)

@@ -9,7 +9,6 @@ rasteriser. Nothing here is resized: that happens per sample.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,13 +97,7 @@ def target_mask(label: np.ndarray, values: tuple[int, ...] | None) -> np.ndarray
 def _read(path: Path, modality: str | None, channel: int | None = None) -> Image:
     from medsam3.io import read_image
 
-    if channel is None:
-        return read_image(path, modality=modality)
-    if "channel" in inspect.signature(read_image).parameters:
-        return read_image(path, modality=modality, channel=channel)
-    raise InputError(f"cannot read channel {channel} of {path}: reading one channel of a 4D file "
-                     "needs medsam3.io.read_image(..., channel=) (not available in this version); "
-                     "split the file into one volume per channel (an nnU-Net folder) instead")
+    return read_image(path, modality=modality, channel=channel)
 
 
 def load_image(manifest: Manifest, item: ManifestItem) -> Image:

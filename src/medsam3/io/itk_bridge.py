@@ -53,11 +53,12 @@ def _fail(path: Path, reason: str) -> InputError:
     return InputError(f"cannot read {path}: {reason}. Supported inputs: {SUPPORTED_INPUT_FORMATS}")
 
 
-def read_with_simpleitk(path: Path, fmt: ImageFormat) -> Image:
+def read_with_simpleitk(path: Path, fmt: ImageFormat, channel: int | None = None) -> Image:
     """Read a NIfTI / NRRD / MetaImage / PNG / JPEG file into a 2D, 3D or RGB :class:`Image`.
 
     Singleton axes are squeezed (a one-slice volume becomes 2D, a one-frame 4D file 3D);
-    true 4D/5D data, colour volumes and other multi-component pixels are refused.
+    true 4D/5D data (unless ``channel`` picks one volume of a 4D file), colour volumes and
+    other multi-component pixels are refused.
 
     Raises:
         InputError: unreadable or corrupt file, or data that is not a 2D/3D/RGB image.
@@ -70,9 +71,16 @@ def read_with_simpleitk(path: Path, fmt: ImageFormat) -> Image:
         raise _fail(path, f"not a readable {fmt.name} file ({itk_error_text(exc)})") from None
     size = reader.GetSize()
     components = reader.GetNumberOfComponents()
-    if any(s > 1 for s in size[3:]):
+    if channel is not None:
+        if len(size) != 4 or not 0 <= channel < size[3]:
+            raise _fail(path, f"channel {channel} asked for, but the file's size is {tuple(size)} "
+                              f"(x, y, z[, channels]); channels are 0..{size[3] - 1 if len(size) == 4 else 0}")
+        reader.SetExtractIndex([0, 0, 0, int(channel)])
+        reader.SetExtractSize([size[0], size[1], size[2], 0])  # size 0: that axis is dropped
+    elif any(s > 1 for s in size[3:]):
         raise _fail(path, f"it holds {len(size)}D data of size {tuple(size)} (x, y, z, t, ...); "
-                          "only 2D images and 3D volumes are supported - extract one volume first")
+                          "only 2D images and 3D volumes are supported - pick one with channel= "
+                          "(Decathlon-style multi-sequence files) or extract one volume first")
     try:
         itk_image = reader.Execute()
     except RuntimeError as exc:

@@ -21,7 +21,7 @@ from medsam3.io.tiff import read_tiff
 
 
 
-def _read_any(path: Path, series_uid: str | None) -> Image:
+def _read_any(path: Path, series_uid: str | None, channel: int | None = None) -> Image:
     if not path.exists():
         raise InputError(f"cannot read {path}: no such file or directory. "
                          f"Supported inputs: {SUPPORTED_INPUT_FORMATS}")
@@ -42,11 +42,11 @@ def _read_any(path: Path, series_uid: str | None) -> Image:
         return read_tiff(path)
     if fmt is NIFTI:
         check_nifti_complete(path)
-    return read_with_simpleitk(path, fmt)
+    return read_with_simpleitk(path, fmt, channel=channel)
 
 
 def read_image(path: str | os.PathLike, modality: str | None = None,
-               series_uid: str | None = None) -> Image:
+               series_uid: str | None = None, channel: int | None = None) -> Image:
     """Read a medical image file or DICOM series directory with its geometry.
 
     Args:
@@ -55,6 +55,8 @@ def read_image(path: str | os.PathLike, modality: str | None = None,
         modality: overrides the modality found in the file; one of
             :data:`medsam3.image.MODALITIES`.
         series_uid: the SeriesInstanceUID to read when a directory holds several series.
+        channel: for 4D NIfTI / NRRD / MetaImage files (Decathlon multi-sequence MRI, time
+            series): the index along the 4th axis to read as a 3D volume.
 
     Returns:
         An :class:`~medsam3.Image`: ``array`` is ``[y, x]``, ``[y, x, 3]`` (RGB, with
@@ -73,7 +75,7 @@ def read_image(path: str | os.PathLike, modality: str | None = None,
     modality = check_modality(modality)
     path = Path(os.path.expanduser(os.fspath(path)))
     try:
-        image = _read_any(path, series_uid)
+        image = _read_any(path, series_uid, channel)
     except MedSAM3Error:
         raise
     except MemoryError:

@@ -150,6 +150,20 @@ def load_manifest(manifest):
     return read_manifest(manifest)
 
 
+def select_labelled_items(manifest, split: str | None, datasets, verb: str):
+    """:func:`select_items`, then the labelled ones apart; a note lists the unlabelled ones.
+
+    Returns ``(items, split_used, notes, labelled_items, unlabelled_ids)``.
+    """
+    items, split_used, notes = select_items(manifest, split, datasets)
+    labelled = [it for it in items if it.label is not None and it.targets()]
+    unlabelled = [it.id for it in items if it.label is None or not it.targets()]
+    if unlabelled:
+        notes.append(f"{len(unlabelled)} selected items have no label (or no class) and are not {verb}: "
+                     f"{', '.join(unlabelled[:10])}{' ...' if len(unlabelled) > 10 else ''}")
+    return items, split_used, notes, labelled, unlabelled
+
+
 def select_items(manifest, split: str | None = None,
                  datasets: Sequence[str] | str | None = None) -> tuple[list, str, list[str]]:
     """The items to evaluate: ``(items, split used, notes)``.
@@ -567,12 +581,7 @@ def evaluate_manifest(predictions: str | os.PathLike, manifest, out: str | os.Pa
 
     manifest = load_manifest(manifest)
     scoring = _scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances)
-    items, split_used, notes = select_items(manifest, split, datasets)
-    labelled = [it for it in items if it.label is not None and it.targets()]
-    unlabelled = [it.id for it in items if it.label is None or not it.targets()]
-    if unlabelled:
-        notes.append(f"{len(unlabelled)} selected items have no label (or no class) and are not scored: "
-                     f"{', '.join(unlabelled[:10])}{' ...' if len(unlabelled) > 10 else ''}")
+    items, split_used, notes, labelled, unlabelled = select_labelled_items(manifest, split, datasets, "scored")
     predictions = Path(predictions)
     found = match_manifest_predictions(predictions, labelled)
     settings_json = {**scoring.to_json(), "manifest": str(Path(manifest.path).resolve()) if manifest.path else None,

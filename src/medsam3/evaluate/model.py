@@ -45,7 +45,7 @@ from medsam3.evaluate.manifest import (
     CASES_CSV, PREDICTION_EXTENSION, PREDICTIONS_DIR, ItemClass, ManifestEvaluation, _ordered_rows,
     _scoring_settings, append_rows, class_mask, ground_truth_path, item_classes, keep_rows, layer_path,
     load_ground_truth, load_manifest, load_reference, prepare_out, prediction_stems, read_prediction_files,
-    score_item, select_items, write_manifest_report,
+    score_item, select_labelled_items, write_manifest_report,
 )
 from medsam3.image import Image
 
@@ -172,12 +172,7 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
         parse_window(window)  # raises ArgumentError early
     manifest = load_manifest(manifest)
     scoring = _scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances)
-    items, split_used, notes = select_items(manifest, split, datasets)
-    labelled = [it for it in items if it.label is not None and it.targets()]
-    unlabelled = [it.id for it in items if it.label is None or not it.targets()]
-    if unlabelled:
-        notes.append(f"{len(unlabelled)} selected items have no label (or no class) and are not evaluated: "
-                     f"{', '.join(unlabelled[:10])}{' ...' if len(unlabelled) > 10 else ''}")
+    items, split_used, notes, labelled, unlabelled = select_labelled_items(manifest, split, datasets, "evaluated")
     classes = {it.id: item_classes(it) for it in labelled}
     prompts = _prompt_table(classes, prompt_mode, notes)
     if prompt_mode == "text+box" and any(it.dim == 3 for it in labelled):

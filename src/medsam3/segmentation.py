@@ -266,7 +266,7 @@ def _write_instances(volume_extra, image, output, sidecar, output_format=None) -
 def _instance_count(result) -> int:
     if isinstance(result, PromptResult):
         return result.num_instances
-    return len(result.slices_present)
+    return len(result.instance_ids)  # objects in the instance map, each with one id across slices
 
 
 def _same_file(a, b) -> bool:

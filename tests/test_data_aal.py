@@ -73,9 +73,9 @@ def test_manifest_of_the_atlas(atlas):
 def test_left_regions_lie_in_the_left_hemisphere(atlas):
     """Real-data check of the side words: AAL '_L' regions are at patient-left (LPS x > 0)."""
     loaded = load_item(atlas, atlas[0])
-    image_x = np.arange(loaded.label.shape[2])
-    # the template's direction is diag(-1, -1, 1): LPS x = origin_x - spacing_x * i
-    lps_x = 90.0 - 3.0 * image_x
+    # loaded volumes are radiological axial stacks: columns run from the patient's right to left,
+    # so column j of the 3 mm grid (61 columns centred on the midline) lies at LPS x = 3 * (j - 30)
+    lps_x = 3.0 * (np.arange(loaded.label.shape[2]) - 30)
     counts = loaded.slice_label_counts()
     assert counts.shape == (61, 117)
     present = 0

@@ -54,7 +54,8 @@ def test_nnunet_v2_channels_regions_and_test_labels(tmp_path):
     assert [it.to_json() for it in back] == [it.to_json() for it in m]
     loaded = load_item(back, back[0])
     _, label = phantom()
-    np.testing.assert_array_equal(loaded.label, label)
+    # volumes load as the predictor's radiological axial stack (phantoms are LPS diag(-1, -1, 1))
+    np.testing.assert_array_equal(loaded.label, label[:, ::-1, ::-1])
     assert loaded.image.dtype == np.float32 and 0 <= loaded.image.min() and loaded.image.max() <= 1
     assert back[0].targets() == [("liver", (1,)), ("liver tumor", (2,)), ("whole liver", (1, 2))]
 
@@ -159,7 +160,7 @@ def test_msd_task_ignores_macos_forks(tmp_path):
     assert [it.id for it in m] == ["Task09_Spleen/spleen_1", "Task09_Spleen/spleen_2"]
     assert m[0].labels == {"1": "spleen", "2": "cancer"} and m[0].modality == "CT"
     assert m[0].image == "imagesTr/spleen_1.nii.gz"
-    np.testing.assert_array_equal(load_item(m, m[1]).label, phantom(seed=1)[1])
+    np.testing.assert_array_equal(load_item(m, m[1]).label, phantom(seed=1)[1][:, ::-1, ::-1])
 
 
 def test_msd_4d_task_gives_one_item_per_modality(tmp_path):

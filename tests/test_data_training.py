@@ -91,11 +91,13 @@ def test_instances_and_boxes_are_exact(volume_manifest):
             break
     s = liver[0]
     assert s["instance_masks"].shape == (2, 64, 64)
+    # the volume's direction is diag(-1, -1, 1) (x runs to the patient's right, y anterior):
+    # the radiological axial slice flips rows and columns, x -> 32 - x, y -> 32 - y; then
     # 32 -> 64 px: pixel boxes double; cx, cy, w, h normalised by 64
-    expected = torch.tensor([[8, 8, 28, 24], [40, 40, 52, 48]], dtype=torch.float32)
+    expected = torch.tensor([[12, 16, 24, 24], [36, 40, 56, 56]], dtype=torch.float32)
     torch.testing.assert_close(s["boxes"], xyxy_to_cxcywh(expected, 64))
     assert torch.equal(s["semantic_mask"], s["instance_masks"].any(0))
-    assert s["instance_masks"].sum((1, 2)).tolist() == [20 * 16, 12 * 8]
+    assert s["instance_masks"].sum((1, 2)).tolist() == [12 * 8, 20 * 16]
     assert s["instance_map"].dtype == torch.int32 and s["instance_map"].max() == 2
     for k in range(2):
         assert torch.equal(s["instance_map"] == k + 1, s["instance_masks"][k])
@@ -106,7 +108,7 @@ def test_instances_and_boxes_are_exact(volume_manifest):
     one = [t for t in samples_of(ds, "liver") if t["meta"]["slice_index"] == 3][0]
     assert one["instance_masks"] is None and one["meta"]["instances_truncated"]
     assert one["instance_map"].max() == 1 and one["boxes"].shape == (1, 4)
-    assert torch.equal(one["instance_map"] == 1, s["instance_masks"][0])
+    assert torch.equal(one["instance_map"] == 1, s["instance_masks"][1])  # the larger piece
 
 
 def test_absent_samples_come_from_slices_without_the_class(volume_manifest):
@@ -130,8 +132,8 @@ def test_negative_prompts_and_ignore_label(volume_manifest):
             seen.add(z)
             liver_here = z in LIVER_SLICES
             assert ("liver" in s["negative_prompts"]) == (not liver_here)
-            if z == 8:  # the ignored corner carries no ground truth
-                assert not s["loss_mask"][:4, :4].any() and s["loss_mask"][4:, 4:].all()
+            if z == 8:  # the ignored corner (array x, y < 4; flipped in the axial stack) has no truth
+                assert not s["loss_mask"][28:, 28:].any() and s["loss_mask"][:28, :28].all()
     assert 8 in seen
 
 

@@ -4,7 +4,7 @@ Reading a CT volume and normalising it takes longer than the training step that 
 of its slices. :func:`build_cache` does it once per item and stores the result in shards:
 
 ``CACHE/index.json``
-    ``{"format": "medsam3-cache", "version": 1, "manifest": ..., "window": ...,
+    ``{"format": "medsam3-cache", "version": 2, "manifest": ..., "window": ...,
     "image_dtype": "uint8", "items": {ID: ENTRY}}``; an entry holds the item's
     ``fingerprint`` (its manifest line, the window and its files' sizes and times), the
     ``shard`` file, ``arrays`` (``image``, ``label``, optionally ``instances``: byte
@@ -37,7 +37,7 @@ from medsam3.data.manifest import Manifest, ManifestItem, read_manifest
 from medsam3.errors import ArgumentError, InputError
 
 FORMAT_NAME = "medsam3-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: volumes stored as the axial slice stack
 _ALIGN = 64
 IMAGE_DTYPES = ("uint8", "float16")
 

@@ -240,10 +240,10 @@ class PromptSegmentationDataset(Dataset):
         if not absent and len(fg):
             return int(rng.choice(fg))
         background = np.setdiff1d(nonempty, fg) if len(nonempty) else np.setdiff1d(
-            np.arange(self.items[i].shape[0]), fg)
+            np.arange(self._load(i).image.shape[0]), fg)
         if len(background):
             return int(rng.choice(background))
-        pool = fg if len(fg) else np.arange(self.items[i].shape[0])
+        pool = fg if len(fg) else np.arange(self._load(i).image.shape[0])
         return int(rng.choice(pool))
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -5,6 +5,11 @@ Images go through :func:`medsam3.io.read_image` and :func:`medsam3.preprocess.no
 its slices share one scale); label maps through :func:`medsam3.io.read_label_map`, binary
 and colour-coded masks through ``read_image``, COCO annotations through the COCO layout's
 rasteriser. Nothing here is resized: that happens per sample.
+
+Volumes are turned into the slice stack the predictor shows the model
+(:mod:`medsam3.predict.orientation`: axial slices in the radiological display, whatever the
+file's storage order), so that training and inference see the same anatomy the same way up.
+Axis 0 of a loaded volume is the axial slice index, not necessarily the file's ``z``.
 """
 
 from __future__ import annotations
@@ -127,12 +132,17 @@ def load_image(manifest: Manifest, item: ManifestItem) -> Image:
 
 
 def normalised_image(manifest: Manifest, item: ManifestItem, window=None) -> np.ndarray:
-    """The item's intensities in ``[0, 1]`` (float32), normalised by its modality.
+    """The item's intensities in ``[0, 1]`` (float32), normalised by its modality, in the
+    file's array order.
 
     ``window`` is a CT window (preset or ``(level, width)``) applied to CT items only.
     BiomedSegFM ``.npz`` images stored as ``uint8`` are already windowed and scaled to
     0-255 by the challenge; they are divided by 255.
     """
+    return _normalised(manifest, item, window)[0]
+
+
+def _normalised(manifest: Manifest, item: ManifestItem, window=None) -> tuple[np.ndarray, Image]:
     from medsam3.preprocess import normalize_intensity
 
     image = load_image(manifest, item)
@@ -140,9 +150,9 @@ def normalised_image(manifest: Manifest, item: ManifestItem, window=None) -> np.
         raise InputError(f"{image.path} has shape {image.shape} but the manifest says {tuple(item.shape)} "
                          f"for {item.id}: the file changed since the manifest was written; convert again")
     if image.meta.get("prenormalised"):
-        return (np.asarray(image.array, dtype=np.float32) / np.float32(255.0))
+        return np.asarray(image.array, dtype=np.float32) / np.float32(255.0), image
     return normalize_intensity(image, modality=item.modality,
-                               window=window if item.modality == "CT" else None)
+                               window=window if item.modality == "CT" else None), image
 
 
 # ---------------------------------------------------------------------- labels
@@ -228,10 +238,24 @@ def load_item(manifest: Manifest, item: ManifestItem, window=None) -> LoadedItem
     Raises:
         InputError: unreadable files, or a label that does not match the image's shape.
     """
-    image = normalised_image(manifest, item, window)
+    image, source = _normalised(manifest, item, window)
     label, instances = load_labels(manifest, item)
     spatial = image.shape[:2] if item.rgb or (image.ndim == 3 and item.dim == 2) else image.shape
     if label is not None and tuple(label.shape) != tuple(spatial):
         raise InputError(f"label of {item.id} ({item.label}) has shape {tuple(label.shape)} but its image "
                          f"({item.image}) has {tuple(spatial)}")
+    if item.dim == 3:
+        image, label, instances = axial_stack(source.direction, image, label, instances)
     return LoadedItem(item, image, label, instances)
+
+
+def axial_stack(direction, *arrays):
+    """``[z, y, x]`` arrays of one volume as the predictor's axial slice stack (views).
+
+    ``direction``: the volume's ITK direction (9 numbers, row-major; ``None`` = identity).
+    """
+    from medsam3.predict.orientation import choose_orientation
+
+    orientation = choose_orientation(np.eye(3).ravel() if direction is None else np.asarray(direction, float),
+                                     "axial")
+    return tuple(None if a is None else orientation.stack(a) for a in arrays)

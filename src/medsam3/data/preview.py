@@ -61,7 +61,7 @@ def _tile(manifest: Manifest, index: int, class_ids: dict[str, int], window):
         classes_per_slice = sum((np.isin(np.arange(counts.shape[1]), values if values else np.arange(1, counts.shape[1]))
                                  * counts).sum(axis=1) > 0 for _, values in targets)
         score = np.asarray(classes_per_slice, dtype=np.int64) * (counts.sum() + 1) + counts[:, 1:].sum(axis=1)
-        z = int(np.argmax(score)) if counts.shape[1] > 1 else item.shape[0] // 2
+        z = int(np.argmax(score)) if counts.shape[1] > 1 else loaded.image.shape[0] // 2
         image, label = to_unit_float(loaded.image[z]), np.asarray(loaded.label[z])
     else:
         z, image, label = None, to_unit_float(loaded.image), np.asarray(loaded.label)
@@ -73,28 +73,8 @@ def _tile(manifest: Manifest, index: int, class_ids: dict[str, int], window):
         if mask.any():
             painted[mask] = class_ids.setdefault(name, len(class_ids) + 1)
             shown.append(name)
-    if item.dim == 3:
-        # radiological display as in medsam3.overlay: flip x / y where the direction says so
-        d = np.asarray(_direction(manifest, item), dtype=float).reshape(3, 3)
-        if d[0, 0] < 0:
-            image, painted = image[:, ::-1], painted[:, ::-1]
-        if d[1, 1] < 0:
-            image, painted = image[::-1], painted[::-1]
     spacing = item.spacing[:2]
     return image, painted, spacing, z, shown
-
-
-def _direction(manifest: Manifest, item) -> tuple[float, ...]:
-    from medsam3.data.headers import read_header
-
-    path = item.image[0] if isinstance(item.image, list) else item.image
-    try:
-        header = read_header(manifest.resolve(path))
-        if len(header.direction) == 9:
-            return header.direction
-    except Exception:  # npz and other headerless sources: show as stored
-        pass
-    return tuple(np.eye(3).ravel())
 
 
 def preview_manifest(manifest: Manifest | str | os.PathLike, output: str | os.PathLike, *,

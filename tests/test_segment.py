@@ -161,3 +161,67 @@ def test_dicom_output_needs_a_dicom_input(tiny_model, tmp_path):
     with pytest.raises(ArgumentError, match="DICOM"):
         medsam3.segment(SAMPLE, tmp_path / "x.dcm", ["brain"], model=tiny_model)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def brain_only_model(tiny_model_dir, tmp_path_factory):
+    """The tiny random model with a concept list, as the demo model ships one."""
+    import shutil
+
+    from medsam3.model import MedSAM3
+
+    directory = tmp_path_factory.mktemp("vocab") / "brain-only"
+    shutil.copytree(tiny_model_dir, directory)
+    (directory / "medsam3.json").write_text(json.dumps({"concepts": ["brain", "hippocampus"]}))
+    return MedSAM3.from_pretrained(directory, device="cpu")
+
+
+def test_prompt_outside_the_models_concepts_is_unknown_and_absent(brain_only_model, tmp_path):
+    source = get_testdata_file("MR_small.dcm")
+    with pytest.warns(UserWarning, match="'spleen' is not a concept model .* was trained on"):
+        seg = medsam3.segment(source, tmp_path / "v.nii.gz", ["spleen", "Hippocampus_L", "whole brain"],
+                              model=brain_only_model, **OPEN)
+    assert brain_only_model.knows("Hippocampus_L") and brain_only_model.knows("brain mask")
+    assert not brain_only_model.knows("spleen") and not brain_only_model.knows("glioma")
+    assert seg.prompts == ["spleen", "Hippocampus_L", "whole brain"]
+    assert [r.prompt for r in seg.results] == seg.prompts  # the user's words, not the canonical ones
+    assert not seg.results[0].present and seg.results[0].presence_score == 0.0
+    sidecar = json.loads((tmp_path / "v.json").read_text())
+    assert sidecar["unknown_to_model"] == ["spleen"] and "spleen" in sidecar["absent"]
+    assert sidecar["labels"] == {"1": "spleen", "2": "Hippocampus_L", "3": "whole brain"}
+    values = set(np.unique(seg.labels.array).tolist())
+    assert 1 not in values and values <= {0, 2, 3}
+    # the known prompts ran as the vocabulary's canonical text, with the open thresholds: same
+    # answer as asking the canonical prompts directly, now under labels 1 and 2
+    direct = medsam3.segment(source, None, ["left hippocampus", "brain"], model=brain_only_model, **OPEN)
+    np.testing.assert_array_equal(np.where(seg.labels.array > 0, seg.labels.array - 1, 0), direct.labels.array)
+
+
+def test_only_unknown_prompts_write_an_empty_label_map(brain_only_model, tmp_path):
+    with pytest.warns(UserWarning, match="not a concept"):
+        seg = medsam3.segment(SAMPLE, tmp_path / "none.nii.gz", ["liver"], model=brain_only_model)
+    assert seg.absent == ["liver"] and not seg.labels.array.any()
+    assert_written_on_input_grid(tmp_path / "none.nii.gz", SAMPLE)
+
+
+def test_untrained_tracker_is_never_used(tiny_model_dir, tmp_path):
+    """A model whose medsam3.json says its tracker is untrained: merged volumes fall back to
+    slice detection with a warning; propagation and box/point prompts are refused."""
+    import shutil
+
+    from medsam3.errors import InputError
+    from medsam3.model import MedSAM3
+
+    directory = tmp_path / "no-tracker"
+    shutil.copytree(tiny_model_dir, directory)
+    (directory / "medsam3.json").write_text(json.dumps({"tracker_trained": False}))
+    model = MedSAM3.from_pretrained(directory, device="cpu")
+    assert not model.tracker_trained
+    with pytest.warns(UserWarning, match="no trained tracker: --mode merged falls back"):
+        seg = medsam3.segment(SAMPLE, tmp_path / "v.nii.gz", ["brain"], model=model, **OPEN)
+    assert seg.sidecar["volume"]["mode"] == "slices"
+    with pytest.raises(InputError, match="untrained tracker"):
+        medsam3.segment(SAMPLE, tmp_path / "p.nii.gz", ["brain"], model=model, mode="propagate")
+    with pytest.raises(InputError, match="untrained tracker"):
+        medsam3.segment(get_testdata_file("CT_small.dcm"), tmp_path / "b.nii.gz", box=[10, 10, 40, 40], model=model)
+    assert not (tmp_path / "p.nii.gz").exists() and not (tmp_path / "b.nii.gz").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import warnings
 import os
 import sys
 
@@ -164,6 +165,23 @@ def _add_model(subparsers) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--size", type=int, default=None, help="input resolution in pixels (multiple of 14)")
     c.set_defaults(func=_run_model_create)
+    e = sub.add_parser("export", help="package a trained model for distribution (float16, concept list)",
+                       description="Write a model directory from a trained one (a `medsam3 train` run's final/ "
+                                   "or best/ directory): float16 weights, config, processor, and medsam3.json with "
+                                   "the concepts it was trained on (prompts outside them are then answered "
+                                   "'absent' with a warning) and provenance.")
+    e.add_argument("model", help="trained model directory (or hub id)")
+    e.add_argument("-o", "--output", required=True, help="directory to write (replaced atomically)")
+    e.add_argument("--manifest", help="training manifest: its classes become the model's concepts")
+    e.add_argument("--concepts", help="comma-separated concepts instead of --manifest")
+    e.add_argument("--float32", action="store_true", help="keep float32 weights (default: float16)")
+    e.add_argument("--untrained-tracker", action="store_true",
+                   help="mark the tracker as not trained: box/point prompts and propagation are refused, "
+                        "merged volumes fall back to slice detection")
+    e.add_argument("--info", action="append", default=[], metavar="KEY=VALUE",
+                   help="more medsam3.json entries (VALUE read as JSON when it parses, else text)")
+    e.add_argument("--card", help="a Markdown model card to copy in as README.md")
+    e.set_defaults(func=_run_model_export)
     i = sub.add_parser("info", help="print a model directory's sizes and parameter counts")
     i.add_argument("model", help="model directory or hub id")
     i.set_defaults(func=_run_model_info)
@@ -176,6 +194,36 @@ def _run_model_create(args) -> int:
         raise ArgumentError(f"{args.output} exists; choose a new directory")
     path = create_random_model(args.name, args.output, seed=args.seed, image_size=args.size)
     print(f"wrote random-initialised '{args.name}' model to {path}")
+    return 0
+
+
+def _run_model_export(args) -> int:
+    from medsam3.model.directory import export_model, manifest_concepts
+
+    if args.manifest and args.concepts:
+        raise ArgumentError("give --manifest or --concepts, not both")
+    concepts = (manifest_concepts(args.manifest) if args.manifest
+                else [c.strip() for c in args.concepts.split(",") if c.strip()] if args.concepts else None)
+    info = {}
+    for entry in args.info:
+        key, sep, value = entry.partition("=")
+        if not sep or not key:
+            raise ArgumentError(f"--info {entry!r}: expected KEY=VALUE")
+        try:
+            info[key] = json.loads(value)
+        except ValueError:
+            info[key] = value
+    if args.untrained_tracker:
+        info["tracker_trained"] = False
+    files = {}
+    if args.card:
+        try:
+            files["README.md"] = open(args.card, encoding="utf-8").read()
+        except OSError as exc:
+            raise ArgumentError(f"--card {args.card}: {exc.strerror}") from None
+    path = export_model(args.model, args.output, half=not args.float32, concepts=concepts, info=info, files=files)
+    size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
+    print(f"wrote {path} ({size:.1f} MiB){'; concepts: ' + ', '.join(concepts) if concepts else ''}")
     return 0
 
 
@@ -211,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="medsam3: %(message)s")
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"medsam3: warning: {message}\n"
     if not args.verbose:
         import transformers
 

@@ -99,6 +99,7 @@ CONCEPTS: tuple[Concept, ...] = (
     _c("hip bone", "hip", "pelvic bone", lateral=True, group="bone"),
     _c("vertebra", "spine", "vertebral body", group="bone"),
     _c("rib", "ribs", group="bone"),
+    _c("bone", "bones", "osseous tissue", "skull", "cranium", group="bone"),
     # --- chest
     _c("lung", "lung lobe", lateral=True, group="chest"),
     _c("lungs", "both lungs", "lung fields", "lung field", group="chest"),
@@ -200,6 +201,7 @@ CONCEPTS: tuple[Concept, ...] = (
     _c("trocar", group="surgery"),
     _c("clip", group="surgery"),
     # --- brain (tissues and the AAL atlas)
+    _c("head", "whole head", "head and neck soft tissue", group="brain"),
     _c("brain", "whole brain", "brain mask", "intracranial", group="brain"),
     _c("white matter", "wm", group="brain"),
     _c("gray matter", "gm", "cortex", group="brain"),

@@ -135,11 +135,17 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
     loaded = load_model(model, device=device, dtype=dtype)
     predictor = ImagePredictor(loaded, score_threshold=threshold, presence_threshold=presence_threshold,
                                mask_threshold=mask_threshold, batch_size=batch_size)
-    text_prompts = [TextPrompt(p, [list(b) for b in exemplars or []], list(exemplar_labels or []))
-                    for p in prompts]
+    unknown = _unknown_prompts(loaded, prompts)
+    run = [p for p in prompts if p not in unknown]  # what the model is asked, in order
+    text_prompts = [TextPrompt(_model_text(loaded, p), [list(b) for b in exemplars or []],
+                               list(exemplar_labels or [])) for p in run]
     names = prompts + ([("box" if box is not None else "points")] if interactive else [])
 
-    if image.ndim == 2:
+    if not text_prompts and not interactive:  # every prompt unknown to the model: nothing to run
+        spatial = normalized.shape[:2] if image.ndim == 2 else normalized.shape[:3]
+        label_array, results, volume_extra = np.zeros(spatial, np.uint8), [], {
+            "instances": None, "instance_labels": {}, "sidecar": {"mode": mode, "skipped": "no known prompt"}}
+    elif image.ndim == 2:
         if axis is not None:
             raise ArgumentError(f"--axis {axis} given, but {image.path or 'the input'} is a 2D image")
         if instances:
@@ -158,12 +164,19 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             predictor, normalized, text_prompts, box, points, point_labels, slice_index, image, progress,
             mode=mode, axis=axis, instances=instances, skip_empty=skip_empty, backward_slices=backward_slices,
             max_unsupported=max_unsupported, iou_threshold=iou_threshold, key_score=key_score, size=size)
+    if unknown or run != [r.prompt for r in results[:len(run)]]:
+        lookup, results = _restore_prompt_order(results, prompts, run, 2 if image.ndim == 2 else 3,
+                                                label_array.shape)
+        label_array = lookup[np.asarray(label_array, dtype=np.int64)].astype(label_array.dtype)
+        if image.ndim == 3:
+            volume_extra["instance_labels"] = {i: int(lookup[k]) for i, k in volume_extra["instance_labels"].items()}
     labels = image.with_array(label_array, modality=None)
     labels.meta.pop("rgb", None)
     absent = [r.prompt for r in results if not r.present]
     sidecar = {
         "labels": {str(k): name for k, name in enumerate(names, start=1)},
         "absent": absent,
+        "unknown_to_model": unknown,
         "scores": {r.prompt: round(float(r.presence_score), 6) for r in results},
         "model": loaded.source,
         "input": str(image.path) if image.path else None,
@@ -191,6 +204,54 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
     return seg
 
 
+def _unknown_prompts(model: MedSAM3, prompts: Sequence[str]) -> list[str]:
+    """Prompts outside the model's trained concepts (warned about; answered absent, not run)."""
+    import warnings
+
+    from medsam3.prompts import UnknownConceptWarning
+
+    unknown = [p for p in prompts if not model.knows(p)]
+    for p in unknown:
+        warnings.warn(f"{p!r} is not a concept model {model.source} was trained on "
+                      f"({', '.join(model.concepts or [])}): answered absent, not guessed", UnknownConceptWarning,
+                      stacklevel=3)
+    return unknown
+
+
+def _model_text(model: MedSAM3, prompt: str) -> str:
+    """The text the model sees: a model with a concept list was trained on the vocabulary's
+    canonical prompts, so synonyms and atlas names are mapped ("Hippocampus_L" -> "left
+    hippocampus"); other models get the user's text as typed."""
+    if model.concepts is None:
+        return prompt
+    from medsam3.prompts import resolve_prompt
+
+    return resolve_prompt(prompt, warn=False, check_length=False).prompt
+
+
+def _restore_prompt_order(results, prompts, run, dim, shape):
+    """Results of the prompts the model ran (``run``, then an interactive one) back in the
+    order of ``prompts`` with absent answers for the unknown ones, and the lookup table that
+    renumbers labels so that label k is still the k-th prompt: ``(lookup, results)``."""
+    lookup = np.zeros(len(results) + 1, dtype=np.int64)
+    ordered, k_run = [], 0
+    for k, p in enumerate(prompts, start=1):
+        if k_run < len(run) and run[k_run] == p:
+            r = results[k_run]
+            r.prompt = p
+            lookup[k_run + 1] = k
+            k_run += 1
+        elif dim == 2:
+            r = PromptResult.absent(p, 0.0, tuple(shape))
+        else:
+            r = VolumePromptSummary(prompt=p, present=False, presence_score=0.0)
+        ordered.append(r)
+    for j in range(len(run), len(results)):  # the interactive prompt, last
+        lookup[j + 1] = len(ordered) + 1
+        ordered.append(results[j])
+    return lookup, ordered
+
+
 def _segment_volume(predictor, normalized, text_prompts, box, points, point_labels, slice_index, image, progress,
                     mode="merged", axis=None, instances=False, skip_empty=True, backward_slices=8,
                     max_unsupported=2, iou_threshold=0.3, key_score=0.5, size=None):
@@ -209,6 +270,14 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
         raise ArgumentError(f"--slice {slice_index} is out of range: {image.path or 'the input'} has "
                             f"{n} {orientation.axis} slices (0..{n - 1})")
     objects = [ObjectPrompt(slice_index, box=box, points=points, point_labels=point_labels)] if interactive else []
+    if mode != "slices" and not predictor.model.tracker_trained:
+        if mode == "propagate" or interactive:
+            predictor.model.tracker  # raises: the error names the model and what to do
+        import warnings
+
+        warnings.warn(f"model {predictor.model.source} has no trained tracker: --mode merged falls back to "
+                      "slice-by-slice detection (--mode slices), without propagation", UserWarning, stacklevel=3)
+        mode = "slices"
     if size is not None and check_input_size(size) != predictor.model.image_size:
         predictor = ImagePredictor(with_input_size(predictor.model, size), score_threshold=predictor.score_threshold,
                                    presence_threshold=predictor.presence_threshold,

@@ -277,7 +277,7 @@ class PromptSegmentationDataset(Dataset):
             return any(v > 0 for v in present_values) if vals is None else bool(present_values & set(vals))
 
         # only classes this item labels are known to be absent when their pixels are missing
-        absent_classes = [n for n, _ in self.targets[i] if not in_image(n)]
+        absent_classes = [n for n, _ in self.targets[i] if not in_image(n)] + list(item.absent)
         if want_absent and item.dim == 2 and in_image(name):
             swap = [n for n in absent_classes if n != name]
             if swap:

@@ -63,7 +63,9 @@ every value > 0 is one object of this class; ``labels`` is then empty), ``channe
 (index into the 4th axis of a multi-channel file), ``channel_name``, ``rgb`` (a 2D colour
 picture), ``ignore_value`` (label value that marks unannotated pixels), ``flips``
 (``"none"``, ``"horizontal"``, ``"vertical"``, ``"both"``: flips that keep the labels
-true; default from the modality, see :mod:`medsam3.data.augment`) and ``source`` (facts
+true; default from the modality, see :mod:`medsam3.data.augment`), ``absent`` (concepts
+known to be absent from the whole image, e.g. "cell nucleus" on a brain MRI: training draws
+negative prompts from them too, across datasets) and ``source`` (facts
 specific to the layout: ``coco_image_id``, ``image_key``, ``label_key``, ``colors``,
 ``prompts`` (the npz text prompts as written)).
 """
@@ -110,12 +112,14 @@ class ManifestItem:
     rgb: bool = False
     ignore_value: int | None = None
     flips: str | None = None
+    absent: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = {str(k): str(v) for k, v in (self.labels or {}).items()}
         self.regions = {str(k): [int(x) for x in v] for k, v in (self.regions or {}).items()}
         self.shape = [int(s) for s in self.shape]
+        self.absent = [str(a) for a in (self.absent or [])]
         self.spacing = [float(s) for s in self.spacing]
         if self.case is None:
             self.case = self.id
@@ -145,7 +149,7 @@ class ManifestItem:
         out = {}
         for f in fields(self):
             value = data[f.name]
-            if f.name not in _REQUIRED and (value is None or value == {} or value is False
+            if f.name not in _REQUIRED and (value is None or value == {} or value == [] or value is False
                                             or (f.name == "case" and value == self.id)):
                 continue
             out[f.name] = value
@@ -229,6 +233,9 @@ def validate_item(item: ManifestItem, where: str = "manifest item") -> None:
         raise _fail(where, f"'image' as a list must name the R, G and B files, got {len(item.image)}")
     if item.flips is not None and item.flips not in FLIPS:
         raise _fail(where, f"flips {item.flips!r} is not one of {', '.join(FLIPS)}")
+    if set(item.absent) & set(item.class_names):
+        raise _fail(where, f"classes {sorted(set(item.absent) & set(item.class_names))} are both labelled and "
+                           "listed as absent")
     if item.label_format == "coco" and "coco_image_id" not in item.source:
         raise _fail(where, "a COCO item needs source.coco_image_id")
 

@@ -93,3 +93,50 @@ def directory_has_tracker(directory) -> bool:
 
     with safe_open(str(Path(directory) / WEIGHTS_NAME), framework="pt") as f:
         return any(k.startswith("tracker_model.") for k in f.keys())
+
+
+def export_model(source, output, *, half: bool = True, concepts: list[str] | None = None,
+                 info: dict | None = None, files: dict[str, str] | None = None) -> Path:
+    """A model directory for distribution: weights (optionally float16), config, processor,
+    and ``medsam3.json`` with ``concepts`` (the classes it was trained to segment, canonical
+    names) and whatever ``info`` adds (provenance, ``tracker_trained``, licences).
+
+    Args:
+        source: a model directory (e.g. a training run's ``final``) or hub id.
+        output: the directory to write (atomically; an existing one is replaced).
+        half: store floating-point tensors as float16 (they load back as float32).
+        files: more text files for the directory (name -> content), e.g. a model card.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    from medsam3.model.loader import INFO_NAME, model_directory, read_model_info
+
+    src = model_directory(source)
+    config = Sam3VideoConfig.from_pretrained(src)
+    state = load_file(str(src / WEIGHTS_NAME))
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    meta = {**read_model_info(src), **(info or {})}
+    if concepts is not None:
+        meta["concepts"] = list(concepts)
+    meta["weights_dtype"] = "float16" if half else "float32"
+    extra = {INFO_NAME: json.dumps(meta, indent=2) + "\n", **(files or {})}
+    return save_model_directory(state, config, output, processor=Sam3Processor.from_pretrained(src),
+                                extra_files=extra)
+
+
+def manifest_concepts(manifest) -> list[str]:
+    """The canonical concepts a training manifest labels (its classes through the prompt
+    vocabulary, sides dropped), sorted."""
+    from medsam3.data.manifest import read_manifest
+    from medsam3.prompts import resolve_prompt
+
+    m = read_manifest(manifest)
+    names = set()
+    for item in m:
+        for name in item.class_names:
+            resolved = resolve_prompt(name, warn=False, check_length=False)
+            names.add(resolved.concept.name if resolved.concept is not None else resolved.prompt)
+    return sorted(names)

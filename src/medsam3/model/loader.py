@@ -5,8 +5,14 @@
 * a local model directory (see :mod:`medsam3.model.directory`);
 * a Hugging Face hub id in transformers' format (``facebook/sam3``), downloaded once into
   the hub cache;
+* ``demo``: the small model shipped inside the package (``medsam3/model/demo``), trained
+  here on CPU on real brain MRI, head CT and nuclei images (see the README);
 * ``random:NAME``: a randomly initialised model of a named configuration
   (:func:`medsam3.model.configs.config_names`), for tests and speed/memory benchmarks only.
+
+A model directory may carry ``medsam3.json`` with ``concepts``: the classes it was trained to
+segment. Text prompts outside that list are answered "absent" with a warning instead of
+being guessed (:meth:`MedSAM3.knows`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from medsam3.model.directory import build_processor, directory_has_tracker, is_m
 log = logging.getLogger(__name__)
 
 RANDOM_PREFIX = "random:"
+DEMO_NAME = "demo"
+DEMO_DIRECTORY = Path(__file__).resolve().parent / "demo"
+INFO_NAME = "medsam3.json"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -103,6 +112,11 @@ def model_directory(name_or_dir: str | os.PathLike) -> Path:
     path = Path(name).expanduser()
     if is_model_directory(path):
         return path
+    if name == DEMO_NAME:
+        if not is_model_directory(DEMO_DIRECTORY):
+            raise InputError(f"the bundled demo model is missing from {DEMO_DIRECTORY} (a source checkout before "
+                             "`medsam3 model export` wrote it?); reinstall medsam3")
+        return DEMO_DIRECTORY
     if path.exists():
         raise InputError(f"{path} is not a model directory (needs config.json and model.safetensors)")
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
@@ -134,6 +148,29 @@ class MedSAM3:
         self.dtype = dtype
         self.directory = directory
         self._tracker = tracker
+        self.info = read_model_info(directory)
+
+    @property
+    def concepts(self) -> list[str] | None:
+        """The classes the model was trained to segment (``medsam3.json``), or ``None``: any text."""
+        concepts = self.info.get("concepts")
+        return list(concepts) if concepts else None
+
+    @property
+    def tracker_trained(self) -> bool:
+        """False when ``medsam3.json`` says the tracker weights were never trained (the demo
+        model before tracker fine-tuning): box/point prompts and propagation then refuse."""
+        return bool(self.info.get("tracker_trained", True))
+
+    def knows(self, text: str) -> bool:
+        """Whether a text prompt names a concept of :attr:`concepts` (always true without a list)."""
+        if self.concepts is None:
+            return True
+        from medsam3.prompts import resolve_prompt
+
+        resolved = resolve_prompt(text, warn=False, check_length=False)
+        name = resolved.concept.name if resolved.concept is not None else resolved.prompt
+        return name in self.concepts
 
     @property
     def image_size(self) -> int:
@@ -167,6 +204,10 @@ class MedSAM3:
     @cached_property
     def tracker(self) -> Sam3TrackerModel:
         """The interactive (box / point) model; its ViT backbone is the detector's (shared weights)."""
+        if not self.tracker_trained:
+            raise InputError(f"model {self.source} has an untrained tracker (medsam3.json: tracker_trained false): "
+                             "box and point prompts and tracker propagation need a trained one; use text prompts "
+                             "(volumes: --mode slices)")
         if self._tracker is None:
             if not directory_has_tracker(self.directory):
                 raise InputError(f"model {self.source} has no tracker weights (a detector-only checkpoint): "
@@ -176,6 +217,22 @@ class MedSAM3:
         # Both load the same detector_model.vision_encoder.backbone tensors: keep one copy.
         tracker.vision_encoder.backbone = self.detector.vision_encoder.backbone
         return tracker
+
+
+def read_model_info(directory) -> dict:
+    """``medsam3.json`` of a model directory (``{}`` when there is none)."""
+    import json
+
+    if directory is None or not (Path(directory) / INFO_NAME).is_file():
+        return {}
+    path = Path(directory) / INFO_NAME
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("concepts", []), list):
+        raise InputError(f"{path}: expected an object whose 'concepts' is a list of class names")
+    return info
 
 
 def _tracker_from_video(video: Sam3VideoModel) -> Sam3TrackerModel:

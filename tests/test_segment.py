@@ -225,3 +225,34 @@ def test_untrained_tracker_is_never_used(tiny_model_dir, tmp_path):
     with pytest.raises(InputError, match="untrained tracker"):
         medsam3.segment(get_testdata_file("CT_small.dcm"), tmp_path / "b.nii.gz", box=[10, 10, 40, 40], model=model)
     assert not (tmp_path / "p.nii.gz").exists() and not (tmp_path / "b.nii.gz").exists()
+
+
+def test_semantic_mask_source(tiny_model_dir, tiny_model, tmp_path):
+    """``"masks": "semantic"`` in medsam3.json: the semantic head is the mask, its connected
+    components the instances, in 2D and through the volume pipeline."""
+    import shutil
+
+    import torch.nn.functional as F
+    from scipy import ndimage
+
+    from medsam3.model import MedSAM3
+    from medsam3.predict.image import TextPrompt
+
+    directory = tmp_path / "semantic"
+    shutil.copytree(tiny_model_dir, directory)
+    (directory / "medsam3.json").write_text(json.dumps({"masks": "semantic"}))
+    model = MedSAM3.from_pretrained(directory, device="cpu")
+    image = normalize_intensity(read_image(get_testdata_file("MR_small.dcm")))
+    predictor = ImagePredictor(model, score_threshold=0.0, presence_threshold=0.0, mask_threshold=0.5)
+    assert predictor.mask_source == "semantic"
+    predictor.set_image(image)
+    result = predictor.predict(["brain"])[0]
+    (_, out), = list(predictor.detect([TextPrompt("brain")]))
+    expected = F.interpolate(out.semantic_seg[0].reshape(1, 1, *out.semantic_seg.shape[-2:]).float().sigmoid(),
+                             size=image.shape, mode="bilinear", align_corners=False)[0, 0].numpy() > 0.5
+    np.testing.assert_array_equal(result.semantic, expected)
+    _, n = ndimage.label(expected)
+    assert result.masks.shape[0] == n and (result.masks.sum(0) == expected).all()
+    assert np.allclose(result.scores, result.presence_score)
+    seg = medsam3.segment(SAMPLE, tmp_path / "v.nii.gz", ["brain"], model=model, mode="slices", **OPEN)
+    assert seg.labels.array.shape == read_image(SAMPLE).array.shape

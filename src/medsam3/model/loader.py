@@ -178,7 +178,7 @@ class MedSAM3:
         return int(self.config.detector_config.vision_config.backbone_config.image_size)
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | os.PathLike, device: str = "auto", dtype=None) -> "MedSAM3":
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, device: str = "auto", dtype=None) -> MedSAM3:
         """Load a model from a directory, a hub id, or ``random:NAME`` (see the module docstring)."""
         device_ = resolve_device(device)
         dtype_ = resolve_dtype(dtype)

@@ -65,6 +65,12 @@ class ImagePredictor:
         presence_threshold: a prompt whose presence probability is below this is "absent".
         mask_threshold: probability above which a pixel belongs to an instance mask.
         batch_size: text prompts run through the detector together.
+
+    Masks come from SAM3's instance queries (``pred_masks``, scored by ``pred_logits`` x
+    presence; the semantic mask is their union) unless the model's ``medsam3.json`` says
+    ``"masks": "semantic"`` (the demo model, whose instance queries are undertrained): then
+    the semantic head's ``semantic_seg`` is the mask, scored by the presence alone, and its
+    connected components are the instances.
     """
 
     def __init__(self, model: MedSAM3, score_threshold: float = 0.5, presence_threshold: float = 0.5,
@@ -83,6 +89,10 @@ class ImagePredictor:
         self._pixel_values: torch.Tensor | None = None
         self._tracker_embeddings: list[torch.Tensor] | None = None
         self.original_size: tuple[int, int] | None = None
+        self.mask_source = str(getattr(model, "info", {}).get("masks", "instances"))
+        if self.mask_source not in ("instances", "semantic"):
+            raise ArgumentError(f"model {model.source}: medsam3.json 'masks' must be 'instances' or 'semantic', "
+                                f"got {self.mask_source!r}")
 
     # ------------------------------------------------------------------ image
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -202,16 +212,29 @@ class ImagePredictor:
                 done += len(batch)
         return results
 
-    def _result_from_detector(self, text: str, out, i: int) -> PromptResult:
+    def row_outputs(self, out, i: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """``(presence, scores (Q,), mask logits (Q, h, w))`` of detector row ``i``: the instance
+        queries' ``sigmoid(class) x presence``, or with ``masks: semantic`` one "query", the
+        semantic head, scored by the presence."""
         presence = float(out.presence_logits[i].float().sigmoid().squeeze())
-        scores = out.pred_logits[i].float().sigmoid() * presence
+        if self.mask_source == "semantic":
+            logits = out.semantic_seg[i].float().reshape(1, *out.semantic_seg.shape[-2:])
+            return presence, torch.full((1,), presence, device=logits.device), logits
+        return presence, out.pred_logits[i].float().sigmoid() * presence, out.pred_masks[i].float()
+
+    def _result_from_detector(self, text: str, out, i: int) -> PromptResult:
+        presence, scores, mask_logits = self.row_outputs(out, i)
         keep = (scores > self.score_threshold).nonzero().squeeze(1)
         if presence < self.presence_threshold or keep.numel() == 0:
             return PromptResult.absent(text, presence, self.original_size)
-        probs = self._upsample(out.pred_masks[i, keep])
+        probs = self._upsample(mask_logits[keep])
         masks = probs > self.mask_threshold
         h, w = self.original_size
-        boxes = out.pred_boxes[i, keep].float() * torch.tensor([w, h, w, h], device=scores.device)
+        if self.mask_source == "semantic":
+            masks, probs, scores, keep = _components(masks[0], probs[0], presence)
+            boxes = _mask_boxes(masks).to(scores.device)
+        else:
+            boxes = out.pred_boxes[i, keep].float() * torch.tensor([w, h, w, h], device=scores.device)
         semantic = masks.any(0)
         if not semantic.any():
             return PromptResult.absent(text, presence, self.original_size)
@@ -295,3 +318,28 @@ class _TextEmbeds:
 
     def __init__(self, pooler_output: torch.Tensor):
         self.pooler_output = pooler_output
+
+
+def _components(mask: torch.Tensor, probability: torch.Tensor, score: float):
+    """A semantic mask's connected components as instances: ``(masks (N, H, W), probabilities
+    (N, H, W), scores (N,), indices (N,))``, largest first, each scored ``score``."""
+    from scipy import ndimage
+
+    labelled, n = ndimage.label(mask.cpu().numpy())
+    if n == 0:
+        empty = torch.zeros((0, *mask.shape), dtype=torch.bool, device=mask.device)
+        return empty, empty.float(), torch.zeros(0, device=mask.device), torch.zeros(0, dtype=torch.long)
+    sizes = np.bincount(labelled.ravel())[1:]
+    order = np.argsort(-sizes, kind="stable") + 1
+    masks = torch.from_numpy(labelled[None] == order[:, None, None]).to(mask.device)
+    probs = probability[None] * masks
+    return masks, probs, torch.full((n,), float(score), device=mask.device), torch.arange(n)
+
+
+def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """``(N, 4)`` ``x0, y0, x1, y1`` pixel boxes (exclusive ends) of ``(N, H, W)`` masks."""
+    boxes = torch.zeros((masks.shape[0], 4))
+    for j, m in enumerate(masks):
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        boxes[j] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+    return boxes

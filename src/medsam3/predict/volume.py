@@ -467,13 +467,12 @@ class _VolumeRun:
         for batch, out in pred.detect(self.text):
             for i in range(len(batch)):
                 k = len(out_all)
-                presence = float(out.presence_logits[i].float().sigmoid().squeeze())
+                presence, scores, all_logits = pred.row_outputs(out, i)
                 self.summaries[k].presence_score = max(self.summaries[k].presence_score, presence)
-                scores = out.pred_logits[i].float().sigmoid() * presence
                 strong = (scores > pred.score_threshold) & (presence >= pred.presence_threshold)
                 usable = strong | (scores >= self.support_score) if self.mode == "merged" else strong
                 idx = usable.nonzero().flatten()
-                logits = out.pred_masks[i, idx].float()
+                logits = all_logits[idx]
                 masks = logits > self.thr
                 nonempty = masks.flatten(1).any(1)
                 idx, logits, masks = idx[nonempty], logits[nonempty], masks[nonempty]

@@ -28,9 +28,14 @@ from typing import Any
 
 from medsam3.errors import ArgumentError, InputError
 from medsam3.train.losses import LossWeights
+from medsam3.train.tracker import TrackerConfig
 
-#: Parameter groups of the detector (see :mod:`medsam3.train.optim`).
-GROUPS = ("decoder", "geometry", "vision", "text")
+#: Parameter groups of the detector (see :mod:`medsam3.train.optim`), and the tracker's one.
+GROUPS = ("decoder", "geometry", "vision", "text", "tracker")
+#: What a run trains: the concept detector, or the tracker on slice clips (medsam3.train.tracker).
+TARGETS = ("detector", "tracker")
+#: optim.lr.tracker when not given
+DEFAULT_TRACKER_LR = 1e-4
 MODES = ("full", "lora")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 BEST_METRICS = ("dice", "semantic_dice", "top1_dice")
@@ -70,7 +75,12 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The run: length, mode, precision, checkpoints, faults.
+    """The run: length, what it trains, mode, precision, checkpoints, faults.
+
+    ``target``: ``detector`` (text / exemplar prompts; the default) or ``tracker`` (the
+    memory tracker on clips of consecutive slices, :mod:`medsam3.train.tracker`, configured
+    in the ``tracker:`` section; its learning rate is ``optim.lr.tracker``). The two are
+    separate runs: train the detector, then the tracker from its ``final`` directory.
 
     ``mode``: ``full`` (every parameter, the paper) or ``lora``. ``freeze``: parameter groups
     (``vision``, ``text``, ``geometry``, ``decoder``; ``vision`` is the ViT, ``neck`` its FPN
@@ -83,6 +93,7 @@ class TrainConfig:
     """
 
     max_steps: int = 1000
+    target: str = "detector"
     mode: str = "full"
     freeze: list[str] = field(default_factory=list)
     activation_checkpointing: bool = True
@@ -155,6 +166,7 @@ class TrainingConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> TrainingConfig:
@@ -166,6 +178,9 @@ class TrainingConfig:
         if not self.data.manifest:
             raise ArgumentError("config: 'data.manifest' is required (a medsam3 manifest, see `medsam3 data`)")
         t, d, o = self.train, self.data, self.optim
+        if t.target not in TARGETS:
+            raise ArgumentError(f"config: train.target {t.target!r} is not one of {', '.join(TARGETS)}")
+        self.tracker.validate()
         if t.mode not in MODES:
             raise ArgumentError(f"config: train.mode {t.mode!r} is not one of {', '.join(MODES)}")
         if t.best_metric not in BEST_METRICS:

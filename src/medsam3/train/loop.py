@@ -120,16 +120,18 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _other_tensors(source_dir: Path) -> dict[str, torch.Tensor]:
-    """The non-detector tensors (tracker, tracker neck) of a model directory, unchanged."""
+def _source_tensors(source_dir: Path, skip=()) -> dict[str, torch.Tensor]:
+    """The source model directory's tensors except those in ``skip`` (the parts a run does
+    not train are written back unchanged; only they are read)."""
     from safetensors import safe_open
 
     from medsam3.model.directory import WEIGHTS_NAME
 
+    skip = set(skip)
     out = {}
     with safe_open(str(source_dir / WEIGHTS_NAME), framework="pt") as f:
         for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-            if not key.startswith("detector_model."):
+            if key not in skip:
                 out[key] = f.get_tensor(key)
     return out
 
@@ -233,14 +235,10 @@ class Trainer:
     def _setup(self) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
-        from transformers import Sam3Model, Sam3Processor, Sam3VideoConfig
+        from transformers import Sam3Processor, Sam3VideoConfig
 
         from medsam3.train.losses import SetCriterion
-        from medsam3.train.model import (
-            DetectorForTraining,
-            enable_activation_checkpointing,
-        )
-        from medsam3.train.optim import build_optimizer, build_scheduler
+        from medsam3.train.optim import build_scheduler
 
         cfg = self.cfg
         if cfg.train.cpu_threads:
@@ -287,46 +285,17 @@ class Trainer:
         self.processor = Sam3Processor.from_pretrained(self.source_dir)
         lora = cfg.train.mode == "lora"
         weights_dir = checkpoint / "model" if checkpoint is not None and not lora else self.source_dir
-        detector = Sam3Model.from_pretrained(weights_dir, dtype=torch.float32)
-        model_size = int(detector.config.vision_config.backbone_config.image_size)
-        self.image_size = cfg.data.image_size or model_size
-        if self.image_size != model_size:
-            raise ArgumentError(f"config: data.image_size {self.image_size} differs from the model's input size "
-                                f"{model_size} ({self.source_dir}); leave it null or build a model of that size")
-        self.num_queries = int(detector.config.detr_decoder_config.num_queries)
-        if cfg.train.freeze:
-            n = freeze_parameters(detector, cfg.train.freeze)
-            log.info("froze %d parameter tensors (%s)", n, ", ".join(cfg.train.freeze))
-        if lora:
-            from medsam3.train.lora import apply_lora
-
-            l = cfg.lora
-            n = apply_lora(detector, l.r, l.alpha, l.dropout, l.target_modules, l.train_modules)
-            log.info("LoRA: %d adapted layers (r=%d, alpha=%g)", n, l.r, l.alpha)
-            if checkpoint is not None:
-                from safetensors.torch import load_file
-
-                adapters = load_file(str(checkpoint / "state" / "adapter.safetensors"))
-                missing = set(adapters) - set(dict(detector.named_parameters()))
-                if missing:
-                    raise InputError(f"{checkpoint}: adapter tensors {sorted(missing)[:3]} do not fit this LoRA config")
-                detector.load_state_dict(adapters, strict=False)
-        if cfg.train.activation_checkpointing:
-            n = enable_activation_checkpointing(detector)
-            log.info("activation checkpointing on %d backbone blocks", n)
-        trainable = sum(p.numel() for p in detector.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in detector.parameters())
-        log.info("trainable parameters: %d of %d (%s)", trainable, total, cfg.train.mode)
-
-        model = DetectorForTraining(detector)
+        self.target = cfg.train.target
+        if self.target == "tracker":
+            model, optimizer = self._setup_tracker(weights_dir, checkpoint)
+            self.criterion = None
+        else:
+            model, optimizer = self._setup_detector(weights_dir, checkpoint)
+            self.criterion = SetCriterion(cfg.loss)
         o = cfg.optim
-        optimizer, infos = build_optimizer(model, o.lr, o.layer_decay, o.weight_decay, o.betas, o.eps)
-        for info in infos:
-            log.debug("param group %s: %d parameters, lr %.3g", info.name, info.count, info.lr)
         scheduler = build_scheduler(optimizer, cfg.train.max_steps, o.warmup_steps, o.cooldown_steps, o.timescale)
         fresh_schedule = copy.copy(scheduler.lr_lambdas[0])  # this run's schedule, kept past load_state
         self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
-        self.criterion = SetCriterion(cfg.loss)
 
         if checkpoint is not None:
             def skip_model(models, input_dir):  # weights come from checkpoint/model (or adapters), not state/
@@ -351,6 +320,90 @@ class Trainer:
             save_config(cfg, self.output_dir / "config.yaml")
         self.metrics = MetricsLog(self.output_dir, cfg.logging.csv, cfg.logging.tensorboard, self.start_step,
                                   self.is_main)
+
+    def _load_adapters(self, module: torch.nn.Module, checkpoint: Path) -> None:
+        from safetensors.torch import load_file
+
+        adapters = load_file(str(checkpoint / "state" / "adapter.safetensors"))
+        missing = set(adapters) - set(dict(module.named_parameters()))
+        if missing:
+            raise InputError(f"{checkpoint}: adapter tensors {sorted(missing)[:3]} do not fit this LoRA config")
+        module.load_state_dict(adapters, strict=False)
+
+    def _setup_tracker(self, weights_dir: Path, checkpoint: Path | None):
+        """The tracker (neck + video tracker) on the frozen detector ViT, and its optimiser."""
+        from medsam3.train.config import DEFAULT_TRACKER_LR
+        from medsam3.train.optim import build_simple_optimizer
+        from medsam3.train.tracker import build_tracker_for_training
+
+        cfg = self.cfg
+        module = build_tracker_for_training(weights_dir, cfg.tracker.loss)
+        self.image_size = cfg.data.image_size or int(module.video.image_size)
+        if self.image_size != int(module.video.image_size):
+            raise ArgumentError(f"config: data.image_size {self.image_size} differs from the tracker's input size "
+                                f"{module.video.image_size}; leave it null")
+        self.num_queries = 1
+        if cfg.train.freeze:
+            n = freeze_parameters(module, cfg.train.freeze)
+            log.info("froze %d parameter tensors (%s)", n, ", ".join(cfg.train.freeze))
+        if cfg.train.mode == "lora":
+            from medsam3.train.lora import apply_lora
+
+            l = cfg.lora
+            n = apply_lora(module.video, l.r, l.alpha, l.dropout, l.target_modules,
+                           [m for m in l.train_modules if m in dict(module.video.named_modules())])
+            for p in module.neck.parameters():
+                p.requires_grad_(False)
+            log.info("LoRA on the tracker: %d adapted layers (r=%d, alpha=%g)", n, l.r, l.alpha)
+            if checkpoint is not None:
+                self._load_adapters(module.video, checkpoint)
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in module.parameters())
+        log.info("trainable parameters: %d of %d (tracker, %s)", trainable, total, cfg.train.mode)
+        o = cfg.optim
+        optimizer = build_simple_optimizer(module, o.lr.get("tracker", DEFAULT_TRACKER_LR), o.weight_decay,
+                                           o.betas, o.eps, name="tracker")
+        return module, optimizer
+
+    def _setup_detector(self, weights_dir: Path, checkpoint: Path | None):
+        from transformers import Sam3Model
+
+        from medsam3.train.model import DetectorForTraining, enable_activation_checkpointing
+        from medsam3.train.optim import build_optimizer
+
+        cfg = self.cfg
+        lora = cfg.train.mode == "lora"
+        detector = Sam3Model.from_pretrained(weights_dir, dtype=torch.float32)
+        model_size = int(detector.config.vision_config.backbone_config.image_size)
+        self.image_size = cfg.data.image_size or model_size
+        if self.image_size != model_size:
+            raise ArgumentError(f"config: data.image_size {self.image_size} differs from the model's input size "
+                                f"{model_size} ({self.source_dir}); leave it null or build a model of that size")
+        self.num_queries = int(detector.config.detr_decoder_config.num_queries)
+        if cfg.train.freeze:
+            n = freeze_parameters(detector, cfg.train.freeze)
+            log.info("froze %d parameter tensors (%s)", n, ", ".join(cfg.train.freeze))
+        if lora:
+            from medsam3.train.lora import apply_lora
+
+            l = cfg.lora
+            n = apply_lora(detector, l.r, l.alpha, l.dropout, l.target_modules, l.train_modules)
+            log.info("LoRA: %d adapted layers (r=%d, alpha=%g)", n, l.r, l.alpha)
+            if checkpoint is not None:
+                self._load_adapters(detector, checkpoint)
+        if cfg.train.activation_checkpointing:
+            n = enable_activation_checkpointing(detector)
+            log.info("activation checkpointing on %d backbone blocks", n)
+        trainable = sum(p.numel() for p in detector.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in detector.parameters())
+        log.info("trainable parameters: %d of %d (%s)", trainable, total, cfg.train.mode)
+
+        model = DetectorForTraining(detector)
+        o = cfg.optim
+        optimizer, infos = build_optimizer(model, o.lr, o.layer_decay, o.weight_decay, o.betas, o.eps)
+        for info in infos:
+            log.debug("param group %s: %d parameters, lr %.3g", info.name, info.count, info.lr)
+        return model, optimizer
 
     def _log_to_file(self) -> None:
         if not self.is_main:
@@ -386,13 +439,12 @@ class Trainer:
         from torch.utils.data import DataLoader
 
         from medsam3.data import balanced_weights
-        from medsam3.train.batch import (
-            EpochIndexedDataset,
-            RowCollator,
-            StreamBatchSampler,
-        )
+        from medsam3.train.batch import EpochIndexedDataset, RowCollator, StreamBatchSampler
 
         d, acc = self.cfg.data, self.accelerator
+        if self.target == "tracker":
+            self._build_clip_data()
+            return
         self.train_set = self._dataset(d.train_split, train=True)
         weights = None
         if d.balanced:
@@ -412,6 +464,37 @@ class Trainer:
             except ArgumentError as exc:
                 log.warning("no validation: %s", exc)
         self.val_collate = RowCollator(tokenizer, 0, use_box_prompts=False)
+
+    def _build_clip_data(self) -> None:
+        from torch.utils.data import DataLoader
+
+        from medsam3.train.batch import EpochIndexedDataset, StreamBatchSampler
+        from medsam3.train.tracker import ClipDataset, collate_clips
+
+        d, acc = self.cfg.data, self.accelerator
+        self.train_set = ClipDataset(d.manifest, self.image_size, self.cfg.tracker, split=d.train_split,
+                                     datasets=d.datasets, cache=d.cache, window=d.window, augment=d.augment,
+                                     seed=self.cfg.seed)
+        self.sampler = StreamBatchSampler(len(self.train_set), d.batch_size, acc.num_processes, acc.process_index,
+                                          self.cfg.seed, None, start_step=self.start_step)
+        self.train_loader = DataLoader(EpochIndexedDataset(self.train_set), batch_sampler=self.sampler,
+                                       collate_fn=collate_clips, num_workers=d.num_workers,
+                                       generator=torch.Generator().manual_seed(self.cfg.seed))
+        self.val_set = None
+        if d.val_split:
+            log.info("tracker runs do not validate during training; score propagation afterwards "
+                     "(medsam3 evaluate --volume-mode propagate)")
+
+    def _losses(self, batch):
+        """The step's :class:`LossOutput` (the tracker computes its own)."""
+        acc = self.accelerator
+        if self.target == "tracker":
+            return self.model(batch)
+        outputs = self.model(**batch.model_inputs())
+        num_boxes = torch.tensor([float(sum(len(x.boxes) for x in batch.targets))], device=acc.device)
+        if acc.num_processes > 1:
+            num_boxes = acc.reduce(num_boxes, reduction="mean")
+        return self.criterion(outputs, batch.targets, num_boxes=float(num_boxes))
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -464,10 +547,20 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ saving
+    def _trained_module(self) -> torch.nn.Module:
+        """The module whose weights this run changes (the detector, or the video tracker)."""
+        inner = self.accelerator.unwrap_model(self.model)
+        return inner.video if self.target == "tracker" else inner.detector
+
     def _detector_state(self) -> dict[str, torch.Tensor]:
-        """The full-precision plain ``Sam3Model`` state (collective under FSDP)."""
+        """The trained tensors under their model-directory names (``detector_model.*``, or
+        ``tracker_model.*`` and ``tracker_neck.*``), LoRA merged (collective under FSDP)."""
         state = self.accelerator.get_state_dict(self.model)
-        state = {k.removeprefix("detector."): v for k, v in state.items()}
+        if self.target == "tracker":
+            prefixes = {"video.": "tracker_model.", "neck.": "tracker_neck."}
+            state = {prefixes[p] + k[len(p):]: v for k, v in state.items() for p in prefixes if k.startswith(p)}
+        else:
+            state = {"detector_model." + k.removeprefix("detector."): v for k, v in state.items()}
         if self.cfg.train.mode == "lora":
             from medsam3.train.lora import merge_lora_state
 
@@ -496,8 +589,8 @@ class Trainer:
         state = self._detector_state() if state is None else state
         if not self.is_main:
             return
-        full = {f"detector_model.{k}": v for k, v in state.items()}
-        full.update(_other_tensors(self.source_dir))
+        full = dict(state)
+        full.update(_source_tensors(self.source_dir, skip=full))
         save_model_directory(full, self.video_config, target, processor=self.processor)
         for name, content in (extra or {}).items():
             (target / name).write_text(json.dumps(content, indent=2, default=_json_default))
@@ -527,7 +620,7 @@ class Trainer:
 
                 from medsam3.train.lora import trainable_state_dict
 
-                adapters = trainable_state_dict(acc.unwrap_model(self.model).detector)
+                adapters = trainable_state_dict(self._trained_module())
                 save_file({k: v.to("cpu").contiguous() for k, v in adapters.items()},
                           str(tmp / "state" / "adapter.safetensors"))
             trainer_state = {"step": step, "best_score": self.best_score, "best_metric": self.cfg.train.best_metric, "skipped_steps": self.skipped_total,
@@ -569,11 +662,7 @@ class Trainer:
             while step < t.max_steps:
                 tic = time.perf_counter()
                 batch = next(iterator).to(acc.device, non_blocking=True)
-                outputs = self.model(**batch.model_inputs())
-                num_boxes = torch.tensor([float(sum(len(x.boxes) for x in batch.targets))], device=acc.device)
-                if acc.num_processes > 1:
-                    num_boxes = acc.reduce(num_boxes, reduction="mean")
-                losses = self.criterion(outputs, batch.targets, num_boxes=float(num_boxes))
+                losses = self._losses(batch)
                 acc.backward(losses.total)
                 max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
                 grad_norm = acc.clip_grad_norm_(params, max_norm)
@@ -620,7 +709,7 @@ class Trainer:
                     values.update({"train/loss": loss_value, "train/grad_norm": grad_norm,
                                    "train/lr_decoder": self._group_lr("decoder"),
                                    "train/images_per_s": batch.images * acc.num_processes / max(elapsed, 1e-9),
-                                   "train/rows": float(len(batch.targets))})
+                                   "train/rows": float(len(getattr(batch, "targets", None) or batch.clips))})
                     self.metrics.scalars(step, values)
                     if not cfg.logging.progress:
                         log.info("step %d/%d loss %.4f grad-norm %.3g %.2f img/s", step, t.max_steps, loss_value,
@@ -654,7 +743,7 @@ class Trainer:
         acc = self.accelerator
         digests: list[str] = []
         if acc.distributed_type != DistributedType.FSDP:
-            own = weights_digest(acc.unwrap_model(self.model).detector.state_dict())
+            own = weights_digest(self._trained_module().state_dict())
             digests = gather_object([own]) if acc.num_processes > 1 else [own]
         final = self.output_dir / "final"
         summary = {"steps": step, "skipped_steps": self.skipped_total, "best_score": self.best_score,

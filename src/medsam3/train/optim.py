@@ -127,6 +127,20 @@ def build_optimizer(model: nn.Module, lr: dict[str, float], layer_decay: dict[st
     return torch.optim.AdamW(groups, betas=tuple(betas), eps=eps, fused=fused or None), infos
 
 
+def build_simple_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.999),
+                           eps: float = 1e-8, name: str = "tracker") -> torch.optim.AdamW:
+    """AdamW over a module's trainable parameters at one rate (the tracker's): two groups,
+    ``NAME.decay`` (matrices) and ``NAME.no_decay`` (biases, norms, embeddings of one dimension)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    plain = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    if not decay and not plain:
+        raise ValueError("no trainable parameters")
+    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay, "name": f"{name}.decay"},
+              {"params": plain, "lr": lr, "weight_decay": 0.0, "name": f"{name}.no_decay"}]
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=tuple(betas), eps=eps, fused=fused or None)
+
+
 class InverseSqrtSchedule:
     """Learning-rate factor at optimizer step ``t`` (0-based)::
 

@@ -1,0 +1,138 @@
+"""Evaluate the bundled demo model on its held-out data, with the untrained model and Otsu
+thresholding measured in the same run, and draw the training curves.
+
+    medsam3 data build-demo -o data/demo --heldout-only        # if not built yet
+    python scripts/evaluate_demo.py --run runs/demo-cpu --record
+
+Writes OUT/demo-eval.json and OUT/demo-eval.md (the README's tables), docs/demo-training.png
+(loss and training-batch Dice per step from the run's metrics.csv) and, with --record, the
+results into the shipped model's medsam3.json (``heldout``), which the CI test
+tests/test_demo_model.py re-measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def training_curves(run: Path, output: Path) -> Path:
+    """Loss and the training batches' semantic Dice (1 - semantic_dice loss / its weight 30)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(run / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            series.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, tags, title in ((axes[0], ["train/loss"], "total loss (SAM3 losses)"),
+                            (axes[1], ["loss/mask_dice", "loss/semantic_dice", "loss/presence", "loss/class"],
+                             "loss terms"),
+                            (axes[2], [], "training-batch semantic Dice")):
+        for tag in tags:
+            steps, values = zip(*series[tag])
+            ax.plot(steps, values, lw=0.6, alpha=0.35)
+            k = max(1, len(values) // 40)
+            smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], smooth, label=tag.split("/")[-1])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    steps, values = zip(*series["loss/semantic_dice"])
+    dice = 1 - np.asarray(values) / 30.0
+    k = max(1, len(dice) // 40)
+    axes[2].plot(steps, dice, lw=0.6, alpha=0.35)
+    axes[2].plot(steps[k - 1:], np.convolve(dice, np.ones(k) / k, mode="valid"))
+    axes[2].set_ylim(0, 1)
+    axes[1].legend(fontsize=7)
+    axes[0].set_yscale("log")
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    return output
+
+
+def tracker_curves(run: Path, output: Path) -> Path:
+    """The tracker run's loss terms per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(run / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            series.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for tag in ("loss/mask_dice", "loss/object_score", "loss/iou", "loss/mask_focal"):
+        if tag in series:
+            steps, values = zip(*series[tag])
+            k = max(1, len(values) // 20)
+            ax.plot(steps[k - 1:], np.convolve(values, np.ones(k) / k, mode="valid"), label=tag.split("/")[-1])
+    ax.set_xlabel("step")
+    ax.set_title("tracker training (clips of 8 slices)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    return output
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--heldout", default="data/demo/heldout/demo-heldout.jsonl")
+    parser.add_argument("--out", default="runs/demo-eval")
+    parser.add_argument("--run", default=None, help="training run folder (for the curves)")
+    parser.add_argument("--curves", default="docs/demo-training.png")
+    parser.add_argument("--absent-stride", type=int, default=2)
+    parser.add_argument("--record", action="store_true", help="write the results into the model's medsam3.json")
+    parser.add_argument("--tracker-before", default=None,
+                        help="model directory with the untrained tracker: compare slices / propagate / merged "
+                             "before and after tracker training (--model is 'after')")
+    parser.add_argument("--tracker-run", default=None, help="the tracker training run folder (for its curves)")
+    args = parser.parse_args()
+
+    import torch
+
+    from medsam3.evaluate.demo import evaluate_demo
+    from medsam3.model.loader import INFO_NAME, model_directory
+
+    start = time.time()
+    results = evaluate_demo(args.model, args.heldout, args.out, absent_stride=args.absent_stride)
+    results["absent_stride"] = args.absent_stride
+    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "torch": torch.__version__, "seconds": round(time.time() - start, 1)}
+    if args.run:
+        print(f"curves: {training_curves(Path(args.run), Path(args.curves))}", file=sys.stderr)
+    if args.tracker_before:
+        from medsam3.evaluate.demo import volume_modes
+
+        results["volume_modes"] = volume_modes({"before": args.tracker_before, "after": args.model}, args.heldout,
+                                               Path(args.out) / "volume-modes")
+    if args.tracker_run:
+        print(f"curves: {tracker_curves(Path(args.tracker_run), Path(args.curves).with_name('demo-tracker-training.png'))}",
+              file=sys.stderr)
+    if args.record:
+        path = model_directory(args.model) / INFO_NAME
+        info = json.loads(path.read_text())
+        info["heldout"] = results
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(json.dumps(info, indent=2, default=lambda v: None) + "\n")
+        os.replace(tmp, path)
+        print(f"recorded in {path}", file=sys.stderr)
+    print(Path(args.out, "demo-eval.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The bundled demo model, re-measured on its held-out data: any regression in reading,
+normalising, slicing, the model, post-processing, writing or scoring changes these numbers.
+
+The numbers asserted are those recorded when the shipped weights were evaluated
+(``medsam3.json`` -> ``heldout``, written by ``scripts/evaluate_demo.py --record``) and printed
+in the README; the README must show exactly those numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import medsam3
+from medsam3.data.demo import DEMO_CLASSES, MRICRON, build_heldout_set
+from medsam3.evaluate.demo import evaluate_demo, markdown_table
+from medsam3.io import read_label_map
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = Path(medsam3.__file__).parent / "data" / "samples" / "colin27_t1_2mm.nii.gz"
+DICE_MARGIN = 0.01  # CPU runs are deterministic; the margin covers BLAS differences between machines
+ABSENT_MARGIN = 0.02
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from medsam3.model import MedSAM3
+
+    return MedSAM3.from_pretrained("demo", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    if not (MRICRON / "aal.nii.gz").is_file():
+        pytest.fail("the held-out ground truth needs Debian's mricron-data (apt-get install mricron-data)")
+    return build_heldout_set(tmp_path_factory.mktemp("heldout"))
+
+
+def test_demo_model_is_small_and_knows_its_concepts(demo):
+    weights = demo.directory / "model.safetensors"
+    assert weights.stat().st_size <= 30 * 2**20
+    assert sorted(demo.concepts) == sorted(DEMO_CLASSES)
+    assert demo.info["weights_dtype"] == "float16" and demo.info["tracker_trained"] is False
+    assert next(demo.detector.parameters()).dtype.is_floating_point
+
+
+def test_heldout_numbers_match_the_recorded_ones_and_the_readme(demo, heldout, tmp_path):
+    recorded = demo.info["heldout"]
+    results = evaluate_demo(demo, heldout, tmp_path / "eval", baselines=False,
+                            absent_stride=recorded["absent_stride"], progress=False)
+    for dataset, classes in recorded["scores"]["model"].items():
+        for cls, expected in classes.items():
+            got = results["scores"]["model"][dataset][cls]
+            assert got["dice"] == pytest.approx(expected["dice"], abs=DICE_MARGIN), (dataset, cls)
+            if expected["nsd"] is not None and math.isfinite(expected["nsd"]):
+                assert got["nsd"] == pytest.approx(expected["nsd"], abs=DICE_MARGIN), (dataset, cls)
+    for dataset, rates in recorded["absent"].items():
+        for concept, rate in rates.items():
+            if concept != "images":
+                assert results["absent"][dataset][concept] == pytest.approx(rate, abs=ABSENT_MARGIN), (dataset, concept)
+    # the README prints exactly the recorded table
+    assert markdown_table(recorded) in (ROOT / "README.md").read_text()
+
+
+def test_readme_first_command_runs_on_a_fresh_install(tmp_path):
+    """The README's main job (after `pip install .`): the demo model on the bundled sample."""
+    readme = (ROOT / "README.md").read_text()
+    first = next(line for line in readme.splitlines() if line.startswith("python3 -m venv"))
+    segment = first[first.index("medsam3 segment"):].split()[2:]
+    assert "--model" in segment and segment[segment.index("--model") + 1] == "demo"
+    for flag in ("-o", "--overlay"):  # outputs into tmp_path, not the checkout
+        segment[segment.index(flag) + 1] = str(tmp_path / segment[segment.index(flag) + 1])
+    done = subprocess.run([sys.executable, "-m", "medsam3.cli", "segment", *segment], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    output = Path(segment[segment.index("-o") + 1])
+    overlay = Path(segment[segment.index("--overlay") + 1])
+    assert str(output) in done.stdout and str(overlay) in done.stdout
+    assert overlay.is_file() and overlay.stat().st_size > 10_000
+    labels = read_label_map(output)
+    sidecar = json.loads(output.with_name(output.name.replace(".nii.gz", ".json")).read_text())
+    prompts = [v for _, v in sorted(sidecar["labels"].items(), key=lambda kv: int(kv[0]))]
+    assert len(prompts) >= 2 and not sidecar["absent"]
+    counts = np.bincount(labels.array.ravel(), minlength=len(prompts) + 1)
+    assert all(counts[k] > 0 for k in range(1, len(prompts) + 1)), counts
+
+
+def test_prompt_outside_the_demo_vocabulary_is_reported_unknown(demo, tmp_path):
+    with pytest.warns(UserWarning, match="'spleen' is not a concept model demo was trained on"):
+        seg = medsam3.segment(SAMPLE, tmp_path / "s.nii.gz", ["spleen", "brain"], model=demo)
+    assert seg.absent[:1] == ["spleen"] and seg.sidecar["unknown_to_model"] == ["spleen"]
+    assert (seg.labels.array == 2).sum() > 10_000 and not (seg.labels.array == 1).any()

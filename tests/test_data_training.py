@@ -70,7 +70,8 @@ def test_sample_dict_of_a_volume(volume_manifest):
     assert len(ds) == 4  # 2 items x (liver, Kidney_L)
     s = samples_of(ds, "liver")[0]
     assert set(s) == {"image", "prompt", "class_name", "present", "semantic_mask", "instance_masks", "instance_map",
-                      "boxes", "box_prompt", "negative_prompts", "loss_mask", "meta"}
+                      "boxes", "box_prompt", "negative_prompts", "positive_rows", "loss_mask", "meta"}
+    assert s["positive_rows"] == []  # none asked for
     assert s["image"].shape == (3, 64, 64) and s["image"].dtype == torch.float32
     assert -1.0 <= s["image"].min() and s["image"].max() <= 1.0
     assert s["prompt"] == "liver" and s["class_name"] == "liver" and s["present"] is True
@@ -353,3 +354,27 @@ def test_unlabelled_pictures_are_left_out(tmp_path):
     m.items[0].label = None
     with pytest.raises(ArgumentError, match="no labelled items"):
         PromptSegmentationDataset(m, 32)
+
+
+def test_positive_prompts_add_rows_for_other_classes_present(volume_manifest):
+    from medsam3.train.batch import RowCollator
+    from medsam3.model.tokenizer import build_tokenizer
+
+    ds = PromptSegmentationDataset(volume_manifest, 32, augment=False, absent_probability=0.0,
+                                   box_prompt_probability=0.0, max_positive_prompts=2, max_negative_prompts=0)
+    for epoch in range(10):
+        ds.set_epoch(epoch)
+        for s in samples_of(ds, "liver"):
+            z = s["meta"]["slice_index"]
+            others = [r["class_name"] for r in s["positive_rows"]]
+            assert others == (["left kidney"] if z in KIDNEY_SLICES else []) or others == (
+                ["Kidney_L"] if z in KIDNEY_SLICES else [])
+            for row in s["positive_rows"]:
+                assert row["semantic_mask"].any() and torch.equal(row["semantic_mask"], row["instance_masks"].any(0))
+                assert not (row["semantic_mask"] & s["semantic_mask"]).any()  # liver and kidney do not overlap
+            if others:
+                batch = RowCollator(build_tokenizer(), negative_prompts=0)([s])
+                assert batch.prompts == ["liver", "left kidney"] and [t.present for t in batch.targets] == [True, True]
+                assert torch.equal(batch.targets[1].semantic, s["positive_rows"][0]["semantic_mask"])
+                return
+    pytest.fail("no liver sample on a kidney slice was drawn")

@@ -46,7 +46,8 @@ def test_demo_model_is_small_and_knows_its_concepts(demo):
     weights = demo.directory / "model.safetensors"
     assert weights.stat().st_size <= 30 * 2**20
     assert sorted(demo.concepts) == sorted(DEMO_CLASSES)
-    assert demo.info["weights_dtype"] == "float16" and demo.info["tracker_trained"] is False
+    assert demo.info["weights_dtype"] == "float16" and demo.info["masks"] == "semantic"
+    assert demo.tracker_trained and "heldout" in demo.info
     assert next(demo.detector.parameters()).dtype.is_floating_point
 
 

@@ -129,7 +129,7 @@ class PromptSegmentationDataset(Dataset):
                  augment: bool | None = None, cache: SampleCache | str | os.PathLike | None = None,
                  window=None, absent_probability: float = 0.2, box_prompt_probability: float = 0.5,
                  box_noise: float = BOX_NOISE, box_noise_max_px: float = BOX_NOISE_MAX_PX,
-                 max_negative_prompts: int = 3, prompt_variation: float = 0.5,
+                 max_negative_prompts: int = 3, max_positive_prompts: int = 0, prompt_variation: float = 0.5,
                  min_scale: float = MIN_SCALE, intensity_jitter: float = 0.5, max_instances: int = 200,
                  instance_masks: bool = True, seed: int = 0, memory_items: int = 2):
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
@@ -158,6 +158,7 @@ class PromptSegmentationDataset(Dataset):
         self.box_prompt_probability = box_prompt_probability
         self.box_noise, self.box_noise_max_px = box_noise, box_noise_max_px
         self.max_negative_prompts = max_negative_prompts
+        self.max_positive_prompts = max(0, int(max_positive_prompts))
         self.prompt_variation = prompt_variation
         self.min_scale = min_scale
         self.intensity_jitter = intensity_jitter
@@ -284,33 +285,49 @@ class PromptSegmentationDataset(Dataset):
                 name = swap[int(rng.integers(len(swap)))]
                 values = item_targets.get(name, ())
 
-        mask = target_mask(label, values) if name in item_targets else np.zeros(label.shape, bool)
         ignore = (label == item.ignore_value) if item.ignore_value is not None else np.zeros(label.shape, bool)
-        mask &= ~ignore
-        if instances is not None:
-            instance_map = np.where(mask, instances, 0)
-        else:
-            instance_map = connected_instances(mask)
+
+        def objects_of(class_name) -> np.ndarray:
+            m = target_mask(label, item_targets[class_name]) if class_name in item_targets else np.zeros(label.shape, bool)
+            m &= ~ignore
+            return np.where(m, instances, 0) if instances is not None else connected_instances(m)
+
+        instance_map = objects_of(name)
+        # more classes present in this image, each one more prompt row with its own targets
+        others = [n for n, _ in self.targets[i] if n != name and in_image(n)]
+        rng.shuffle(others)
+        others = others[: self.max_positive_prompts]
+        other_maps = [objects_of(n) for n in others]
 
         flipped = (False, False)
         if self.augment:
             h_ok, v_ok = allowed_flips(item.flips, item.modality, self.lateral[item.dataset])
             flipped = (h_ok and rng.random() < 0.5, v_ok and rng.random() < 0.5)
             if any(flipped):
-                image, instance_map, ignore = flip_arrays([image, instance_map, ignore], *flipped)
+                image, instance_map, ignore, *other_maps = flip_arrays([image, instance_map, ignore, *other_maps],
+                                                                       *flipped)
             if self.intensity_jitter > 0:
                 image = jitter_intensity(image, rng, self.intensity_jitter)
         canvas = self.image_size
         side = random_side(rng, canvas, self.min_scale) if self.augment else canvas
-        pixels, (inst_t, ignore_t) = resize_to_canvas(image, [instance_map.astype(np.int32), ignore], side, canvas)
+        pixels, (inst_t, ignore_t, *other_t) = resize_to_canvas(
+            image, [instance_map.astype(np.int32), ignore, *[m.astype(np.int32) for m in other_maps]], side, canvas)
 
-        ids = kept_instance_ids(inst_t, self.max_instances)
+        def targets_of(inst: torch.Tensor):
+            ids = kept_instance_ids(inst, self.max_instances)
+            objects = relabel(inst, ids)
+            masks = objects[None] == torch.arange(1, len(ids) + 1, dtype=torch.int32)[:, None, None]
+            return ids, objects, masks, inst > 0, boxes_xyxy(masks)
+
+        ids, objects, masks, semantic, boxes = targets_of(inst_t)
         truncated = len(ids) < len(kept_instance_ids(inst_t))
-        objects = relabel(inst_t, ids)
-        masks = objects[None] == torch.arange(1, len(ids) + 1, dtype=torch.int32)[:, None, None]
-        semantic = inst_t > 0
-        boxes = boxes_xyxy(masks)
         present = bool(semantic.any())
+        positive_rows = []
+        for n, inst in zip(others, other_t):
+            _, _, o_masks, o_semantic, o_boxes = targets_of(inst)
+            if o_semantic.any():  # resizing can drop a class of a few pixels
+                positive_rows.append({"prompt": self.prompt_for(n), "class_name": n, "semantic_mask": o_semantic,
+                                      "instance_masks": o_masks, "boxes": xyxy_to_cxcywh(o_boxes, canvas)})
 
         box_prompt = None
         if present and rng.random() < self.box_prompt_probability:
@@ -341,6 +358,7 @@ class PromptSegmentationDataset(Dataset):
             "boxes": xyxy_to_cxcywh(boxes, canvas),
             "box_prompt": box_prompt,
             "negative_prompts": negative_prompts,
+            "positive_rows": positive_rows,
             "loss_mask": loss_mask,
             "meta": {"item_id": item.id, "dataset": item.dataset, "modality": item.modality,
                      "slice_index": slice_index, "source_shape": tuple(label.shape), "side": side,

@@ -152,6 +152,14 @@ class RowCollator:
                                      torch.as_tensor(s["semantic_mask"]).bool(), bool(s["present"]),
                                      torch.as_tensor(s["loss_mask"]).bool()))
             boxes.append(s.get("box_prompt") if self.use_box_prompts else None)
+            for row in s.get("positive_rows") or []:  # more classes of the same image, text only
+                prompts.append(row["prompt"])
+                image_index.append(i)
+                targets.append(RowTarget(torch.as_tensor(row["boxes"], dtype=torch.float32).reshape(-1, 4),
+                                         torch.as_tensor(row["instance_masks"]).bool().reshape(-1, *size),
+                                         torch.as_tensor(row["semantic_mask"]).bool(), True,
+                                         torch.as_tensor(s["loss_mask"]).bool()))
+                boxes.append(None)
             for text in list(s.get("negative_prompts") or [])[: self.negative_prompts]:
                 prompts.append(text)
                 image_index.append(i)

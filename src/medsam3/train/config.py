@@ -45,7 +45,9 @@ BEST_METRICS = ("dice", "semantic_dice", "top1_dice")
 class DataConfig:
     """Where the samples come from (:class:`medsam3.data.PromptSegmentationDataset`).
 
-    ``batch_size`` is per process (images; each adds ``1 + negative_prompts`` prompt rows).
+    ``batch_size`` is per process (images; each adds ``1 + positive_prompts + negative_prompts``
+    prompt rows). ``positive_prompts``: rows per image for other classes present in it (text
+    only, with their targets: more supervision per encoded image).
     ``negative_prompts``: rows per image with a class the item labels that is absent from it
     (trains presence toward "absent"). ``balanced``: modalities, then datasets, get equal
     shares. ``image_size``: ``null`` = the model's. ``max_instances``: ``null`` = the model's
@@ -67,6 +69,7 @@ class DataConfig:
     absent_probability: float = 0.2
     box_prompt_probability: float = 0.5
     negative_prompts: int = 1
+    positive_prompts: int = 0
     max_instances: int | None = None
     min_scale: float | None = None
     val_samples: int = 64
@@ -195,6 +198,7 @@ class TrainingConfig:
         for name, value in (("train.checkpoint_every", t.checkpoint_every), ("train.validate_every", t.validate_every),
                             ("train.log_every", t.log_every), ("data.negative_prompts", d.negative_prompts),
                             ("data.num_workers", d.num_workers), ("data.val_samples", d.val_samples),
+                            ("data.positive_prompts", d.positive_prompts),
                             ("train.keep_checkpoints", t.keep_checkpoints), ("train.grad_clip", t.grad_clip)):
             if value < 0:
                 raise ArgumentError(f"config: {name} must not be negative, got {value}")

@@ -427,7 +427,8 @@ class Trainer:
         if train:
             kwargs.update(augment=d.augment, absent_probability=d.absent_probability,
                           box_prompt_probability=d.box_prompt_probability,
-                          max_negative_prompts=max(d.negative_prompts, 0))
+                          max_negative_prompts=max(d.negative_prompts, 0),
+                          max_positive_prompts=max(d.positive_prompts, 0))
             if d.min_scale is not None:
                 kwargs["min_scale"] = d.min_scale
         else:

@@ -22,6 +22,15 @@ import time
 from pathlib import Path
 
 
+def _series(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """``tag -> [(step, value)]`` from a training run's metrics.csv."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(run / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            series.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    return series
+
+
 def training_curves(run: Path, output: Path) -> Path:
     """Loss and the training batches' semantic Dice (1 - semantic_dice loss / its weight 30)."""
     import matplotlib
@@ -30,10 +39,7 @@ def training_curves(run: Path, output: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    series: dict[str, list[tuple[int, float]]] = {}
-    with open(run / "metrics.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            series.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    series = _series(run)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, tags, title in ((axes[0], ["train/loss"], "total loss (SAM3 losses)"),
                             (axes[1], ["loss/mask_dice", "loss/semantic_dice", "loss/presence", "loss/class"],
@@ -69,10 +75,7 @@ def tracker_curves(run: Path, output: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    series: dict[str, list[tuple[int, float]]] = {}
-    with open(run / "metrics.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            series.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    series = _series(run)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for tag in ("loss/mask_dice", "loss/object_score", "loss/iou", "loss/mask_focal"):
         if tag in series:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -81,16 +80,9 @@ def cranium():
         pytest.fail(f"{CRANIUM} is missing: these tests need the real head CT of Debian's "
                     "invesalius-examples package (apt-get install invesalius-examples; images "
                     "that drop /usr/share/doc must keep this file)")
-    wanted = {"matrix.dat", "mask_0.dat", "mask_1.dat"}
-    data = {}
-    with tarfile.open(CRANIUM) as project:
-        for member in project:
-            if Path(member.name).name in wanted:
-                data[Path(member.name).name] = project.extractfile(member).read()
-    ct = np.frombuffer(data["matrix.dat"], np.int16).reshape(108, 256, 256)
-    # InVesalius masks carry one extra leading slice, row and column of flags
-    bone = np.frombuffer(data["mask_0.dat"], np.uint8).reshape(109, 257, 257)[1:, 1:, 1:] > 127
-    head = np.frombuffer(data["mask_1.dat"], np.uint8).reshape(109, 257, 257)[1:, 1:, 1:] > 127
+    from medsam3.data.demo import cranium_project
+
+    ct, bone, head = cranium_project(CRANIUM)
     ct = np.round(_pool(ct[SLICES].astype(np.float32))).astype(np.int16)
     head = _largest_component(_pool(head[SLICES]) >= 0.5)
     bone = _largest_component((_pool(bone[SLICES]) >= 0.5) & head)  # the skull: a ring with holes

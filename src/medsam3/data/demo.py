@@ -124,14 +124,12 @@ def colin27() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.asarray(t1.dataobj, dtype=np.float32), labels, t1.affine
 
 
-def cranium() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(hu, labels, affine)`` of the InVesalius head CT in ``[x, y, z]`` order (LPS->RAS
-    affine with 0.957 x 0.957 x 1.5 mm voxels); labels per :data:`CT_LABELS`."""
-    from scipy import ndimage
-
+def cranium_project(path: str | os.PathLike = CRANIUM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(hu, bone, head)`` as stored in the InVesalius project: int16 ``[z, y, x]`` (108 x 256 x
+    256) and its two threshold masks (bool, same grid)."""
     wanted = {"matrix.dat", "mask_0.dat", "mask_1.dat"}
     data = {}
-    with tarfile.open(_need(CRANIUM, "invesalius-examples")) as project:
+    with tarfile.open(_need(Path(path), "invesalius-examples")) as project:
         for member in project:
             if Path(member.name).name in wanted:
                 data[Path(member.name).name] = project.extractfile(member).read()
@@ -139,7 +137,16 @@ def cranium() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # InVesalius masks carry one extra leading slice, row and column of flags
     bone = np.frombuffer(data["mask_0.dat"], np.uint8).reshape(109, 257, 257)[1:, 1:, 1:] > 127
     head = np.frombuffer(data["mask_1.dat"], np.uint8).reshape(109, 257, 257)[1:, 1:, 1:] > 127
-    head |= bone
+    return ct, bone, head
+
+
+def cranium() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(hu, labels, affine)`` of the InVesalius head CT in ``[x, y, z]`` order (LPS->RAS
+    affine with 0.957 x 0.957 x 1.5 mm voxels); labels per :data:`CT_LABELS`."""
+    from scipy import ndimage
+
+    ct, bone, head = cranium_project()
+    head = head | bone
     lab, n = ndimage.label(head)
     if n:
         sizes = np.bincount(lab.ravel())

@@ -283,7 +283,6 @@ class PromptSegmentationDataset(Dataset):
             swap = [n for n in absent_classes if n != name]
             if swap:
                 name = swap[int(rng.integers(len(swap)))]
-                values = item_targets.get(name, ())
 
         ignore = (label == item.ignore_value) if item.ignore_value is not None else np.zeros(label.shape, bool)
 

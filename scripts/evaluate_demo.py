@@ -103,18 +103,27 @@ def main() -> int:
                         help="model directory with the untrained tracker: compare slices / propagate / merged "
                              "before and after tracker training (--model is 'after')")
     parser.add_argument("--tracker-run", default=None, help="the tracker training run folder (for its curves)")
+    parser.add_argument("--heldout-from", default=None, metavar="MEDSAM3_JSON",
+                        help="reuse the held-out scores recorded in this medsam3.json (a model with the same "
+                             "detector, e.g. before a tracker-only retraining) instead of measuring them again")
     args = parser.parse_args()
 
     import torch
 
-    from medsam3.evaluate.demo import evaluate_demo
+    from medsam3.evaluate.demo import evaluate_demo, markdown_table
     from medsam3.model.loader import INFO_NAME, model_directory
 
     start = time.time()
-    results = evaluate_demo(args.model, args.heldout, args.out, absent_stride=args.absent_stride)
-    results["absent_stride"] = args.absent_stride
-    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "torch": torch.__version__, "seconds": round(time.time() - start, 1)}
+    if args.heldout_from:
+        results = json.loads(Path(args.heldout_from).read_text())["heldout"]
+        results.pop("volume_modes", None)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        Path(args.out, "demo-eval.md").write_text(markdown_table(results))
+    else:
+        results = evaluate_demo(args.model, args.heldout, args.out, absent_stride=args.absent_stride)
+        results["absent_stride"] = args.absent_stride
+        results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                              "torch": torch.__version__, "seconds": round(time.time() - start, 1)}
     if args.run:
         print(f"curves: {training_curves(Path(args.run), Path(args.curves))}", file=sys.stderr)
     if args.tracker_before:

@@ -19,7 +19,7 @@ import pytest
 
 import medsam3
 from medsam3.data.demo import DEMO_CLASSES, MRICRON, build_heldout_set
-from medsam3.evaluate.demo import evaluate_demo, markdown_table
+from medsam3.evaluate.demo import evaluate_demo, markdown_table, volume_modes_table
 from medsam3.io import read_label_map
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +65,11 @@ def test_heldout_numbers_match_the_recorded_ones_and_the_readme(demo, heldout, t
         for concept, rate in rates.items():
             if concept != "images":
                 assert results["absent"][dataset][concept] == pytest.approx(rate, abs=ABSENT_MARGIN), (dataset, concept)
-    # the README prints exactly the recorded table
-    assert markdown_table(recorded) in (ROOT / "README.md").read_text()
+    # the README prints exactly the recorded tables (held-out scores; volume modes before/after
+    # tracker training, measured by scripts/evaluate_demo.py --tracker-before)
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table(recorded) in readme
+    assert volume_modes_table(recorded["volume_modes"]) in readme
 
 
 def test_readme_first_command_runs_on_a_fresh_install(tmp_path):

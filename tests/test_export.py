@@ -31,6 +31,8 @@ def test_export_writes_half_precision_weights_and_the_concepts(tiny_model_dir, t
     source, half = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert source.keys() == half.keys() and all(v.dtype == torch.float16 for v in half.values() if v.is_floating_point())
     assert (out / "model.safetensors").stat().st_size < 0.6 * (tiny_model_dir / "model.safetensors").stat().st_size
+    # a model directory is for sharing (a package, a lab's server): everyone may read its files
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in out.iterdir()), {p.name: oct(p.stat().st_mode) for p in out.iterdir()}
     from medsam3.model import MedSAM3
 
     model = MedSAM3.from_pretrained(out, device="cpu")

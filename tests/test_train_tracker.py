@@ -179,3 +179,40 @@ def test_killed_tracker_run_resumes_to_the_same_weights(model112, spheres, tmp_p
     assert a.keys() == b.keys() and len(a) > 100
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst <= 1e-6, f"resumed tracker weights differ from the straight run by {worst}"
+
+
+def test_tracker_lora_trains_adapters_and_resumes(model112, spheres, tmp_path):
+    """``train.mode: lora`` with the tracker target: peft adapters on the video tracker's
+    attention layers plus its mask decoder train, the neck and the detector stay as they were,
+    the final model holds the merged weights, and resuming from the middle checkpoint gives the
+    uninterrupted run's weights."""
+    import shutil
+
+    manifest, _ = spheres
+    config = tracker_config(model112, manifest, tmp_path / "lora", train={"mode": "lora"},
+                            lora={"r": 4, "alpha": 8.0}, tracker={"neck_from_detector": True})
+    straight = train(config_from_dict(config))
+    source = load_file(str(model112 / "model.safetensors"))
+    final = load_file(str(straight.final_model / "model.safetensors"))
+    assert set(final) == set(source)  # merged: no adapter tensors in the model directory
+    changed = {k for k in source if not torch.equal(final[k], source[k])}
+    assert any(k.startswith("tracker_model.memory_attention.") for k in changed)  # adapters merged in
+    assert any(k.startswith("tracker_model.mask_decoder.") for k in changed)      # train_modules: fully trained
+    assert not any(k.startswith(("detector_model.", "tracker_model.memory_encoder.")) for k in changed)
+    # the neck is the detector's (neck_from_detector), frozen under LoRA
+    for k in (k for k in source if k.startswith("tracker_neck.")):
+        assert torch.equal(final[k], source["detector_model.vision_encoder.neck." + k[len("tracker_neck."):]]), k
+    adapters = load_file(str(tmp_path / "lora" / "checkpoints" / "step-0000002" / "state" / "adapter.safetensors"))
+    assert any(".lora_A." in k for k in adapters) and any(k.startswith("mask_decoder.") for k in adapters)
+
+    # resume from step 2 in a copy of the run: the same final weights
+    copy = tmp_path / "lora-resumed"
+    shutil.copytree(tmp_path / "lora", copy)
+    shutil.rmtree(copy / "final")
+    shutil.rmtree(copy / "checkpoints" / "step-0000004")
+    config["output_dir"] = str(copy)
+    resumed = train(config_from_dict(config), resume=True)
+    assert resumed.steps == 4
+    a, b = tracker_weights(straight.final_model), tracker_weights(resumed.final_model)
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst <= 1e-6, f"resumed LoRA tracker weights differ from the straight run by {worst}"

@@ -58,6 +58,9 @@ def save_model_directory(state_dict: dict[str, torch.Tensor], config: Sam3VideoC
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
+        for path in tmp.iterdir():
+            if path.is_file():
+                path.chmod(0o644)  # safetensors writes its file private too
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             directory.rename(old)

@@ -337,7 +337,10 @@ class Trainer:
         from medsam3.train.tracker import build_tracker_for_training
 
         cfg = self.cfg
-        module = build_tracker_for_training(weights_dir, cfg.tracker.loss)
+        # the neck copy is part of the starting weights: a resumed full run has it in its
+        # checkpoint; LoRA (neck frozen, weights from the source) makes it again
+        copy_neck = cfg.tracker.neck_from_detector and (checkpoint is None or cfg.train.mode == "lora")
+        module = build_tracker_for_training(weights_dir, cfg.tracker.loss, neck_from_detector=copy_neck)
         self.image_size = cfg.data.image_size or int(module.video.image_size)
         if self.image_size != int(module.video.image_size):
             raise ArgumentError(f"config: data.image_size {self.image_size} differs from the tracker's input size "

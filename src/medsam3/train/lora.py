@@ -35,10 +35,22 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: float = 32.0, dropout: floa
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     config = LoraConfig(r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout),
                         target_modules=targets, bias="none")
+    # A model that ties nothing (``_tied_weights_keys == {}``, e.g. the video tracker built
+    # without its vision encoder) has no input embeddings for peft's tied-weight check to ask
+    # for: hide the empty dict during injection.
+    untied = isinstance(getattr(model, "_tied_weights_keys", None), dict) and not model._tied_weights_keys
+    own = vars(model).get("_tied_weights_keys")
+    if untied:
+        model._tied_weights_keys = None
     try:
         inject_adapter_in_model(config, model)
     except ValueError as exc:
         raise ArgumentError(f"lora.target_modules {targets!r}: {exc}") from None
+    finally:
+        if untied:
+            del model._tied_weights_keys
+            if own is not None:
+                model._tied_weights_keys = own
     adapted = sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A"))
     if not adapted:
         raise ArgumentError(f"lora.target_modules {targets!r} matches no linear layer of the model")

@@ -24,10 +24,15 @@ SAM2 paper's description, scaled to one object per clip):
   the slices before it, and its own predicted mask is encoded into memory, with gradients
   through the whole clip (back-propagation through time, as SAM2 trains).
 * **Losses per slice** (weights in :class:`TrackerLossWeights`, SAM2's): sigmoid focal
-  (20) and Dice (1) on the low-resolution mask logits where the object is present, the
+  (20) and Dice (1) on the low-resolution mask logits where the object is present (the mask
+  decoder's logits before the object-score gate, which at inference replaces the mask by
+  "no object" where the score is negative: gated, a wrong score would silence the mask
+  loss on that slice, which stalls a tracker trained from random weights), the
   IoU prediction's L1 distance to the real IoU of the thresholded mask (1), and binary
   cross-entropy of the object score against presence on every slice (1), averaged over the
   clip's slices.
+* **Warm start** (``neck_from_detector``): a tracker trained from random weights may start
+  its FPN neck from the trained detector's neck, which reads the same ViT output.
 * **What trains**: the tracker (prompt encoder, mask decoder, memory attention, memory
   encoder, object pointer projections, temporal encodings) and its FPN neck; the ViT is
   the detector's and stays frozen (the detector is trained by ``train.target: detector``:
@@ -67,6 +72,7 @@ class TrackerConfig:
     mask_prompt_probability: float = 0.2
     box_prompt_probability: float = 0.4
     reverse_probability: float = 0.5
+    neck_from_detector: bool = False
     loss: TrackerLossWeights = field(default_factory=TrackerLossWeights)
 
     def validate(self) -> None:
@@ -244,15 +250,9 @@ class TrackerForTraining(nn.Module):
         self.neck = neck
         self.video = video
         self.weights = weights
-        self._captured: list[Any] = []
-        original = video._single_frame_forward
-
-        def capture(*args, **kwargs):  # the IoU predictions, which the video forward does not return
-            out = original(*args, **kwargs)
-            self._captured.append(out)
-            return out
-
-        video._single_frame_forward = capture
+        self._decoded: list[tuple[torch.Tensor, torch.Tensor]] = []
+        video.mask_decoder.register_forward_hook(
+            lambda module, args, out: self._decoded.append((out[0], out[1])))  # masks before the object gate
 
     def train(self, mode: bool = True):  # dropout stays off, as at inference (see the module docstring)
         super().train(mode)
@@ -324,11 +324,16 @@ class TrackerForTraining(nn.Module):
         outputs = []
         for t in range(frames.shape[0]):
             session.cache.cache_vision_features(t, {"vision_feats": per_frame[t], "vision_pos_embeds": pos})
-            self._captured.clear()
+            self._decoded.clear()
             out = forward(self.video, inference_session=session, frame_idx=t, reverse=False, run_mem_encoder=True)
-            iou = self._captured[-1].iou_scores.reshape(-1).max() if self._captured else None
-            outputs.append({"logits": out.pred_masks.reshape(out.pred_masks.shape[-2:]),
-                            "score": out.object_score_logits.reshape(-1)[0], "iou": iou,
+            logits = out.pred_masks.reshape(out.pred_masks.shape[-2:])
+            iou = None
+            if self._decoded:  # the mask decoder ran (not a mask prompt copied to the output)
+                masks, ious = self._decoded[-1]
+                best = int(ious.reshape(-1).argmax())  # the mask the forward picked (multimask: highest IoU)
+                logits = masks.reshape(-1, *masks.shape[-2:])[best]
+                iou = ious.reshape(-1)[best]
+            outputs.append({"logits": logits, "score": out.object_score_logits.reshape(-1)[0], "iou": iou,
                             "from_mask": "mask" in prompt and t == 0})
         session.reset_inference_session()
         return outputs
@@ -358,9 +363,12 @@ class TrackerForTraining(nn.Module):
         return {"mask_focal": mean(focal), "mask_dice": mean(dice), "iou": mean(iou), "object_score": mean(score)}
 
 
-def build_tracker_for_training(directory, weights: TrackerLossWeights) -> TrackerForTraining:
+def build_tracker_for_training(directory, weights: TrackerLossWeights, neck_from_detector: bool = False
+                               ) -> TrackerForTraining:
     """The training module from a model directory: the detector ViT (frozen), the tracker
-    neck and the video tracker with the directory's weights."""
+    neck and the video tracker with the directory's weights. ``neck_from_detector`` starts
+    the tracker's FPN neck from the detector's (same architecture, same ViT input): a warm
+    start for a tracker whose weights are still random."""
     from transformers import Sam3Model, Sam3TrackerVideoModel, Sam3VideoConfig
     from transformers.models.sam3.modeling_sam3 import Sam3VisionNeck
 
@@ -371,6 +379,8 @@ def build_tracker_for_training(directory, weights: TrackerLossWeights) -> Tracke
     backbone = detector.vision_encoder.backbone
     neck = Sam3VisionNeck(config.detector_config.vision_config)
     _load_strict(neck, _load_prefixed(directory, "tracker_neck."), "tracker neck", directory)
+    if neck_from_detector:
+        neck.load_state_dict(detector.vision_encoder.neck.state_dict())
     video = Sam3TrackerVideoModel(config.tracker_config, remove_vision_encoder=True)
     _load_strict(video, _load_prefixed(directory, "tracker_model."), "video tracker", directory)
     return TrackerForTraining(backbone, neck, video.float(), weights)

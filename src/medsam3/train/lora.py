@@ -47,10 +47,10 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: float = 32.0, dropout: floa
     except ValueError as exc:
         raise ArgumentError(f"lora.target_modules {targets!r}: {exc}") from None
     finally:
-        if untied:
-            del model._tied_weights_keys
-            if own is not None:
-                model._tied_weights_keys = own
+        if untied and own is not None:
+            model._tied_weights_keys = own
+        elif untied:
+            del model._tied_weights_keys  # the class attribute shows again
     adapted = sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A"))
     if not adapted:
         raise ArgumentError(f"lora.target_modules {targets!r} matches no linear layer of the model")

@@ -2,7 +2,7 @@
 thresholding measured in the same run, and draw the training curves.
 
     medsam3 data build-demo -o data/demo --heldout-only        # if not built yet
-    python scripts/evaluate_demo.py --run runs/demo-cpu --record
+    python scripts/evaluate_demo.py --run runs/demo-cpu --run runs/demo-cpu-semantic --record
 
 Writes OUT/demo-eval.json and OUT/demo-eval.md (the README's tables), docs/demo-training.png
 (loss and training-batch Dice per step from the run's metrics.csv) and, with --record, the
@@ -31,35 +31,46 @@ def _series(run: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def training_curves(run: Path, output: Path) -> Path:
-    """Loss and the training batches' semantic Dice (1 - semantic_dice loss / its weight 30)."""
+def training_curves(runs: list[Path], output: Path) -> Path:
+    """Loss terms and the training batches' semantic Dice (1 - semantic_dice loss / its weight
+    30) per step; several runs (training stages, each continuing the previous one's final
+    model) are drawn one after the other, a dashed line where a stage starts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    series = _series(run)
+    def smoothed(ax, steps, values, label=None):
+        k = max(1, len(values) // 40)
+        line, = ax.plot(steps, values, lw=0.6, alpha=0.3)
+        ax.plot(steps[k - 1:], np.convolve(values, np.ones(k) / k, mode="valid"), color=line.get_color(),
+                label=label)
+
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, tags, title in ((axes[0], ["train/loss"], "total loss (SAM3 losses)"),
-                            (axes[1], ["loss/mask_dice", "loss/semantic_dice", "loss/presence", "loss/class"],
-                             "loss terms"),
-                            (axes[2], [], "training-batch semantic Dice")):
-        for tag in tags:
-            steps, values = zip(*series[tag])
-            ax.plot(steps, values, lw=0.6, alpha=0.35)
-            k = max(1, len(values) // 40)
-            smooth = np.convolve(values, np.ones(k) / k, mode="valid")
-            ax.plot(steps[k - 1:], smooth, label=tag.split("/")[-1])
+    offset = 0
+    for stage, run in enumerate(runs, 1):
+        series = _series(run)
+        if offset:
+            for ax in axes:
+                ax.axvline(offset, color="k", ls="--", lw=0.7)
+        for ax, tags in ((axes[0], ["train/loss"]),
+                         (axes[1], ["loss/mask_dice", "loss/semantic_dice", "loss/presence", "loss/class",
+                                    "loss/semantic_presence"])):
+            for tag in tags:
+                points = [(s + offset, v) for s, v in series.get(tag, [])]
+                if points and any(v for _, v in points):
+                    steps, values = map(np.asarray, zip(*points))
+                    smoothed(ax, steps, values, f"{tag.split('/')[-1]} ({stage})")
+        steps, values = map(np.asarray, zip(*series["loss/semantic_dice"]))
+        smoothed(axes[2], steps + offset, 1 - values / 30.0, f"stage {stage}: {run.name}")
+        offset += max(s for s, _ in series["train/loss"])
+    for ax, title in zip(axes, ("total loss", "loss terms (weighted)", "training-batch semantic Dice")):
         ax.set_title(title)
         ax.set_xlabel("step")
-    steps, values = zip(*series["loss/semantic_dice"])
-    dice = 1 - np.asarray(values) / 30.0
-    k = max(1, len(dice) // 40)
-    axes[2].plot(steps, dice, lw=0.6, alpha=0.35)
-    axes[2].plot(steps[k - 1:], np.convolve(dice, np.ones(k) / k, mode="valid"))
     axes[2].set_ylim(0, 1)
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=6)
+    axes[2].legend(fontsize=7)
     axes[0].set_yscale("log")
     fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -95,13 +106,14 @@ def main() -> int:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--heldout", default="data/demo/heldout/demo-heldout.jsonl")
     parser.add_argument("--out", default="runs/demo-eval")
-    parser.add_argument("--run", default=None, help="training run folder (for the curves)")
+    parser.add_argument("--run", action="append", default=[],
+                        help="training run folder for the curves (repeat for stages, in order)")
     parser.add_argument("--curves", default="docs/demo-training.png")
     parser.add_argument("--absent-stride", type=int, default=2)
     parser.add_argument("--record", action="store_true", help="write the results into the model's medsam3.json")
-    parser.add_argument("--tracker-before", default=None,
-                        help="model directory with the untrained tracker: compare slices / propagate / merged "
-                             "before and after tracker training (--model is 'after')")
+    parser.add_argument("--volume-modes", action="append", default=[], metavar="NAME=MODEL",
+                        help="compare slices / propagate / merged on the held-out volume for these models "
+                             "(repeat; e.g. the model before and after a training stage)")
     parser.add_argument("--tracker-run", default=None, help="the tracker training run folder (for its curves)")
     parser.add_argument("--heldout-from", default=None, metavar="MEDSAM3_JSON",
                         help="reuse the held-out scores recorded in this medsam3.json (a model with the same "
@@ -125,12 +137,17 @@ def main() -> int:
         results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                               "torch": torch.__version__, "seconds": round(time.time() - start, 1)}
     if args.run:
-        print(f"curves: {training_curves(Path(args.run), Path(args.curves))}", file=sys.stderr)
-    if args.tracker_before:
+        print(f"curves: {training_curves([Path(r) for r in args.run], Path(args.curves))}", file=sys.stderr)
+    if args.volume_modes:
         from medsam3.evaluate.demo import volume_modes
 
-        results["volume_modes"] = volume_modes({"before": args.tracker_before, "after": args.model}, args.heldout,
-                                               Path(args.out) / "volume-modes")
+        models = {}
+        for entry in args.volume_modes:
+            name, sep, model = entry.partition("=")
+            if not sep or not name or not model:
+                parser.error(f"--volume-modes {entry!r}: expected NAME=MODEL")
+            models[name] = model
+        results["volume_modes"] = volume_modes(models, args.heldout, Path(args.out) / "volume-modes")
     if args.tracker_run:
         print(f"curves: {tracker_curves(Path(args.tracker_run), Path(args.curves).with_name('demo-tracker-training.png'))}",
               file=sys.stderr)

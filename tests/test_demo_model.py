@@ -65,8 +65,8 @@ def test_heldout_numbers_match_the_recorded_ones_and_the_readme(demo, heldout, t
         for concept, rate in rates.items():
             if concept != "images":
                 assert results["absent"][dataset][concept] == pytest.approx(rate, abs=ABSENT_MARGIN), (dataset, concept)
-    # the README prints exactly the recorded tables (held-out scores; volume modes before/after
-    # tracker training, measured by scripts/evaluate_demo.py --tracker-before)
+    # the README prints exactly the recorded tables (held-out scores; volume modes of the
+    # training stages, measured by scripts/evaluate_demo.py --volume-modes)
     readme = (ROOT / "README.md").read_text()
     assert markdown_table(recorded) in readme
     assert volume_modes_table(recorded["volume_modes"]) in readme

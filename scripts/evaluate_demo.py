@@ -31,6 +31,14 @@ def _series(run: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+def _moving_average(steps, values, parts: int):
+    """``(steps, means)`` of a window of ``len(values) // parts`` points (at least 1)."""
+    import numpy as np
+
+    k = max(1, len(values) // parts)
+    return steps[k - 1:], np.convolve(values, np.ones(k) / k, mode="valid")
+
+
 def training_curves(runs: list[Path], output: Path) -> Path:
     """Loss terms and the training batches' semantic Dice (1 - semantic_dice loss / its weight
     30) per step; several runs (training stages, each continuing the previous one's final
@@ -42,10 +50,8 @@ def training_curves(runs: list[Path], output: Path) -> Path:
     import numpy as np
 
     def smoothed(ax, steps, values, label=None):
-        k = max(1, len(values) // 40)
         line, = ax.plot(steps, values, lw=0.6, alpha=0.3)
-        ax.plot(steps[k - 1:], np.convolve(values, np.ones(k) / k, mode="valid"), color=line.get_color(),
-                label=label)
+        ax.plot(*_moving_average(steps, values, 40), color=line.get_color(), label=label)
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     offset = 0
@@ -84,15 +90,13 @@ def tracker_curves(run: Path, output: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     series = _series(run)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for tag in ("loss/mask_dice", "loss/object_score", "loss/iou", "loss/mask_focal"):
         if tag in series:
             steps, values = zip(*series[tag])
-            k = max(1, len(values) // 20)
-            ax.plot(steps[k - 1:], np.convolve(values, np.ones(k) / k, mode="valid"), label=tag.split("/")[-1])
+            ax.plot(*_moving_average(steps, values, 20), label=tag.split("/")[-1])
     ax.set_xlabel("step")
     ax.set_title("tracker training (clips of 8 slices)")
     ax.legend(fontsize=7)

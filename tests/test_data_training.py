@@ -230,6 +230,9 @@ def test_collate_and_dataloader(volume_manifest):
 def test_balanced_weights_and_sampler(volume_manifest, busi_manifest):
     w = balanced_weights([("CT", "a"), ("CT", "a"), ("CT", "b"), ("MR", "c")])
     np.testing.assert_allclose(w, [1 / 8, 1 / 8, 1 / 4, 1 / 2])
+    # MR weighted 3: MR gets 3/4 of the draws, CT's 1/4 still split between its datasets
+    w = balanced_weights([("CT", "a"), ("CT", "a"), ("CT", "b"), ("MR", "c")], {"MR": 3})
+    np.testing.assert_allclose(w, [1 / 16, 1 / 16, 1 / 8, 3 / 4])
     ds = PromptSegmentationDataset(volume_manifest, 32)
     sampler = BalancedSampler(ds, num_samples=4000, by=("dataset",), seed=0)
     first = list(sampler)

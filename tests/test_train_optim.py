@@ -154,6 +154,12 @@ def test_config_errors_name_the_key(tmp_path):
         config_from_dict({**base, "optim": {"lr": {"backbone": 1e-4}}})
     with pytest.raises(ArgumentError, match="train.max_steps must be a whole number"):
         config_from_dict({**base, "train": {"max_steps": "many"}})
+    cfg = config_from_dict({**base, "data": {"manifest": "m.jsonl", "modality_weights": {"MR": "2"}}})
+    assert cfg.data.modality_weights == {"MR": 2.0}
+    with pytest.raises(ArgumentError, match="data.modality_weights.CT must be > 0"):
+        config_from_dict({**base, "data": {"manifest": "m.jsonl", "modality_weights": {"CT": 0}}})
+    with pytest.raises(ArgumentError, match="needs data.balanced"):
+        config_from_dict({**base, "data": {"manifest": "m.jsonl", "balanced": False, "modality_weights": {"MR": 2}}})
     data = apply_overrides({**base}, ["train.max_steps=7", "data.batch_size=3", "train.freeze=[vision, text]"])
     cfg = config_from_dict(data)
     assert cfg.train.max_steps == 7 and cfg.data.batch_size == 3 and cfg.train.freeze == ["vision", "text"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -383,10 +383,12 @@ def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def balanced_weights(keys: Sequence[tuple]) -> np.ndarray:
+def balanced_weights(keys: Sequence[tuple], first_level: Mapping[str, float] | None = None) -> np.ndarray:
     """Sampling weights that give each value of the first key an equal share, within it
     each value of the second key an equal share, and so on; indices of one leaf share
-    equally. Returns weights summing to 1."""
+    equally. ``first_level`` scales the shares of values of the first key (e.g. ``{"MR": 2}``:
+    MR twice the share of each other modality; values not named keep 1). Returns weights
+    summing to 1."""
     keys = [tuple(k) for k in keys]
     if not keys:
         return np.zeros(0)
@@ -402,6 +404,8 @@ def balanced_weights(keys: Sequence[tuple]) -> np.ndarray:
         w = 1.0
         for level in range(depth):
             w /= len(children[k[:level]])
+        if first_level:
+            w *= float(first_level.get(k[0], 1.0))
         weights[n] = w / leaf_count[k]
     return weights / weights.sum()
 

@@ -50,7 +50,9 @@ class DataConfig:
     only, with their targets: more supervision per encoded image).
     ``negative_prompts``: rows per image with a class the item labels that is absent from it
     (trains presence toward "absent"). ``balanced``: modalities, then datasets, get equal
-    shares. ``image_size``: ``null`` = the model's. ``max_instances``: ``null`` = the model's
+    shares; ``modality_weights`` (with ``balanced``) scales a modality's share, e.g.
+    ``{MR: 2}`` draws MR items twice as often as each other modality (unnamed ones: 1).
+    ``image_size``: ``null`` = the model's. ``max_instances``: ``null`` = the model's
     query count. ``val_samples`` fixed validation samples (text prompts only) drawn from
     ``val_split`` (``null``: no validation).
     """
@@ -65,6 +67,7 @@ class DataConfig:
     batch_size: int = 1
     num_workers: int = 2
     balanced: bool = True
+    modality_weights: dict[str, float] | None = None
     augment: bool = True
     absent_probability: float = 0.2
     box_prompt_probability: float = 0.5
@@ -202,6 +205,12 @@ class TrainingConfig:
                             ("train.keep_checkpoints", t.keep_checkpoints), ("train.grad_clip", t.grad_clip)):
             if value < 0:
                 raise ArgumentError(f"config: {name} must not be negative, got {value}")
+        if d.modality_weights is not None:
+            if not d.balanced:
+                raise ArgumentError("config: data.modality_weights needs data.balanced: true")
+            for modality, weight in d.modality_weights.items():
+                if not weight > 0:
+                    raise ArgumentError(f"config: data.modality_weights.{modality} must be > 0, got {weight}")
         unknown = set(o.lr) - set(GROUPS)
         if unknown:
             raise ArgumentError(f"config: optim.lr names unknown group(s) {sorted(unknown)}; groups: {', '.join(GROUPS)}")

@@ -51,7 +51,7 @@ def training_curves(runs: list[Path], output: Path) -> Path:
 
     def smoothed(ax, steps, values, label=None):
         line, = ax.plot(steps, values, lw=0.6, alpha=0.3)
-        ax.plot(*_moving_average(steps, values, 40), color=line.get_color(), label=label)
+        ax.plot(*_moving_average(steps, values, 12), color=line.get_color(), label=label)
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     offset = 0
@@ -84,19 +84,26 @@ def training_curves(runs: list[Path], output: Path) -> Path:
     return output
 
 
-def tracker_curves(run: Path, output: Path) -> Path:
-    """The tracker run's loss terms per step."""
+def tracker_curves(runs: list[Path], output: Path) -> Path:
+    """The tracker runs' loss terms per step, one after the other (a dashed line where a run
+    continues the previous one's tracker on a new detector)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = _series(run)
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for tag in ("loss/mask_dice", "loss/object_score", "loss/iou", "loss/mask_focal"):
-        if tag in series:
-            steps, values = zip(*series[tag])
-            ax.plot(*_moving_average(steps, values, 20), label=tag.split("/")[-1])
+    offset = 0
+    for number, run in enumerate(runs, 1):
+        series = _series(run)
+        if offset:
+            ax.axvline(offset, color="k", ls="--", lw=0.7)
+        for color, tag in enumerate(("loss/mask_dice", "loss/object_score", "loss/iou", "loss/mask_focal")):
+            if tag in series:
+                steps, values = zip(*series[tag])
+                ax.plot(*_moving_average([s + offset for s in steps], values, 20), color=f"C{color}",
+                        label=tag.split("/")[-1] if number == 1 else None)
+        offset += max(s for s, _ in series["train/loss"])
     ax.set_xlabel("step")
     ax.set_title("tracker training (clips of 8 slices)")
     ax.legend(fontsize=7)
@@ -118,7 +125,8 @@ def main() -> int:
     parser.add_argument("--volume-modes", action="append", default=[], metavar="NAME=MODEL",
                         help="compare slices / propagate / merged on the held-out volume for these models "
                              "(repeat; e.g. the model before and after a training stage)")
-    parser.add_argument("--tracker-run", default=None, help="the tracker training run folder (for its curves)")
+    parser.add_argument("--tracker-run", action="append", default=[],
+                        help="tracker training run folder for its curves (repeat for runs that continue one another)")
     parser.add_argument("--heldout-from", default=None, metavar="MEDSAM3_JSON",
                         help="reuse the held-out scores recorded in this medsam3.json (a model with the same "
                              "detector, e.g. before a tracker-only retraining) instead of measuring them again")
@@ -133,6 +141,9 @@ def main() -> int:
     if args.heldout_from:
         results = json.loads(Path(args.heldout_from).read_text())["heldout"]
         results.pop("volume_modes", None)
+        # the scores are those of another directory's detector: say so next to this model's name
+        results["heldout_from"] = {"file": args.heldout_from, "model": results.get("model")}
+        results["model"] = args.model
         Path(args.out).mkdir(parents=True, exist_ok=True)
         Path(args.out, "demo-eval.md").write_text(markdown_table(results))
     else:
@@ -153,8 +164,9 @@ def main() -> int:
             models[name] = model
         results["volume_modes"] = volume_modes(models, args.heldout, Path(args.out) / "volume-modes")
     if args.tracker_run:
-        print(f"curves: {tracker_curves(Path(args.tracker_run), Path(args.curves).with_name('demo-tracker-training.png'))}",
-              file=sys.stderr)
+        curves = tracker_curves([Path(r) for r in args.tracker_run],
+                                Path(args.curves).with_name("demo-tracker-training.png"))
+        print(f"curves: {curves}", file=sys.stderr)
     if args.record:
         path = model_directory(args.model) / INFO_NAME
         info = json.loads(path.read_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +77,7 @@ def test_readme_first_command_runs_on_a_fresh_install(tmp_path):
     """The README's main job (after `pip install .`): the demo model on the bundled sample."""
     readme = (ROOT / "README.md").read_text()
     first = next(line for line in readme.splitlines() if line.startswith("python3 -m venv"))
-    segment = first[first.index("medsam3 segment"):].split()[2:]
+    segment = shlex.split(first[first.index("medsam3 segment"):])[2:]
     assert "--model" in segment and segment[segment.index("--model") + 1] == "demo"
     for flag in ("-o", "--overlay"):  # outputs into tmp_path, not the checkout
         segment[segment.index(flag) + 1] = str(tmp_path / segment[segment.index(flag) + 1])

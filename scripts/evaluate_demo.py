@@ -2,7 +2,7 @@
 thresholding measured in the same run, and draw the training curves.
 
     medsam3 data build-demo -o data/demo --heldout-only        # if not built yet
-    python scripts/evaluate_demo.py --run runs/demo-cpu --run runs/demo-cpu-semantic --record
+    python scripts/evaluate_demo.py --run runs/demo-cpu --run runs/demo-cpu-semantic --run runs/demo-cpu-vit --record
 
 Writes OUT/demo-eval.json and OUT/demo-eval.md (the README's tables), docs/demo-training.png
 (loss and training-batch Dice per step from the run's metrics.csv) and, with --record, the
@@ -39,6 +39,19 @@ def _moving_average(steps, values, parts: int):
     return steps[k - 1:], np.convolve(values, np.ones(k) / k, mode="valid")
 
 
+def _one_after_another(runs: list[Path], axes):
+    """``(number, series, offset)`` per run, each drawn after the previous one's last step;
+    a dashed line on ``axes`` where a run after the first starts."""
+    offset = 0
+    for number, run in enumerate(runs, 1):
+        series = _series(run)
+        if offset:
+            for ax in axes:
+                ax.axvline(offset, color="k", ls="--", lw=0.7)
+        yield number, series, offset
+        offset += max(s for s, _ in series["train/loss"])
+
+
 def training_curves(runs: list[Path], output: Path) -> Path:
     """Loss terms and the training batches' semantic Dice (1 - semantic_dice loss / its weight
     30) per step; several runs (training stages, each continuing the previous one's final
@@ -54,12 +67,7 @@ def training_curves(runs: list[Path], output: Path) -> Path:
         ax.plot(*_moving_average(steps, values, 12), color=line.get_color(), label=label)
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    offset = 0
-    for stage, run in enumerate(runs, 1):
-        series = _series(run)
-        if offset:
-            for ax in axes:
-                ax.axvline(offset, color="k", ls="--", lw=0.7)
+    for stage, series, offset in _one_after_another(runs, axes):
         for ax, tags in ((axes[0], ["train/loss"]),
                          (axes[1], ["loss/mask_dice", "loss/semantic_dice", "loss/presence", "loss/class",
                                     "loss/semantic_presence"])):
@@ -69,8 +77,7 @@ def training_curves(runs: list[Path], output: Path) -> Path:
                     steps, values = map(np.asarray, zip(*points))
                     smoothed(ax, steps, values, f"{tag.split('/')[-1]} ({stage})")
         steps, values = map(np.asarray, zip(*series["loss/semantic_dice"]))
-        smoothed(axes[2], steps + offset, 1 - values / 30.0, f"stage {stage}: {run.name}")
-        offset += max(s for s, _ in series["train/loss"])
+        smoothed(axes[2], steps + offset, 1 - values / 30.0, f"stage {stage}: {runs[stage - 1].name}")
     for ax, title in zip(axes, ("total loss", "loss terms (weighted)", "training-batch semantic Dice")):
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -93,17 +100,12 @@ def tracker_curves(runs: list[Path], output: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    offset = 0
-    for number, run in enumerate(runs, 1):
-        series = _series(run)
-        if offset:
-            ax.axvline(offset, color="k", ls="--", lw=0.7)
+    for number, series, offset in _one_after_another(runs, [ax]):
         for color, tag in enumerate(("loss/mask_dice", "loss/object_score", "loss/iou", "loss/mask_focal")):
             if tag in series:
                 steps, values = zip(*series[tag])
                 ax.plot(*_moving_average([s + offset for s in steps], values, 20), color=f"C{color}",
                         label=tag.split("/")[-1] if number == 1 else None)
-        offset += max(s for s, _ in series["train/loss"])
     ax.set_xlabel("step")
     ax.set_title("tracker training (clips of 8 slices)")
     ax.legend(fontsize=7)

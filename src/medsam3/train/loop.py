@@ -452,8 +452,8 @@ class Trainer:
         self.train_set = self._dataset(d.train_split, train=True)
         weights = None
         if d.balanced:
-            keys = self.train_set.group_keys()
-            weights = torch.as_tensor(balanced_weights(keys, d.modality_weights), dtype=torch.float64)
+            weights = torch.as_tensor(balanced_weights(self.train_set.group_keys(), d.modality_weights),
+                                      dtype=torch.float64)
         self.sampler = StreamBatchSampler(len(self.train_set), d.batch_size, acc.num_processes, acc.process_index,
                                           self.cfg.seed, weights, start_step=self.start_step)
         tokenizer = self.processor.tokenizer

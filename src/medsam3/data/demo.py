@@ -9,7 +9,10 @@ Training (``demo-train.jsonl``):
   "caudate nucleus", "putamen", "cerebellum" (AAL's cerebellar lobules and vermis). One
   subject only, so the build adds ``variants`` randomly deformed copies (affine: rotation,
   anisotropic scale, shift; intensity: gamma, smooth bias field, blur; some on a 2 mm grid),
-  each resampled with its labels (nearest neighbour) by the same transform.
+  each resampled with its labels (nearest neighbour) by the same transform. ``stripped``
+  skull-stripped copies (``colin27/sNN``: the T1 inside the brain mask, zero outside, the
+  first as is, the others deformed the same way) teach "brain" without a skull around it,
+  as in skull-stripped templates and pre-processed research data.
 * **InVesalius head CT** (Debian ``invesalius-examples``, ``Cranium.inv3``): "head" and
   "bone" from its two threshold masks (the head as its largest component with holes
   filled slice by slice; the bone inside it).
@@ -270,8 +273,8 @@ def _nuclei_tiles(out: Path, cache) -> list[tuple[str, tuple[int, int]]]:
     return names
 
 
-def build_training_set(out: str | os.PathLike, *, variants: int = 10, seed: int = 0, cache=None,
-                       progress: bool = True) -> Path:
+def build_training_set(out: str | os.PathLike, *, variants: int = 10, stripped: int = 5, seed: int = 0,
+                       cache=None, progress: bool = True) -> Path:
     """Write the training images, labels and ``demo-train.jsonl`` under ``out``."""
     from tqdm.auto import tqdm
 
@@ -303,6 +306,17 @@ def build_training_set(out: str | os.PathLike, *, variants: int = 10, seed: int 
         items.append(_item(f"cranium/v{k}", "invesalius-cranium", "train", f"{name}_ct.nii.gz",
                            f"{name}_labels.nii.gz", {2: "bone"}, "CT", _zyx(img.shape), np.abs(np.diag(aff)[:3]),
                            regions={"head": [1, 2]}, absent=("cell nucleus",)))
+    # skull-stripped copies come after the CT so that the with-skull variants and the CT keep
+    # the random draws (and files) of builds without them
+    bare = np.where(labels > 0, t1, 0).astype(np.float32)
+    for k in tqdm(range(stripped), desc="Colin27 skull-stripped", disable=not progress):
+        img, lab, aff = (bare, labels, affine) if k == 0 else deform(bare, labels, affine, rng, coarse=k % 2 == 0)
+        name = f"colin27/s{k:02d}"
+        _nifti(img, aff, out / f"{name}_t1.nii.gz")
+        _nifti(lab, aff, out / f"{name}_labels.nii.gz")
+        items.append(_item(name, "colin27", "train", f"{name}_t1.nii.gz", f"{name}_labels.nii.gz", BRAIN_LABELS,
+                           "MR", _zyx(img.shape), np.abs(np.diag(aff)[:3]), regions=BRAIN_REGIONS,
+                           absent=("cell nucleus",)))
     for tile, shape in _nuclei_tiles(out, cache)[:3]:
         items.append(_item(f"nuclei/{tile}", "stardist-nuclei", "train", f"nuclei/img2d_{tile}.tif",
                            f"nuclei/mask2d_{tile}.png", {}, "OTHER", shape, (1.0, 1.0), instance_class="cell nucleus",

@@ -1,0 +1,63 @@
+"""The demo model's training build (``medsam3 data build-demo``) on the real sources: Colin27 from
+Debian's mricron-data (with skull and skull-stripped copies), the InVesalius head CT, the stardist
+nuclei tiles. Small (one deformed and two skull-stripped copies) to stay fast."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medsam3.data.demo import CRANIUM, MRICRON, build_training_set
+from medsam3.data.manifest import read_manifest
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    for path, package in ((MRICRON / "ch2bet.nii.gz", "mricron-data"), (CRANIUM, "invesalius-examples")):
+        if not path.is_file():
+            pytest.fail(f"the demo training build needs Debian's {package} (apt-get install {package})")
+    out = tmp_path_factory.mktemp("demo-train")
+    return out, build_training_set(out, variants=1, stripped=2, progress=False)
+
+
+def test_training_build_items(build):
+    out, manifest = build
+    items = {item.id: item for item in read_manifest(manifest).items}
+    assert sorted(items) == ["colin27/s00", "colin27/s01", "colin27/v00", "colin27/v01", "cranium/v0",
+                             "cranium/v1", "nuclei/q0", "nuclei/q1", "nuclei/q2"]
+    for name in ("colin27/v00", "colin27/s00", "colin27/s01"):
+        assert items[name].modality == "MR" and items[name].dataset == "colin27"
+        assert items[name].absent == ["cell nucleus"]
+    assert items["cranium/v0"].modality == "CT" and items["nuclei/q0"].dim == 2
+
+
+def test_skull_stripped_copies_keep_the_brain_and_nothing_else(build):
+    out, _ = build
+    with_skull = np.asarray(nib.load(out / "colin27/v00_t1.nii.gz").dataobj)
+    labels = np.asarray(nib.load(out / "colin27/v00_labels.nii.gz").dataobj)
+    bare = np.asarray(nib.load(out / "colin27/s00_t1.nii.gz").dataobj)
+    assert np.array_equal(np.asarray(nib.load(out / "colin27/s00_labels.nii.gz").dataobj), labels)
+    brain = labels > 0
+    assert np.array_equal(bare[brain], with_skull[brain])  # the T1 inside the brain, as it is
+    assert not bare[~brain].any()  # and nothing outside: no skull, scalp or neck
+    assert with_skull[~brain].astype(float).mean() > 0.1 * with_skull[brain].astype(float).mean()
+    # the deformed copy: its image still ends where its (moved) brain labels end
+    moved = np.asarray(nib.load(out / "colin27/s01_t1.nii.gz").dataobj)
+    moved_labels = np.asarray(nib.load(out / "colin27/s01_labels.nii.gz").dataobj)
+    assert not np.array_equal(moved_labels, labels)
+    outside = moved[moved_labels == 0]
+    assert np.mean(outside > 0.2 * moved[moved_labels > 0].mean()) < 0.01
+    voxel_ml = np.prod(nib.load(out / "colin27/s01_t1.nii.gz").header.get_zooms()) / 1000
+    assert 0.75 < (moved_labels > 0).sum() * voxel_ml / (brain.sum() / 1000) < 1.35  # scale 0.9-1.1 per axis
+
+
+def test_build_demo_rejects_negative_counts(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "medsam3.cli", "data", "build-demo", "-o", str(tmp_path / "d"),
+                          "--stripped", "-1"], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "--stripped must be >= 0, got -1" in run.stderr
+    assert not (tmp_path / "d").exists()

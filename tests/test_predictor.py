@@ -128,6 +128,34 @@ def test_combine_label_map_resolves_overlap_by_probability():
     assert labels[:2].tolist() == [[2] * 4] * 2 and labels[2:].tolist() == [[1] * 4] * 2
 
 
+def _result(name: str, mask: np.ndarray, probability: float) -> PromptResult:
+    return PromptResult(name, True, 0.9, np.ones(1), np.zeros((1, 4)), mask[None], mask,
+                        np.where(mask, probability, 0).astype(np.float32))
+
+
+def test_combine_label_map_keeps_nested_structures_visible():
+    brain = np.zeros((3, 12, 12), bool)
+    brain[:, 1:11, 1:11] = True
+    caudate = np.zeros_like(brain)
+    caudate[1, 4:7, 4:6] = True          # inside the brain, less probable than it
+    thalamus = np.zeros_like(brain)
+    thalamus[1, 4:7, 5:8] = True         # beside the caudate (sibling overlap): probability decides
+    nucleus = np.zeros_like(brain)
+    nucleus[1, 5, 6] = True              # inside the thalamus inside the brain: innermost wins
+    labels = combine_label_map([_result("brain", brain, 0.95), _result("caudate", caudate, 0.6),
+                                _result("thalamus", thalamus, 0.7), _result("nucleus", nucleus, 0.5)])
+    assert labels[1, 4:7, 4].tolist() == [2, 2, 2]      # caudate only: nested in brain
+    assert labels[1, 4:7, 5].tolist() == [3, 3, 3]      # caudate x thalamus: thalamus more probable
+    assert labels[1, 4:7, 7].tolist() == [3, 3, 3]
+    assert labels[1, 5, 6] == 4
+    assert (labels[0] == 1).sum() == 100 and (labels == 0).sum() == 3 * 144 - 300
+    # a partial overlap is not nesting: the more probable prompt keeps the shared pixels
+    half_out = np.zeros_like(brain)
+    half_out[1, 0:4, 0:4] = True
+    labels = combine_label_map([_result("brain", brain, 0.95), _result("skin", half_out, 0.6)])
+    assert labels[1, 1:4, 1:4].tolist() == [[1] * 3] * 3 and labels[1, 0, 0] == 2
+
+
 def test_exemplar_boxes_change_the_answer(tiny_model, ct_slice):
     predictor = ImagePredictor(tiny_model, score_threshold=0.0, presence_threshold=0.0)
     predictor.set_image(ct_slice)

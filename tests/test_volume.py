@@ -154,6 +154,19 @@ def test_duplicates_fold_and_voxels_go_to_the_most_probable_instance():
     labels, ids = resolve_voxels(probs, [1, 2], [7, 3], threshold=0.5)
     assert labels.tolist() == [[1, 1, 0, 2]]  # the tie at 0.6 goes to the earlier instance
     assert ids.tolist() == [[7, 7, 0, 3]]
+    # a prompt whose mask lies inside another's larger one keeps its pixels (brain 0.9 around a
+    # caudate of 0.6 made of two instances); partial overlap stays with the more probable
+    brain = torch.full((1, 4, 6), 0.9)
+    caudate = torch.zeros(2, 4, 6)
+    caudate[0, 1, 1:3] = 0.6
+    caudate[1, 2, 2] = 0.7
+    labels, ids = resolve_voxels(torch.cat([brain, caudate]), [1, 2, 2], [5, 8, 9], threshold=0.5)
+    assert labels[1:3, :4].tolist() == [[1, 2, 2, 1], [1, 1, 2, 1]] and (labels == 1).sum() == 21
+    assert ids[1, 1:3].tolist() == [8, 8] and ids[2, 2] == 9
+    left, right = torch.zeros(1, 4, 6), torch.zeros(1, 4, 6)
+    left[0, :, :3], right[0, :, 2:] = 0.9, 0.6  # sharing one column: a third of left, a quarter of right
+    labels, _ = resolve_voxels(torch.cat([left, right]), [1, 2], [5, 8], threshold=0.5)
+    assert labels[0].tolist() == [1, 1, 1, 2, 2, 2]
     with pytest.raises(ArgumentError, match="IoU"):
         MergeRule(iou_threshold=0)
     with pytest.raises(ArgumentError, match="whole number"):

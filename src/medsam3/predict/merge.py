@@ -49,7 +49,8 @@ belongs to one instance id across the slices it continues on.
 
 **Voxels.** Each voxel goes to the instance (of any prompt) with the highest
 probability above the mask threshold; ties go to the earlier prompt, then the older
-instance. The label map holds the instance's prompt, the instance map its id.
+instance. A prompt whose mask on the slice lies inside another prompt's larger mask
+(a structure inside its organ: "caudate nucleus" in "brain") keeps those voxels. The label map holds the instance's prompt, the instance map its id.
 
 Modes other than ``merged`` (see :mod:`medsam3.predict.volume`) reuse the matching and
 the run bookkeeping with ``drop_drift=False``.
@@ -61,6 +62,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from medsam3.predict.results import nesting_depth
 
 SUPPORTED, UNSUPPORTED, EMPTY = "S", "U", "E"
 
@@ -210,17 +213,26 @@ def resolve_voxels(probabilities: torch.Tensor, labels: list[int], ids: list[int
     """Label and instance planes from ``(N, H, W)`` instance probabilities.
 
     Each pixel goes to the instance with the highest probability if it exceeds
-    ``threshold`` (ties: the earlier instance, so order instances by prompt, then age);
+    ``threshold`` (ties: the earlier instance, so order instances by prompt, then age), except
+    where one prompt's mask on the plane is nested in another's (:func:`nesting_depth`): there
+    the nested prompt keeps its pixels;
     ``labels[i]`` / ``ids[i]`` are instance ``i``'s prompt label and id. Returns int64
     planes, 0 where no instance claims the pixel.
     """
     if probabilities.shape[0] == 0:
         shape = tuple(probabilities.shape[1:])
         return np.zeros(shape, np.int64), np.zeros(shape, np.int64)
-    best = probabilities.max(0).values
-    winner = probabilities.argmax(0)  # the first maximum: earlier instances win ties
-    claimed = (best > threshold).cpu().numpy()
-    winner = winner.cpu().numpy()
-    label_plane = np.where(claimed, np.asarray(labels, np.int64)[winner], 0)
-    id_plane = np.where(claimed, np.asarray(ids, np.int64)[winner], 0)
+    probs = probabilities.cpu().numpy()
+    above = probs > threshold
+    labels_arr, ids_arr = np.asarray(labels, np.int64), np.asarray(ids, np.int64)
+    prompts = list(dict.fromkeys(labels_arr.tolist()))
+    depth = nesting_depth([above[labels_arr == p].any(0) for p in prompts])
+    per_instance = depth[[prompts.index(p) for p in labels_arr.tolist()]]
+    # rank = depth + probability / 2 above the threshold: the deeper prompt first, then the
+    # more probable instance; argmax keeps the first maximum (earlier instances win ties)
+    rank = np.where(above, per_instance[:, None, None] + probs / 2, -1.0)
+    winner = rank.argmax(0)
+    claimed = above.any(0)
+    label_plane = np.where(claimed, labels_arr[winner], 0)
+    id_plane = np.where(claimed, ids_arr[winner], 0)
     return label_plane, id_plane

@@ -46,22 +46,46 @@ class PromptResult:
                    np.zeros((0, *shape), bool), np.zeros(shape, bool), np.zeros(shape, np.float32), kind)
 
 
+#: a mask lying this much inside another, larger one is nested in it (a structure in its organ)
+NESTED_FRACTION = 0.8
+
+
+def nesting_depth(masks: list[np.ndarray]) -> np.ndarray:
+    """For each boolean mask, how many larger masks of the list it is nested in (at least
+    :data:`NESTED_FRACTION` of its pixels inside each). Where prompts overlap, the deeper one
+    takes the pixel, so a structure stays visible inside the organ around it."""
+    area = np.array([int(m.sum()) for m in masks])
+    depth = np.zeros(len(masks), np.int64)
+    for k, inner in enumerate(masks):
+        for j, outer in enumerate(masks):
+            if area[j] > area[k] > 0 and (inner & outer).sum() >= NESTED_FRACTION * area[k]:
+                depth[k] += 1
+    return depth
+
+
 def combine_label_map(results: list[PromptResult], dtype=None) -> np.ndarray:
     """One label map from several prompts: label ``k`` (1-based) for the k-th result.
 
     Where prompts overlap, the pixel goes to the prompt with the highest mask probability
-    (ties to the earlier prompt). Works for 2D ``(H, W)`` and stacked 3D ``(Z, H, W)`` fields.
+    (ties to the earlier prompt), except where one mask is nested in another
+    (:func:`nesting_depth`): a mask with at least :data:`NESTED_FRACTION` of its pixels inside
+    a larger one ("caudate nucleus" inside "brain") keeps them, so the inner structure stays
+    visible in the map instead of being painted over by the organ around it. Works for 2D
+    ``(H, W)`` and stacked 3D ``(Z, H, W)`` fields (for 3D, nesting is judged on the volume).
     """
     if not results:
         raise ValueError("no prompt results to combine")
     shape = results[0].semantic.shape
     dtype = dtype or (np.uint8 if len(results) < 256 else np.uint16)
-    best = np.zeros(shape, np.float32)
+    present = [(k, r) for k, r in enumerate(results, start=1) if r.present]
+    # the deeper prompt takes a shared pixel, between equally deep ones the more probable
+    # (rank = depth + probability / 2: depth dominates)
+    depth = nesting_depth([r.semantic for _, r in present])
+    best = np.full(shape, -1.0, np.float32)
     labels = np.zeros(shape, dtype)
-    for k, result in enumerate(results, start=1):
-        if not result.present:
-            continue
-        take = result.semantic & ((result.probability > best) | (labels == 0))
+    for (k, result), d in zip(present, depth):
+        rank = d + result.probability / 2
+        take = result.semantic & (rank > best)
         labels[take] = k
-        best[take] = result.probability[take]
+        best[take] = rank[take]
     return labels

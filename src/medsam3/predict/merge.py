@@ -50,7 +50,8 @@ belongs to one instance id across the slices it continues on.
 **Voxels.** Each voxel goes to the instance (of any prompt) with the highest
 probability above the mask threshold; ties go to the earlier prompt, then the older
 instance. A prompt whose mask on the slice lies inside another prompt's larger mask
-(a structure inside its organ: "caudate nucleus" in "brain") keeps those voxels. The label map holds the instance's prompt, the instance map its id.
+(a structure inside its organ: "caudate nucleus" in "brain") keeps those voxels. The
+label map holds the instance's prompt, the instance map its id.
 
 Modes other than ``merged`` (see :mod:`medsam3.predict.volume`) reuse the matching and
 the run bookkeeping with ``drop_drift=False``.

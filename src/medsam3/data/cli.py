@@ -168,8 +168,7 @@ def _run_build_demo(args) -> int:
     print(f"held-out manifest: {held}")
     if not args.heldout_only:
         train = build_training_set(out / "train", variants=args.variants, stripped=args.stripped,
-                                   seed=args.seed, cache=args.wheels,
-                                   progress=not args.quiet)
+                                   seed=args.seed, cache=args.wheels, progress=not args.quiet)
         print(f"training manifest: {train}")
     return 0
 

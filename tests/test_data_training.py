@@ -381,3 +381,37 @@ def test_positive_prompts_add_rows_for_other_classes_present(volume_manifest):
                 assert torch.equal(batch.targets[1].semantic, s["positive_rows"][0]["semantic_mask"])
                 return
     pytest.fail("no liver sample on a kidney slice was drawn")
+
+
+def test_small_slice_bias_draws_a_structures_small_ends_more_often(tmp_path):
+    """A class 2 px wide on slice 1 and 36 x 36 on slices 2-6: uniformly slice 1 comes up 1/6 of
+    the time; with weights 1 / sqrt(area) 0.707 / (0.707 + 5 / 36) = 84 %."""
+    root = tmp_path / "Dataset011_Ends"
+    image = np.zeros((8, 40, 40), np.int16)
+    image[1:7, 2:38, 2:38] = 100
+    label = np.zeros(image.shape, np.uint8)
+    label[1, 10, 10:12] = 1
+    label[2:7, 2:38, 2:38] = 1
+    write_volume(root / "imagesTr" / "e1_0000.nii.gz", image)
+    write_volume(root / "labelsTr" / "e1.nii.gz", label)
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MR"}, "labels": {"background": 0, "brain": 1}, "numTraining": 1,
+        "file_ending": ".nii.gz"}))
+    manifest = convert_dataset("nnunet", root, tmp_path / "ends.jsonl", progress=False)
+
+    def share_of_slice_1(bias):
+        ds = PromptSegmentationDataset(manifest, 32, augment=False, absent_probability=0.0, small_slice_bias=bias)
+        drawn = []
+        for epoch in range(400):
+            ds.set_epoch(epoch)
+            s = ds[0]
+            assert s["present"] and s["semantic_mask"].any()
+            drawn.append(s["meta"]["slice_index"])
+        assert set(drawn) <= {1, 2, 3, 4, 5, 6}
+        return np.mean(np.asarray(drawn) == 1)
+
+    assert abs(share_of_slice_1(0.0) - 1 / 6) < 0.06
+    assert abs(share_of_slice_1(1.0) - 0.836) < 0.06
+    assert abs(share_of_slice_1(0.5) - (0.836 + 1 / 6) / 2) < 0.07
+    with pytest.raises(ArgumentError, match="small_slice_bias"):
+        PromptSegmentationDataset(manifest, 32, small_slice_bias=1.5)

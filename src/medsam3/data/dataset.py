@@ -53,6 +53,9 @@ class PromptSegmentationDataset(Dataset):
     asks for one class of one image. For a volume, a slice is drawn that holds the class
     (foreground bias); with probability ``absent_probability`` a slice without it is drawn
     instead (in the image content, not padding) so that the presence head learns "absent".
+    With ``small_slice_bias`` the present slice is drawn, that often, with weights
+    ``1 / sqrt(area)`` of the class in the slice rather than uniformly: a structure's ends
+    (the top of the brain, the skull base), where it is small and hard, come up more often.
     For a 2D image the absent case swaps the prompt for another class the item labels
     that is not in the image (BUSI "normal" images and empty masks are absent by themselves).
     Randomness comes from ``numpy.random.default_rng([seed, epoch, index])``: a sample is
@@ -68,6 +71,8 @@ class PromptSegmentationDataset(Dataset):
         window: CT window for CT items when reading without a cache (the cache's own
             window is used with a cache).
         absent_probability: share of samples whose class is absent.
+        small_slice_bias: share of a volume's present samples whose slice is drawn with
+            weights ``1 / sqrt(area)`` (0, the default: uniformly over the slices holding it).
         box_prompt_probability: share of present samples that carry a noisy ground-truth
             box prompt (paper: 0.5); ``box_noise`` / ``box_noise_max_px`` as in the paper.
         max_negative_prompts: up to this many classes that the item labels and that are
@@ -127,7 +132,8 @@ class PromptSegmentationDataset(Dataset):
     def __init__(self, manifest: Manifest | str | os.PathLike, image_size: int = 1008, *,
                  split: str | Sequence[str] | None = "train", datasets: Sequence[str] | None = None,
                  augment: bool | None = None, cache: SampleCache | str | os.PathLike | None = None,
-                 window=None, absent_probability: float = 0.2, box_prompt_probability: float = 0.5,
+                 window=None, absent_probability: float = 0.2, small_slice_bias: float = 0.0,
+                 box_prompt_probability: float = 0.5,
                  box_noise: float = BOX_NOISE, box_noise_max_px: float = BOX_NOISE_MAX_PX,
                  max_negative_prompts: int = 3, max_positive_prompts: int = 0, prompt_variation: float = 0.5,
                  min_scale: float = MIN_SCALE, intensity_jitter: float = 0.5, max_instances: int = 200,
@@ -135,7 +141,7 @@ class PromptSegmentationDataset(Dataset):
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         if image_size < 16:
             raise ArgumentError(f"image_size {image_size} is too small")
-        for name, p in (("absent_probability", absent_probability),
+        for name, p in (("absent_probability", absent_probability), ("small_slice_bias", small_slice_bias),
                         ("box_prompt_probability", box_prompt_probability),
                         ("prompt_variation", prompt_variation), ("intensity_jitter", intensity_jitter)):
             if not 0.0 <= p <= 1.0:
@@ -155,6 +161,7 @@ class PromptSegmentationDataset(Dataset):
 
         self.window = parse_window(window)
         self.absent_probability = absent_probability
+        self.small_slice_bias = small_slice_bias
         self.box_prompt_probability = box_prompt_probability
         self.box_noise, self.box_noise_max_px = box_noise, box_noise_max_px
         self.max_negative_prompts = max_negative_prompts
@@ -169,6 +176,7 @@ class PromptSegmentationDataset(Dataset):
         self.memory_items = max(1, memory_items)
         self._memory: OrderedDict[int, LoadedItem] = OrderedDict()
         self._presence: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        self._areas: dict[int, dict[str, np.ndarray]] = {}
 
         self.targets = [item.targets() for item in self.items]
         self.index = [(i, k) for i, t in enumerate(self.targets) for k in range(len(t))]
@@ -239,6 +247,11 @@ class PromptSegmentationDataset(Dataset):
         per_class, nonempty = self.presence(i)
         fg = per_class.get(name, np.zeros(0, np.int64))
         if not absent and len(fg):
+            if self.small_slice_bias and rng.random() < self.small_slice_bias:
+                if i not in self._areas:
+                    self._areas[i] = self._load(i).class_areas()
+                weights = 1.0 / np.sqrt(self._areas[i][name][fg])
+                return int(rng.choice(fg, p=weights / weights.sum()))
             return int(rng.choice(fg))
         background = np.setdiff1d(nonempty, fg) if len(nonempty) else np.setdiff1d(
             np.arange(self._load(i).image.shape[0]), fg)

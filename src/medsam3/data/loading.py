@@ -67,19 +67,21 @@ class LoadedItem:
                     self._counts[z, values] = counts
         return self._counts
 
-    def presence(self) -> dict[str, np.ndarray]:
-        """Per class: the slice indices (array axis 0) that hold it; ``[0]`` or ``[]`` for 2D."""
+    def class_areas(self) -> dict[str, np.ndarray]:
+        """Per class: its pixel count in every slice (array axis 0; one entry for 2D)."""
         counts = self.slice_label_counts()
         out = {}
         for name, values in self.item.targets():
             if values is None:  # every label > 0 except the "unannotated" value
                 columns = [v for v in range(1, counts.shape[1]) if v != self.item.ignore_value]
-                per_slice = counts[:, columns].sum(axis=1)
             else:
-                valid = [v for v in values if v < counts.shape[1]]
-                per_slice = counts[:, valid].sum(axis=1) if valid else np.zeros(counts.shape[0], np.int64)
-            out[name] = np.flatnonzero(per_slice > 0)
+                columns = [v for v in values if v < counts.shape[1]]
+            out[name] = counts[:, columns].sum(axis=1) if columns else np.zeros(counts.shape[0], np.int64)
         return out
+
+    def presence(self) -> dict[str, np.ndarray]:
+        """Per class: the slice indices (array axis 0) that hold it; ``[0]`` or ``[]`` for 2D."""
+        return {name: np.flatnonzero(area > 0) for name, area in self.class_areas().items()}
 
     def nonempty_slices(self) -> np.ndarray:
         """Slices whose intensities are not all equal (padding and air-only slices are not)."""

@@ -54,7 +54,9 @@ class DataConfig:
     ``{MR: 2}`` draws MR items twice as often as each other modality (unnamed ones: 1).
     ``image_size``: ``null`` = the model's. ``max_instances``: ``null`` = the model's
     query count. ``val_samples`` fixed validation samples (text prompts only) drawn from
-    ``val_split`` (``null``: no validation).
+    ``val_split`` (``null``: no validation). ``small_slice_bias``: share of a volume's present
+    samples whose slice is drawn with weights ``1 / sqrt(class area)`` (a structure's small ends
+    come up more often; 0: uniformly).
     """
 
     manifest: str | None = None
@@ -70,6 +72,7 @@ class DataConfig:
     modality_weights: dict[str, float] | None = None
     augment: bool = True
     absent_probability: float = 0.2
+    small_slice_bias: float = 0.0
     box_prompt_probability: float = 0.5
     negative_prompts: int = 1
     positive_prompts: int = 0
@@ -226,6 +229,7 @@ class TrainingConfig:
         if len(o.betas) != 2:
             raise ArgumentError(f"config: optim.betas must be two numbers, got {o.betas}")
         for name, value in (("data.absent_probability", d.absent_probability),
+                            ("data.small_slice_bias", d.small_slice_bias),
                             ("data.box_prompt_probability", d.box_prompt_probability),
                             ("data.val_absent_probability", d.val_absent_probability)):
             if not 0 <= value <= 1:

@@ -101,3 +101,21 @@ def test_prompt_outside_the_demo_vocabulary_is_reported_unknown(demo, tmp_path):
         seg = medsam3.segment(SAMPLE, tmp_path / "s.nii.gz", ["spleen", "brain"], model=demo)
     assert seg.absent[:1] == ["spleen"] and seg.sidecar["unknown_to_model"] == ["spleen"]
     assert (seg.labels.array == 2).sum() > 10_000 and not (seg.labels.array == 1).any()
+
+
+def test_brain_error_diagnostic_matches_the_readme(heldout):
+    """scripts/demo_errors.py, as the README runs it: the FSL "brain" misses are a rim around
+    the predicted mask and the reference holds more dark (CSF) voxels than the prediction."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_errors.py"), "--manifest", str(heldout),
+                           "--item", "mni152-fsl-2mm", "--class", "brain", "--model", "demo"],
+                          cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["dice"] == pytest.approx(0.864, abs=DICE_MARGIN)
+    assert found["missed_within_2_voxels"] / found["missed"] == pytest.approx(0.84, abs=0.03)
+    assert found["dice_prediction_dilated_1_voxel"] == pytest.approx(0.882, abs=DICE_MARGIN)
+    assert found["reference_dark_share"] == pytest.approx(0.11, abs=0.01)
+    assert found["reference_dark_share"] > found["predicted_dark_share"]
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_errors.py"), "--manifest", str(heldout),
+                          "--item", "mni152-fsl-2mm", "--class", "liver"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "does not label 'liver'" in bad.stderr

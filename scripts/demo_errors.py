@@ -1,0 +1,85 @@
+"""Where a model's mask for one class of one volume goes wrong, slice by slice: false positives
+and misses per axial slice, how far the misses lie from the mask, and how the reference and the
+prediction differ in dark (CSF-like) voxels. The README's demo-model diagnostics come from it.
+
+    python scripts/demo_errors.py --manifest data/demo/heldout/demo-heldout.jsonl \
+        --item mni152-fsl-2mm --class brain --model demo --slices
+    python scripts/demo_errors.py --manifest data/demo/train/demo-train.jsonl --item colin27/v00 \
+        --class brain --model runs/demo-stage4
+
+Prints one JSON object (with ``--slices``, per-slice rows first). Text prompt only, the
+model's volume mode ``slices``; the class name is the prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", required=True, help="medsam3 manifest holding the volume")
+    parser.add_argument("--item", required=True, help="the item's id")
+    parser.add_argument("--class", dest="cls", required=True, help="class name (and text prompt)")
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--slices", action="store_true", help="print a row per slice")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+    from scipy import ndimage
+
+    from medsam3.data import read_manifest
+    from medsam3.data.loading import target_mask
+    from medsam3.io import read_image
+    from medsam3.segmentation import load_model, segment
+
+    torch.set_num_threads(args.threads)
+    manifest = read_manifest(args.manifest)
+    item = next((it for it in manifest if it.id == args.item), None)
+    if item is None or item.dim != 3:
+        parser.error(f"{args.manifest}: no volume item {args.item!r}")
+    targets = dict(item.targets())
+    if args.cls not in targets:
+        parser.error(f"{args.manifest}: item {args.item!r} does not label {args.cls!r} (it labels {sorted(targets)})")
+    image = read_image(manifest.resolve(item.image)).array.astype(np.float64)
+    reference = target_mask(read_image(manifest.resolve(item.label)).array, targets[args.cls])
+    model = load_model(args.model, device="cpu")
+    if not (getattr(model, "info", None) or {}).get("masks"):  # a training run's folder: read the semantic head
+        model.info = dict(getattr(model, "info", {}) or {}, masks="semantic")
+    result = segment(str(manifest.resolve(item.image)), None, [args.cls], model=model, mode="slices", progress=False)
+    predicted = result.labels.array == 1
+
+    def dice(a, b):
+        total = a.sum() + b.sum()
+        return float(2 * (a & b).sum() / total) if total else float("nan")
+
+    missed, extra = reference & ~predicted, predicted & ~reference
+    if args.slices:
+        for z in range(reference.shape[0]):
+            if reference[z].any() or predicted[z].any():
+                print(json.dumps({"slice": z, "reference": int(reference[z].sum()), "predicted": int(predicted[z].sum()),
+                                  "dice": round(dice(reference[z], predicted[z]), 3), "false_positive": int(extra[z].sum()),
+                                  "missed": int(missed[z].sum())}))
+    distance = ndimage.distance_transform_edt(~predicted)  # voxels from the predicted mask
+
+    def dark_share(mask):
+        return float((image[mask] < 0.5 * np.median(image[mask])).mean()) if mask.any() else float("nan")
+
+    print(json.dumps({
+        "model": args.model, "item": args.item, "class": args.cls, "dice": round(dice(reference, predicted), 4),
+        "reference_voxels": int(reference.sum()), "predicted_voxels": int(predicted.sum()),
+        "false_positive": int(extra.sum()), "missed": int(missed.sum()),
+        "missed_within_1_voxel": int((missed & (distance <= 1)).sum()),
+        "missed_within_2_voxels": int((missed & (distance <= 2)).sum()),
+        "dice_prediction_dilated_1_voxel": round(dice(reference, ndimage.binary_dilation(predicted)), 4),
+        "reference_dark_share": round(dark_share(reference), 4), "predicted_dark_share": round(dark_share(predicted), 4),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

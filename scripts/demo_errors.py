@@ -34,6 +34,7 @@ def main(argv=None) -> int:
 
     from medsam3.data import read_manifest
     from medsam3.data.loading import target_mask
+    from medsam3.evaluate.metrics import dice_score as dice
     from medsam3.io import read_image
     from medsam3.segmentation import load_model, segment
 
@@ -52,10 +53,6 @@ def main(argv=None) -> int:
         model.info = dict(getattr(model, "info", {}) or {}, masks="semantic")
     result = segment(str(manifest.resolve(item.image)), None, [args.cls], model=model, mode="slices", progress=False)
     predicted = result.labels.array == 1
-
-    def dice(a, b):
-        total = a.sum() + b.sum()
-        return float(2 * (a & b).sum() / total) if total else float("nan")
 
     missed, extra = reference & ~predicted, predicted & ~reference
     if args.slices:

@@ -8,7 +8,10 @@ prediction differ in dark (CSF-like) voxels. The README's demo-model diagnostics
         --class brain --model runs/demo-stage4
 
 Prints one JSON object (with ``--slices``, per-slice rows first). Text prompt only, the
-model's volume mode ``slices``; the class name is the prompt.
+model's volume mode ``slices``; the class name is the prompt. ``--oracle-presence`` takes the
+present / absent decision of each slice from the reference instead of the model's presence
+score (the model's mask is kept wherever the reference holds the class in that slice): how far
+the masks alone would go with a perfect presence decision. A diagnostic, never a result.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--slices", action="store_true", help="print a row per slice")
+    parser.add_argument("--oracle-presence", action="store_true",
+                        help="decide present / absent per slice from the reference (a diagnostic)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -36,6 +41,7 @@ def main(argv=None) -> int:
     from medsam3.data.loading import target_mask
     from medsam3.evaluate.metrics import dice_score as dice
     from medsam3.io import read_image
+    from medsam3.predict.orientation import choose_orientation
     from medsam3.segmentation import load_model, segment
 
     torch.set_num_threads(args.threads)
@@ -46,13 +52,21 @@ def main(argv=None) -> int:
     targets = dict(item.targets())
     if args.cls not in targets:
         parser.error(f"{args.manifest}: item {args.item!r} does not label {args.cls!r} (it labels {sorted(targets)})")
-    image = read_image(manifest.resolve(item.image)).array.astype(np.float64)
+    loaded = read_image(manifest.resolve(item.image))
+    image = loaded.array.astype(np.float64)
     reference = target_mask(read_image(manifest.resolve(item.label)).array, targets[args.cls])
     model = load_model(args.model, device="cpu")
     if not (getattr(model, "info", None) or {}).get("masks"):  # a training run's folder: read the semantic head
         model.info = dict(getattr(model, "info", {}) or {}, masks="semantic")
-    result = segment(str(manifest.resolve(item.image)), None, [args.cls], model=model, mode="slices", progress=False)
+    # with --oracle-presence every slice's mask is kept (thresholds 0), then cleared where the reference is empty
+    thresholds = {"threshold": 0.0, "presence_threshold": 0.0} if args.oracle_presence else {}
+    result = segment(str(manifest.resolve(item.image)), None, [args.cls], model=model, mode="slices", progress=False,
+                     **thresholds)
     predicted = result.labels.array == 1
+    if args.oracle_presence:  # along the model's slicing axis, which need not be array axis 0
+        by_slice = choose_orientation(loaded.direction)
+        holds = by_slice.stack(reference).any(axis=(1, 2))
+        by_slice.stack(predicted)[~holds] = False
 
     missed, extra = reference & ~predicted, predicted & ~reference
     if args.slices:
@@ -67,7 +81,8 @@ def main(argv=None) -> int:
         return float((image[mask] < 0.5 * np.median(image[mask])).mean()) if mask.any() else float("nan")
 
     print(json.dumps({
-        "model": args.model, "item": args.item, "class": args.cls, "dice": round(dice(reference, predicted), 4),
+        "model": args.model, "item": args.item, "class": args.cls, "oracle_presence": args.oracle_presence,
+        "dice": round(dice(reference, predicted), 4),
         "reference_voxels": int(reference.sum()), "predicted_voxels": int(predicted.sum()),
         "false_positive": int(extra.sum()), "missed": int(missed.sum()),
         "missed_within_1_voxel": int((missed & (distance <= 1)).sum()),

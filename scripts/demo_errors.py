@@ -60,8 +60,7 @@ def main(argv=None) -> int:
         model.info = dict(getattr(model, "info", {}) or {}, masks="semantic")
     # with --oracle-presence every slice's mask is kept (thresholds 0), then cleared where the reference is empty
     thresholds = {"threshold": 0.0, "presence_threshold": 0.0} if args.oracle_presence else {}
-    result = segment(str(manifest.resolve(item.image)), None, [args.cls], model=model, mode="slices", progress=False,
-                     **thresholds)
+    result = segment(loaded, None, [args.cls], model=model, mode="slices", progress=False, **thresholds)
     predicted = result.labels.array == 1
     if args.oracle_presence:  # along the model's slicing axis, which need not be array axis 0
         by_slice = choose_orientation(loaded.direction)

@@ -103,11 +103,16 @@ def test_prompt_outside_the_demo_vocabulary_is_reported_unknown(demo, tmp_path):
     assert (seg.labels.array == 2).sum() > 10_000 and not (seg.labels.array == 1).any()
 
 
-def _demo_errors(heldout, *args: str) -> dict:
-    """scripts/demo_errors.py on the held-out FSL T1 with the shipped model: its summary line."""
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_errors.py"), "--manifest", str(heldout),
+def _run_demo_errors(heldout, *args: str) -> subprocess.CompletedProcess:
+    """scripts/demo_errors.py on the held-out FSL T1 with the shipped model."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_errors.py"), "--manifest", str(heldout),
                            "--item", "mni152-fsl-2mm", "--model", "demo", *args],
                           cwd=ROOT, capture_output=True, text=True, check=False)
+
+
+def _demo_errors(heldout, *args: str) -> dict:
+    """Its summary line (the run must succeed)."""
+    done = _run_demo_errors(heldout, *args)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -121,8 +126,7 @@ def test_brain_error_diagnostic_matches_the_readme(heldout):
     assert found["dice_prediction_dilated_1_voxel"] == pytest.approx(0.879, abs=DICE_MARGIN)
     assert found["reference_dark_share"] == pytest.approx(0.11, abs=0.01)
     assert found["reference_dark_share"] > found["predicted_dark_share"]
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_errors.py"), "--manifest", str(heldout),
-                          "--item", "mni152-fsl-2mm", "--class", "liver"], cwd=ROOT, capture_output=True, text=True)
+    bad = _run_demo_errors(heldout, "--class", "liver")
     assert bad.returncode == 2 and "does not label 'liver'" in bad.stderr
 
 

@@ -415,3 +415,47 @@ def test_small_slice_bias_draws_a_structures_small_ends_more_often(tmp_path):
     assert abs(share_of_slice_1(0.5) - (0.836 + 1 / 6) / 2) < 0.07
     with pytest.raises(ArgumentError, match="small_slice_bias"):
         PromptSegmentationDataset(manifest, 32, small_slice_bias=1.5)
+
+
+def test_context_mm_feeds_a_slice_with_its_neighbours(tmp_path):
+    """2.5D samples: slice z with slices z -/+ round(context_mm / spacing) on red / blue (the
+    ends repeat), both orders drawn with augmentation; 2D images stay grey."""
+    from medsam3.io import read_image
+    from medsam3.preprocess import normalize_intensity
+
+    root = tmp_path / "Dataset012_Context"
+    image = (np.arange(1, 9, dtype=np.int16) * 10)[:, None, None] * np.ones((8, 24, 24), np.int16)
+    label = np.zeros(image.shape, np.uint8)
+    label[:, 6:18, 6:18] = 1
+    write_volume(root / "imagesTr" / "c1_0000.nii.gz", image)  # slices 2.5 mm apart
+    write_volume(root / "labelsTr" / "c1.nii.gz", label)
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MR"}, "labels": {"background": 0, "brain": 1}, "numTraining": 1,
+        "file_ending": ".nii.gz"}))
+    manifest = convert_dataset("nnunet", root, tmp_path / "context.jsonl", progress=False)
+    levels = normalize_intensity(read_image(root / "imagesTr" / "c1_0000.nii.gz"), "MR")[:, 0, 0]
+
+    ds = PromptSegmentationDataset(manifest, 32, augment=False, absent_probability=0.0, context_mm=5.0)
+    seen = set()
+    for epoch in range(30):
+        ds.set_epoch(epoch)
+        s = ds[0]
+        z = s["meta"]["slice_index"]
+        seen.add(z)
+        channels = (s["image"][:, 4, 4] * 0.5 + 0.5).numpy()  # undo (x - 0.5) / 0.5
+        expected = levels[[max(z - 2, 0), z, min(z + 2, 7)]]
+        np.testing.assert_allclose(channels, expected, atol=1e-5)
+    assert len(seen) > 3
+    orders = set()
+    augmented = PromptSegmentationDataset(manifest, 32, augment=True, absent_probability=0.0, context_mm=5.0,
+                                          intensity_jitter=0.0, min_scale=1.0)
+    for epoch in range(30):
+        augmented.set_epoch(epoch)
+        s = augmented[0]
+        z = s["meta"]["slice_index"]
+        if 2 <= z <= 5:  # both neighbours inside the stack
+            red, blue = (s["image"][[0, 2], 4, 4] * 0.5 + 0.5).numpy()
+            orders.add("up" if red < blue else "down")
+    assert orders == {"up", "down"}
+    with pytest.raises(ArgumentError, match="context_mm"):
+        PromptSegmentationDataset(manifest, 32, context_mm=-1)

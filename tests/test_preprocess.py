@@ -254,3 +254,19 @@ def test_real_ct_read_with_medsam3_io_uses_the_default_window():
     assert out[32, 32] == 0.0 and out[10, 50] == 1.0
     assert out[60, 60] == pytest.approx(0.3725, abs=1e-6)  # -11 HU
     assert out[70, 40] == pytest.approx(0.4775, abs=1e-6)  # 31 HU
+
+
+def test_context_planes_put_the_neighbours_on_red_and_blue():
+    from medsam3.preprocess import context_offset, context_planes
+
+    stack = np.arange(6, dtype=np.float32)[:, None, None] * np.ones((6, 4, 5), np.float32)
+    assert context_planes(stack, 2, 0).shape == (4, 5)  # no context: the grey plane itself
+    planes = context_planes(stack, 2, 1)
+    assert planes.shape == (4, 5, 3) and planes[0, 0].tolist() == [1, 2, 3]
+    assert context_planes(stack, 2, 1, swap=True)[0, 0].tolist() == [3, 2, 1]
+    assert context_planes(stack, 0, 2)[0, 0].tolist() == [0, 0, 2]  # the ends stand in beyond the stack
+    assert context_planes(stack, 5, 2)[0, 0].tolist() == [3, 5, 5]
+    assert context_offset(0, 2.5) == 0
+    assert [context_offset(4, s) for s in (1.0, 2.0, 2.5, 3.0, 5.0, 12.0)] == [4, 2, 2, 1, 1, 1]
+    with pytest.raises(ArgumentError, match="slice spacing"):
+        context_offset(4, 0.0)

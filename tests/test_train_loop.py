@@ -222,3 +222,24 @@ def test_resume_with_more_steps_follows_the_new_schedule(model112, manifest, tmp
     # the old schedule had reached lr 0 at its end (step 2); the new one still trains at step 3
     after = detector_weights(result.final_model)
     assert any(not torch.equal(first[k], after[k]) for k in first)
+
+
+def test_a_context_run_records_its_input_and_tracker_training_refuses_it(model112, manifest, tmp_path):
+    """data.context_mm: the checkpoints say so in medsam3.json (inference reads it back), a run
+    from such a model keeps it, and tracker training (single slices) refuses it."""
+    from medsam3.errors import ArgumentError
+    from medsam3.model.loader import read_model_info
+
+    cfg = tiny_config(model112, manifest, tmp_path / "ctx", train={"max_steps": 1, "checkpoint_every": 0},
+                      data={"context_mm": 3.0, "val_samples": 2})
+    result = train(config_from_dict(cfg))
+    assert read_model_info(result.final_model) == {"context_mm": 3.0}
+    again = tiny_config(result.final_model, manifest, tmp_path / "again", train={"max_steps": 1, "checkpoint_every": 0},
+                        data={"val_samples": 0})
+    assert read_model_info(train(config_from_dict(again)).final_model)["context_mm"] == 3.0
+    plain = tiny_config(result.final_model, manifest, tmp_path / "plain", train={"max_steps": 1, "checkpoint_every": 0},
+                        data={"context_mm": 0, "val_samples": 0})
+    assert "context_mm" not in read_model_info(train(config_from_dict(plain)).final_model)
+    tracker = tiny_config(result.final_model, manifest, tmp_path / "trk", train={"target": "tracker", "max_steps": 1})
+    with pytest.raises(ArgumentError, match="2.5D input"):
+        train(config_from_dict(tracker))

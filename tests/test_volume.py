@@ -602,3 +602,48 @@ def test_bad_volume_inputs(tiny_model, tmp_path, capsys):
     code = main(["segment", "-i", ct, "-o", str(tmp_path / "y.nii.gz"), "-p", "x", "--axis", "sagittal",
                  "--model", "random:tiny"])
     assert code == 2 and "2D image" in capsys.readouterr().err
+
+
+def test_a_model_with_context_gets_each_slice_with_its_neighbours(tiny_model_dir, mni_crop, tmp_path, monkeypatch):
+    """``context_mm`` in medsam3.json: every slice is encoded as (slice - k, slice, slice + k) on
+    red, green, blue, k = round(context_mm / the slicing axis's spacing), whatever the file's array
+    order; a model without it gets the grey slice."""
+    import shutil
+
+    from medsam3.model import MedSAM3
+    from medsam3.preprocess import normalize_intensity
+
+    directory = shutil.copytree(tiny_model_dir, tmp_path / "ctx")
+    (directory / "medsam3.json").write_text(json.dumps({"context_mm": 5.0}))
+    model = MedSAM3.from_pretrained(directory, device="cpu")
+    block = mni_crop.with_array(mni_crop.array)
+    block = Image(block.array, (1.0, 1.0, 2.5), block.origin, block.direction, modality="MR")  # k = 2
+    moved = reorder(block, (1, 0, 2), (True, False, True))  # the slicing axis is now array axis 1
+    fed = []
+    original = ImagePredictor.set_image
+    monkeypatch.setattr(ImagePredictor, "set_image", lambda self, image: (fed.append(np.array(image)),
+                                                                          original(self, image))[1])
+    labels = []
+    for image in (block, moved):
+        fed.clear()
+        predictor = ImagePredictor(model, score_threshold=0.0, presence_threshold=0.0)
+        assert predictor.context_mm == 5.0
+        seg = segment_volume(predictor, normalize_intensity(image, modality="MR"), ["putamen"],
+                             direction=image.direction, spacing=image.spacing, axis="axial", mode="slices",
+                             progress=False)
+        labels.append(seg.labels)
+        stack = seg.orientation.stack(normalize_intensity(image, modality="MR"))
+        assert len(fed) == 6 and all(f.shape == stack.shape[1:] + (3,) for f in fed)
+        for z, f in enumerate(fed):
+            for channel, source in enumerate((max(z - 2, 0), z, min(z + 2, 5))):
+                np.testing.assert_array_equal(f[..., channel], stack[source])
+    back = reorder(block.with_array(labels[0]), (1, 0, 2), (True, False, True)).array
+    np.testing.assert_array_equal(labels[1], back)
+    fed.clear()
+    segment_volume(ImagePredictor(MedSAM3.from_pretrained(tiny_model_dir, device="cpu")),
+                   normalize_intensity(block, modality="MR"), ["putamen"], spacing=block.spacing, mode="slices",
+                   progress=False)
+    assert fed and all(f.ndim == 2 for f in fed)
+    (directory / "medsam3.json").write_text(json.dumps({"context_mm": "wide"}))
+    with pytest.raises(ArgumentError, match="context_mm"):
+        ImagePredictor(MedSAM3.from_pretrained(directory, device="cpu"))

@@ -208,3 +208,32 @@ def normalize_intensity(image: Image, modality: str | None = None, window=None) 
         out = _scale(array, *_robust_range(array))
     # NaN pixels survive the arithmetic and the clip; they carry no intensity.
     return np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0).astype(np.float32, copy=False)
+
+
+def context_offset(context_mm: float, slice_spacing: float) -> int:
+    """Slices between a plane and each of its two context neighbours (2.5D input): the
+    nearest whole number of slices to ``context_mm`` millimetres, at least 1; 0 when
+    ``context_mm`` is 0 (plain 2D input)."""
+    if not context_mm:
+        return 0
+    if not slice_spacing or slice_spacing <= 0 or not math.isfinite(slice_spacing):
+        raise ArgumentError(f"slice spacing must be a positive number of mm, got {slice_spacing}")
+    return max(1, int(round(float(context_mm) / float(slice_spacing))))
+
+
+def context_planes(stack: np.ndarray, index: int, offset: int, swap: bool = False) -> np.ndarray:
+    """Plane ``index`` of a ``[slice, row, column]`` stack as the model's 2.5D input.
+
+    ``offset`` 0: the plane itself ``(rows, columns)`` (grey; the model repeats it on its
+    three channels). Otherwise ``(rows, columns, 3)``: the planes ``offset`` slices before
+    it, the plane, and ``offset`` slices after it on the red, green and blue channels (the
+    first and last planes of the stack stand in for neighbours beyond the ends).
+    ``swap`` exchanges the two neighbours (training draws both orders, so a model does not
+    depend on which way a file stores its slices)."""
+    if not offset:
+        return stack[index]
+    last = stack.shape[0] - 1
+    before, after = stack[max(index - offset, 0)], stack[min(index + offset, last)]
+    if swap:
+        before, after = after, before
+    return np.stack([before, stack[index], after], axis=-1)

@@ -288,7 +288,8 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
                              backward_slices=backward_slices, empty_slices=EmptySliceRule() if skip_empty else None,
                              progress=progress)
     result = volume.segment(normalized, text_prompts, objects, direction=image.direction, axis=axis,
-                            instances=instances, description=Path(str(image.path or "volume")).name)
+                            instances=instances, description=Path(str(image.path or "volume")).name,
+                            spacing=image.spacing)
     extra = {
         "instances": result.instances,
         "instance_labels": result.instance_labels,
@@ -298,6 +299,7 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
             "slice_axis": "zyx"[result.orientation.slice_axis],
             "skipped_slices": result.skipped_slices,
             "model_input_size": predictor.model.image_size,
+            "model_context_mm": predictor.context_mm,
             "merge_rule": {"iou_threshold": iou_threshold, "max_unsupported": max_unsupported,
                            "backward_slices": backward_slices, "key_score": key_score},
         },

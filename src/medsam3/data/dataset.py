@@ -40,6 +40,7 @@ from medsam3.data.loading import LoadedItem, load_item, target_mask
 from medsam3.data.manifest import Manifest, read_manifest
 from medsam3.errors import ArgumentError
 from medsam3.prompts import UnknownConceptWarning, prompt_variants, resolve_prompt
+from medsam3.preprocess import context_offset, context_planes
 
 #: SAM3's processor normalisation: ``(x - mean) / std`` with mean = std = 0.5 per channel.
 PIXEL_MEAN = 0.5
@@ -87,6 +88,11 @@ class PromptSegmentationDataset(Dataset):
         instance_masks: return ``instance_masks``; ``False`` leaves it ``None`` and only the
             compact ``instance_map`` is returned (200 masks at 1008 px take 200 MB).
         memory_items: items kept in memory between samples (each DataLoader worker has its own).
+        context_mm: 2.5D input for volumes: each slice goes in with its neighbours about this
+            many millimetres before and after it on the red and blue channels
+            (:func:`medsam3.preprocess.context_planes`; with augmentation the two neighbours
+            swap places half the time). 0 (the default): the slice alone, grey. 2D images
+            are always grey.
 
     Each sample is a dict:
 
@@ -137,7 +143,7 @@ class PromptSegmentationDataset(Dataset):
                  box_noise: float = BOX_NOISE, box_noise_max_px: float = BOX_NOISE_MAX_PX,
                  max_negative_prompts: int = 3, max_positive_prompts: int = 0, prompt_variation: float = 0.5,
                  min_scale: float = MIN_SCALE, intensity_jitter: float = 0.5, max_instances: int = 200,
-                 instance_masks: bool = True, seed: int = 0, memory_items: int = 2):
+                 instance_masks: bool = True, seed: int = 0, memory_items: int = 2, context_mm: float = 0.0):
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         if image_size < 16:
             raise ArgumentError(f"image_size {image_size} is too small")
@@ -146,6 +152,8 @@ class PromptSegmentationDataset(Dataset):
                         ("prompt_variation", prompt_variation), ("intensity_jitter", intensity_jitter)):
             if not 0.0 <= p <= 1.0:
                 raise ArgumentError(f"{name} must be in [0, 1], got {p}")
+        if not 0.0 <= context_mm <= 100.0:
+            raise ArgumentError(f"context_mm must be in [0, 100] mm, got {context_mm}")
         if not 0.0 < min_scale <= 1.0:
             raise ArgumentError(f"min_scale must be in (0, 1], got {min_scale}")
         self.image_size = int(image_size)
@@ -174,6 +182,7 @@ class PromptSegmentationDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.memory_items = max(1, memory_items)
+        self.context_mm = float(context_mm)
         self._memory: OrderedDict[int, LoadedItem] = OrderedDict()
         self._presence: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
         self._areas: dict[int, dict[str, np.ndarray]] = {}
@@ -273,7 +282,10 @@ class PromptSegmentationDataset(Dataset):
         slice_index = None
         if item.dim == 3:
             slice_index = self._choose_slice(i, name, want_absent, rng)
-            image = to_unit_float(loaded.image[slice_index])
+            offset = (context_offset(self.context_mm, item.spacing[-1] if item.spacing else 1.0)
+                      if self.context_mm and loaded.image.ndim == 3 else 0)
+            swap = bool(offset) and self.augment and rng.random() < 0.5
+            image = to_unit_float(context_planes(loaded.image, slice_index, offset, swap))
             label = np.asarray(loaded.label[slice_index])
             instances = None if loaded.instances is None else np.asarray(loaded.instances[slice_index])
         else:

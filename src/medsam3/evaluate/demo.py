@@ -87,7 +87,7 @@ def absent_rates(model, manifest, *, stride: int = 1, progress: bool = True) -> 
     from medsam3.evaluate.manifest import load_manifest, load_reference
     from medsam3.predict.image import ImagePredictor
     from medsam3.predict.orientation import choose_orientation
-    from medsam3.preprocess import normalize_intensity
+    from medsam3.preprocess import context_planes, normalize_intensity
 
     manifest = load_manifest(manifest)
     predictor = ImagePredictor(model)
@@ -97,16 +97,20 @@ def absent_rates(model, manifest, *, stride: int = 1, progress: bool = True) -> 
         image = load_reference(manifest, item)
         normalized = normalize_intensity(image, modality=item.modality)
         if item.dim == 3:
-            stack = choose_orientation(image.direction, "axial").stack(normalized)
-            planes = [p for p in stack if p.max() > p.min()][::stride]
+            orientation = choose_orientation(image.direction, "axial")
+            stack = orientation.stack(normalized)
+            context = predictor.context_offset(image.spacing[2 - orientation.slice_axis])
+            kept = [k for k in range(len(stack)) if stack[k].max() > stack[k].min()][::stride]
+            planes = (context_planes(stack, k, context) for k in kept)  # one at a time
+            count = len(kept)
         else:
-            planes = [normalized]
+            planes, count = [normalized], 1
         absent = dict.fromkeys(concepts, 0)
-        for plane in tqdm(planes, desc=f"absent answers {item.id}", disable=not progress, leave=False):
+        for plane in tqdm(planes, total=count, desc=f"absent answers {item.id}", disable=not progress, leave=False):
             predictor.set_image(np.ascontiguousarray(plane))
             for result in predictor.predict(list(concepts)):
                 absent[result.prompt] += not result.present
-        rates[item.dataset] = {c: absent[c] / len(planes) for c in concepts} | {"images": len(planes)}
+        rates[item.dataset] = {c: absent[c] / count for c in concepts} | {"images": count}
     return rates
 
 

@@ -48,6 +48,7 @@ from medsam3.evaluate.manifest import (
     score_item, select_labelled_items, write_manifest_report,
 )
 from medsam3.image import Image
+from medsam3.preprocess import context_planes
 
 VOLUME_MODES = ("merged", "propagate", "slices")
 #: The identity window: a normalised volume given to :func:`medsam3.segment` stays as it is.
@@ -418,11 +419,12 @@ class _Runner:
         axis_spacing = [reference.spacing[2 - a] for a in range(3)]  # spacing per array axis
         spacing = (axis_spacing[orientation.axes[1]], axis_spacing[orientation.axes[2]])
         mode = self.run.prompt_mode
+        context = self.predictor.context_offset(axis_spacing[orientation.slice_axis])
         for k in range(images.shape[0]):
             truth = np.asarray(truths[k])
             if mode != "text+box" and not any(class_mask(truth, c.values, item.ignore_value).any() for c in classes):
                 continue  # box / point: nothing to prompt on this slice, nothing is encoded
-            results = _answer_plane(self.predictor, np.ascontiguousarray(images[k]), classes, truth,
+            results = _answer_plane(self.predictor, np.ascontiguousarray(context_planes(images, k, context)), classes, truth,
                                     item.ignore_value, mode, self.run.max_objects, spacing, answers, k)
             for j, out in enumerate(outputs):
                 out[k] = _combine(results, [c for c in classes if c.layer == j])

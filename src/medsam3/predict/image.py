@@ -21,6 +21,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from medsam3.errors import ArgumentError
 from medsam3.model.loader import MedSAM3
+from medsam3.preprocess import context_offset
 from medsam3.predict.results import PromptResult
 
 
@@ -93,6 +94,17 @@ class ImagePredictor:
         if self.mask_source not in ("instances", "semantic"):
             raise ArgumentError(f"model {model.source}: medsam3.json 'masks' must be 'instances' or 'semantic', "
                                 f"got {self.mask_source!r}")
+        context = getattr(model, "info", {}).get("context_mm", 0.0)
+        if not isinstance(context, (int, float)) or not 0 <= context <= 100:
+            raise ArgumentError(f"model {model.source}: medsam3.json 'context_mm' must be a number of mm in "
+                                f"[0, 100], got {context!r}")
+        #: 2.5D input: a volume's slices go in with their neighbours this many mm away (0: alone).
+        self.context_mm = float(context)
+
+    def context_offset(self, slice_spacing: float) -> int:
+        """Slices between a volume's slice and each neighbour it is fed with (0: the slice alone,
+        for a model without 2.5D input); ``slice_spacing`` in mm."""
+        return context_offset(self.context_mm, slice_spacing)
 
     # ------------------------------------------------------------------ image
     def preprocess(self, image: np.ndarray) -> torch.Tensor:

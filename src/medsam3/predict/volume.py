@@ -69,6 +69,7 @@ from medsam3.predict.merge import (
     resolve_voxels,
 )
 from medsam3.predict.orientation import SliceOrientation, choose_orientation
+from medsam3.preprocess import context_planes
 from medsam3.predict.propagation import TrackedObject, VolumeTracker, logit
 
 MODES = ("merged", "propagate", "slices")
@@ -242,7 +243,7 @@ class VolumePredictor:
 
     def segment(self, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
                 objects: Sequence[ObjectPrompt] = (), direction=None, axis: str | None = None,
-                instances: bool = False, description: str = "volume") -> VolumeSegmentation:
+                instances: bool = False, description: str = "volume", spacing=None) -> VolumeSegmentation:
         """Segment a normalised volume.
 
         Args:
@@ -253,6 +254,8 @@ class VolumePredictor:
             axis: ``axial``, ``coronal``, ``sagittal`` or ``None`` (module docstring).
             instances: also return the instance map.
             description: the progress bar's label.
+            spacing: the image's ``(sx, sy, sz)`` voxel size in mm (unit when ``None``); a model
+                with 2.5D input (``context_mm``) gets each slice with the neighbours that far away.
         """
         volume = np.asarray(volume)
         if volume.ndim != 3:
@@ -262,22 +265,29 @@ class VolumePredictor:
         if not text and not objects:
             raise ArgumentError("no prompt given: give a text prompt or an object (box, points or mask)")
         orientation = choose_orientation(direction if direction is not None else np.eye(3).ravel(), axis)
-        return _VolumeRun(self, volume, text, objects, orientation, instances, description).execute()
+        spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
+        if len(spacing) != 3:
+            raise ArgumentError(f"a volume's spacing must be 3 numbers (sx, sy, sz), got {spacing}")
+        offset = self.predictor.context_offset(spacing[2 - orientation.slice_axis])
+        return _VolumeRun(self, volume, text, objects, orientation, instances, description, offset).execute()
 
 
 def segment_volume(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
                    objects: Sequence[ObjectPrompt] = (), *, direction=None, axis: str | None = None,
                    mode: str = "merged", instances: bool = False, progress: bool = True,
-                   description: str = "volume", **options) -> VolumeSegmentation:
+                   description: str = "volume", spacing=None, **options) -> VolumeSegmentation:
     """Functional form of :meth:`VolumePredictor.segment`; ``options`` go to :class:`VolumePredictor`."""
     return VolumePredictor(predictor, mode=mode, progress=progress, **options).segment(
-        volume, prompts, objects, direction=direction, axis=axis, instances=instances, description=description)
+        volume, prompts, objects, direction=direction, axis=axis, instances=instances, description=description,
+        spacing=spacing)
 
 
 def segment_slices(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt],
-                   progress: bool = True, description: str = "slices") -> tuple[np.ndarray, list[VolumePromptSummary]]:
+                   progress: bool = True, description: str = "slices",
+                   spacing=None) -> tuple[np.ndarray, list[VolumePromptSummary]]:
     """Detection only, slice by slice along array axis 0: ``(labels, summaries)``."""
-    result = segment_volume(predictor, volume, prompts, mode="slices", progress=progress, description=description)
+    result = segment_volume(predictor, volume, prompts, mode="slices", progress=progress, description=description,
+                            spacing=spacing)
     return result.labels, result.summaries
 
 
@@ -285,7 +295,8 @@ class _VolumeRun:
     """One volume through :class:`VolumePredictor`: the pass, the window of open slices, the output."""
 
     def __init__(self, owner: VolumePredictor, volume: np.ndarray, text: list[TextPrompt],
-                 objects: list[ObjectPrompt], orientation: SliceOrientation, instances: bool, description: str):
+                 objects: list[ObjectPrompt], orientation: SliceOrientation, instances: bool, description: str,
+                 context: int = 0):
         self.p = owner
         self.predictor = owner.predictor
         self.rule = owner.rule
@@ -295,6 +306,7 @@ class _VolumeRun:
         self.orientation = orientation
         self.description = description
         self.stack = orientation.stack(volume)
+        self.context = context  # slices to each neighbour fed with a slice (2.5D input); 0: alone
         self.num_slices = self.stack.shape[0]
         self.plane_shape = tuple(self.stack.shape[1:])
         n_labels = len(text) + len(objects)
@@ -441,7 +453,7 @@ class _VolumeRun:
             for track in self._live():
                 self._apply(track, record, EMPTY, None, None)
         else:
-            self.predictor.set_image(plane)
+            self.predictor.set_image(context_planes(self.stack, z, self.context))
             self.stats["slices_encoded"] += 1
             hidden = self.predictor._features.last_hidden_state if self.tracker is not None else None
             record = _Record(z, False, hidden, self._candidates())

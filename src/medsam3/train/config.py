@@ -56,7 +56,10 @@ class DataConfig:
     query count. ``val_samples`` fixed validation samples (text prompts only) drawn from
     ``val_split`` (``null``: no validation). ``small_slice_bias``: share of a volume's present
     samples whose slice is drawn with weights ``1 / sqrt(class area)`` (a structure's small ends
-    come up more often; 0: uniformly).
+    come up more often; 0: uniformly). ``context_mm``: 2.5D input, each slice of a volume with its
+    neighbours this many mm before and after it on the red and blue channels (``null``: the
+    source model's, from its ``medsam3.json``; 0: single slices); the checkpoints record it so
+    that inference feeds the same.
     """
 
     manifest: str | None = None
@@ -73,6 +76,7 @@ class DataConfig:
     augment: bool = True
     absent_probability: float = 0.2
     small_slice_bias: float = 0.0
+    context_mm: float | None = None
     box_prompt_probability: float = 0.5
     negative_prompts: int = 1
     positive_prompts: int = 0
@@ -234,6 +238,8 @@ class TrainingConfig:
                             ("data.val_absent_probability", d.val_absent_probability)):
             if not 0 <= value <= 1:
                 raise ArgumentError(f"config: {name} must be in [0, 1], got {value}")
+        if d.context_mm is not None and not 0 <= d.context_mm <= 100:
+            raise ArgumentError(f"config: data.context_mm must be in [0, 100] mm or null, got {d.context_mm}")
         if self.loss.mask_loss_size is not None and self.loss.mask_loss_size < 8:
             raise ArgumentError(f"config: loss.mask_loss_size must be >= 8 pixels or null, got {self.loss.mask_loss_size}")
         return self

@@ -283,6 +283,10 @@ class Trainer:
         self.source_dir = resolve_source_model(cfg.model, self.output_dir, cfg.seed, self.is_main, acc.wait_for_everyone)
         self.video_config = Sam3VideoConfig.from_pretrained(self.source_dir)
         self.processor = Sam3Processor.from_pretrained(self.source_dir)
+        self.model_info = _inference_info(self.source_dir, cfg.data.context_mm)
+        if self.model_info.get("context_mm") and cfg.train.target == "tracker":
+            raise ArgumentError("config: tracker training feeds single slices; it does not support a model with "
+                                f"2.5D input (context_mm {self.model_info['context_mm']:g}) yet")
         lora = cfg.train.mode == "lora"
         weights_dir = checkpoint / "model" if checkpoint is not None and not lora else self.source_dir
         self.target = cfg.train.target
@@ -429,7 +433,7 @@ class Trainer:
                   "seed": self.cfg.seed, "max_instances": d.max_instances or self.num_queries}
         if train:
             kwargs.update(augment=d.augment, absent_probability=d.absent_probability,
-                          small_slice_bias=d.small_slice_bias,
+                          small_slice_bias=d.small_slice_bias, context_mm=self.model_info.get("context_mm", 0.0),
                           box_prompt_probability=d.box_prompt_probability,
                           max_negative_prompts=max(d.negative_prompts, 0),
                           max_positive_prompts=max(d.positive_prompts, 0))
@@ -437,7 +441,7 @@ class Trainer:
                 kwargs["min_scale"] = d.min_scale
         else:
             kwargs.update(augment=False, absent_probability=d.val_absent_probability, box_prompt_probability=0.0,
-                          max_negative_prompts=0)
+                          max_negative_prompts=0, context_mm=self.model_info.get("context_mm", 0.0))
         return PromptSegmentationDataset(d.manifest, self.image_size, **kwargs)
 
     def _build_data(self) -> None:
@@ -591,13 +595,15 @@ class Trainer:
     def _save_model_directory(self, target: Path, state: dict | None = None, extra: dict | None = None) -> None:
         """Main process: a model directory (detector + the source's tracker tensors), atomically."""
         from medsam3.model.directory import save_model_directory
+        from medsam3.model.loader import INFO_NAME
 
         state = self._detector_state() if state is None else state
         if not self.is_main:
             return
         full = dict(state)
         full.update(_source_tensors(self.source_dir, skip=full))
-        save_model_directory(full, self.video_config, target, processor=self.processor)
+        save_model_directory(full, self.video_config, target, processor=self.processor,
+                             extra_files={INFO_NAME: json.dumps(self.model_info, indent=2)} if self.model_info else None)
         for name, content in (extra or {}).items():
             (target / name).write_text(json.dumps(content, indent=2, default=_json_default))
 
@@ -783,3 +789,17 @@ def train(config: TrainingConfig, resume: bool | str | os.PathLike = False) -> T
     """Run a training configuration (see the module docstring); ``resume=True`` continues
     from the newest checkpoint in ``output_dir``, a path from that checkpoint."""
     return Trainer(config, resume).run()
+
+
+def _inference_info(source_dir, context_mm: float | None) -> dict:
+    """What a checkpoint's ``medsam3.json`` must tell inference: the source model's mask source
+    and 2.5D context (``data.context_mm`` overrides the context; ``null`` keeps the model's)."""
+    from medsam3.model.loader import read_model_info
+
+    source = read_model_info(source_dir)
+    info = {k: source[k] for k in ("masks", "context_mm") if k in source}
+    if context_mm is not None:
+        info["context_mm"] = float(context_mm)
+    if not info.get("context_mm"):
+        info.pop("context_mm", None)
+    return info

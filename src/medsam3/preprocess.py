@@ -218,7 +218,7 @@ def context_offset(context_mm: float, slice_spacing: float) -> int:
         return 0
     if not slice_spacing or slice_spacing <= 0 or not math.isfinite(slice_spacing):
         raise ArgumentError(f"slice spacing must be a positive number of mm, got {slice_spacing}")
-    return max(1, int(round(float(context_mm) / float(slice_spacing))))
+    return max(1, round(float(context_mm) / float(slice_spacing)))
 
 
 def context_planes(stack: np.ndarray, index: int, offset: int, swap: bool = False) -> np.ndarray:

@@ -39,8 +39,8 @@ from medsam3.data.instances import (
 from medsam3.data.loading import LoadedItem, load_item, target_mask
 from medsam3.data.manifest import Manifest, read_manifest
 from medsam3.errors import ArgumentError
-from medsam3.prompts import UnknownConceptWarning, prompt_variants, resolve_prompt
 from medsam3.preprocess import context_offset, context_planes
+from medsam3.prompts import UnknownConceptWarning, prompt_variants, resolve_prompt
 
 #: SAM3's processor normalisation: ``(x - mean) / std`` with mean = std = 0.5 per channel.
 PIXEL_MEAN = 0.5

@@ -21,8 +21,8 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from medsam3.errors import ArgumentError
 from medsam3.model.loader import MedSAM3
-from medsam3.preprocess import context_offset
 from medsam3.predict.results import PromptResult
+from medsam3.preprocess import context_offset
 
 
 @dataclass

@@ -69,8 +69,8 @@ from medsam3.predict.merge import (
     resolve_voxels,
 )
 from medsam3.predict.orientation import SliceOrientation, choose_orientation
-from medsam3.preprocess import context_planes
 from medsam3.predict.propagation import TrackedObject, VolumeTracker, logit
+from medsam3.preprocess import context_planes
 
 MODES = ("merged", "propagate", "slices")
 

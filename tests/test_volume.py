@@ -259,6 +259,9 @@ class FakePredictor:
         self.current = int(plane[0, 0])
         self._features = SimpleNamespace(last_hidden_state=None)
 
+    def context_offset(self, slice_spacing):  # single slices, as a model without 2.5D input
+        return 0
+
 
 @pytest.fixture()
 def scripted(monkeypatch):

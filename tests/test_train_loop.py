@@ -224,10 +224,9 @@ def test_resume_with_more_steps_follows_the_new_schedule(model112, manifest, tmp
     assert any(not torch.equal(first[k], after[k]) for k in first)
 
 
-def test_a_context_run_records_its_input_and_tracker_training_refuses_it(model112, manifest, tmp_path):
+def test_a_context_run_records_its_input_and_passes_it_on(model112, manifest, tmp_path):
     """data.context_mm: the checkpoints say so in medsam3.json (inference reads it back), a run
-    from such a model keeps it, and tracker training (single slices) refuses it."""
-    from medsam3.errors import ArgumentError
+    from such a model keeps it (tracker training too), 0 turns it off."""
     from medsam3.model.loader import read_model_info
 
     cfg = tiny_config(model112, manifest, tmp_path / "ctx", train={"max_steps": 1, "checkpoint_every": 0},
@@ -240,6 +239,7 @@ def test_a_context_run_records_its_input_and_tracker_training_refuses_it(model11
     plain = tiny_config(result.final_model, manifest, tmp_path / "plain", train={"max_steps": 1, "checkpoint_every": 0},
                         data={"context_mm": 0, "val_samples": 0})
     assert "context_mm" not in read_model_info(train(config_from_dict(plain)).final_model)
-    tracker = tiny_config(result.final_model, manifest, tmp_path / "trk", train={"target": "tracker", "max_steps": 1})
-    with pytest.raises(ArgumentError, match="2.5D input"):
-        train(config_from_dict(tracker))
+    tracker = tiny_config(result.final_model, manifest, tmp_path / "trk",
+                          train={"target": "tracker", "max_steps": 1, "checkpoint_every": 0},
+                          data={"val_split": None}, tracker={"clip_length": 3})
+    assert read_model_info(train(config_from_dict(tracker)).final_model)["context_mm"] == 3.0

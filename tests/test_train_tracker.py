@@ -216,3 +216,36 @@ def test_tracker_lora_trains_adapters_and_resumes(model112, spheres, tmp_path):
     a, b = tracker_weights(straight.final_model), tracker_weights(resumed.final_model)
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst <= 1e-6, f"resumed LoRA tracker weights differ from the straight run by {worst}"
+
+
+def test_clips_of_a_2_5d_model_carry_the_neighbour_slices(spheres):
+    """context_mm 4 at 2 mm slices: a frame is (z - 2, z, z + 2) on red, green, blue, so the
+    neighbour towards the clip's third frame equals that frame's green channel exactly (one flip
+    and one intensity change per clip); with augmentation both neighbour orders are drawn."""
+    from medsam3.train.tracker import ClipDataset, TrackerConfig
+
+    manifest, _ = spheres
+    config = TrackerConfig(clip_length=4, mask_prompt_probability=0.0)
+    plain = ClipDataset(manifest, 112, config, augment=False)
+    assert plain[0]["frames"].shape == (4, 3, 112, 112)
+
+    def swapped(clip) -> bool:
+        frames, order = clip["frames"], clip["meta"]["slices"]
+        assert frames.shape == (4, 3, 112, 112)
+        toward = 2 if order[2] == order[0] + 2 else 0  # the channel that holds slice order[2]
+        if torch.equal(frames[0, toward], frames[2, 1]):
+            return False
+        assert torch.equal(frames[0, 2 - toward], frames[2, 1])
+        return True
+
+    stacked = ClipDataset(manifest, 112, config, augment=False, context_mm=4.0)
+    for index in range(len(stacked)):
+        clip = stacked[index]
+        assert not swapped(clip)
+        torch.testing.assert_close(clip["frames"][:, 1], plain[index]["frames"][:, 1])
+    augmented = ClipDataset(manifest, 112, config, augment=True, context_mm=4.0)
+    orders = []
+    for epoch in range(8):
+        augmented.set_epoch(epoch)
+        orders += [swapped(augmented[index]) for index in range(len(augmented))]
+    assert set(orders) == {False, True}

@@ -284,9 +284,6 @@ class Trainer:
         self.video_config = Sam3VideoConfig.from_pretrained(self.source_dir)
         self.processor = Sam3Processor.from_pretrained(self.source_dir)
         self.model_info = _inference_info(self.source_dir, cfg.data.context_mm)
-        if self.model_info.get("context_mm") and cfg.train.target == "tracker":
-            raise ArgumentError("config: tracker training feeds single slices; it does not support a model with "
-                                f"2.5D input (context_mm {self.model_info['context_mm']:g}) yet")
         lora = cfg.train.mode == "lora"
         weights_dir = checkpoint / "model" if checkpoint is not None and not lora else self.source_dir
         self.target = cfg.train.target
@@ -484,7 +481,7 @@ class Trainer:
         d, acc = self.cfg.data, self.accelerator
         self.train_set = ClipDataset(d.manifest, self.image_size, self.cfg.tracker, split=d.train_split,
                                      datasets=d.datasets, cache=d.cache, window=d.window, augment=d.augment,
-                                     seed=self.cfg.seed)
+                                     seed=self.cfg.seed, context_mm=self.model_info.get("context_mm", 0.0))
         self.sampler = StreamBatchSampler(len(self.train_set), d.batch_size, acc.num_processes, acc.process_index,
                                           self.cfg.seed, None, start_step=self.start_step)
         self.train_loader = DataLoader(EpochIndexedDataset(self.train_set), batch_sampler=self.sampler,

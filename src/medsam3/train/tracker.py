@@ -91,18 +91,22 @@ class TrackerConfig:
 class ClipDataset(torch.utils.data.Dataset):
     """Clips of consecutive axial slices with one object's masks (see the module docstring).
 
+    With ``context_mm`` (a 2.5D model, see :func:`medsam3.preprocess.context_planes`) every
+    frame is its slice with the neighbours that far away on the red and blue channels, as the
+    detector was trained and as inference feeds it; the two swap places in half the clips.
+
     A sample is a dict: ``frames`` ``(T, 3, S, S)`` normalised like the detector's inputs,
     ``masks`` ``(T, S, S)`` bool, ``prompt`` (``{"mask": (S, S)}``, ``{"box": [x0, y0, x1, y1]}``
     or ``{"points": [[x, y], ...], "labels": [1, ...]}`` in input pixels), ``meta``.
     """
 
     def __init__(self, manifest, image_size: int, config: TrackerConfig, *, split: str = "train", datasets=None,
-                 cache=None, window=None, augment: bool = True, seed: int = 0):
+                 cache=None, window=None, augment: bool = True, seed: int = 0, context_mm: float = 0.0):
         from medsam3.data.dataset import PromptSegmentationDataset
 
         # the slice source: the detector dataset's loading, cache and per-class slice index
         self.source = PromptSegmentationDataset(manifest, image_size, split=split, datasets=datasets, cache=cache,
-                                                window=window, augment=False, seed=seed)
+                                                window=window, augment=False, seed=seed, context_mm=context_mm)
         self.config = config
         self.image_size = int(image_size)
         self.augment = augment
@@ -124,6 +128,7 @@ class ClipDataset(torch.utils.data.Dataset):
         from medsam3.data.cache import to_unit_float
         from medsam3.data.dataset import PIXEL_MEAN, PIXEL_STD
         from medsam3.data.loading import target_mask
+        from medsam3.preprocess import context_offset, context_planes
 
         rng = np.random.default_rng([self.seed, self.epoch, index, 7])
         i, k = self.index[index]
@@ -145,10 +150,13 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.augment:
             h_ok, v_ok = allowed_flips(item.flips, item.modality, self.source.lateral[item.dataset])
             flip = (h_ok and rng.random() < 0.5, v_ok and rng.random() < 0.5)
+        offset = (context_offset(self.source.context_mm, item.spacing[-1] if item.spacing else 1.0)
+                  if self.source.context_mm and loaded.image.ndim == 3 else 0)
+        swap = bool(offset) and self.augment and rng.random() < 0.5
         frames, masks = [], []
         size = self.image_size
         for z in order:
-            image = to_unit_float(loaded.image[z])
+            image = to_unit_float(context_planes(loaded.image, z, offset, swap))
             mask = target_mask(np.asarray(loaded.label[z]), values)
             if flip[0]:
                 image, mask = image[:, ::-1], mask[:, ::-1]

@@ -251,6 +251,14 @@ class PromptSegmentationDataset(Dataset):
                 self._presence[i] = (loaded.presence(), loaded.nonempty_slices())
         return self._presence[i]
 
+    def context_offset(self, i: int) -> int:
+        """Slices between a slice of item ``i`` and each neighbour fed with it (0: the slice
+        alone: no ``context_mm``, a 2D image or a colour volume)."""
+        item = self.items[i]
+        if not self.context_mm or item.dim != 3 or self._load(i).image.ndim != 3:
+            return 0
+        return context_offset(self.context_mm, item.spacing[-1] if item.spacing else 1.0)
+
     # ------------------------------------------------------------------ samples
     def _choose_slice(self, i: int, name: str, absent: bool, rng: np.random.Generator) -> int:
         per_class, nonempty = self.presence(i)
@@ -282,8 +290,7 @@ class PromptSegmentationDataset(Dataset):
         slice_index = None
         if item.dim == 3:
             slice_index = self._choose_slice(i, name, want_absent, rng)
-            offset = (context_offset(self.context_mm, item.spacing[-1] if item.spacing else 1.0)
-                      if self.context_mm and loaded.image.ndim == 3 else 0)
+            offset = self.context_offset(i)
             swap = bool(offset) and self.augment and rng.random() < 0.5
             image = to_unit_float(context_planes(loaded.image, slice_index, offset, swap))
             label = np.asarray(loaded.label[slice_index])

@@ -128,7 +128,7 @@ class ClipDataset(torch.utils.data.Dataset):
         from medsam3.data.cache import to_unit_float
         from medsam3.data.dataset import PIXEL_MEAN, PIXEL_STD
         from medsam3.data.loading import target_mask
-        from medsam3.preprocess import context_offset, context_planes
+        from medsam3.preprocess import context_planes
 
         rng = np.random.default_rng([self.seed, self.epoch, index, 7])
         i, k = self.index[index]
@@ -150,8 +150,7 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.augment:
             h_ok, v_ok = allowed_flips(item.flips, item.modality, self.source.lateral[item.dataset])
             flip = (h_ok and rng.random() < 0.5, v_ok and rng.random() < 0.5)
-        offset = (context_offset(self.source.context_mm, item.spacing[-1] if item.spacing else 1.0)
-                  if self.source.context_mm and loaded.image.ndim == 3 else 0)
+        offset = self.source.context_offset(i)
         swap = bool(offset) and self.augment and rng.random() < 0.5
         frames, masks = [], []
         size = self.image_size

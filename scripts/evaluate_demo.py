@@ -52,10 +52,11 @@ def _one_after_another(runs: list[Path], axes):
         offset += max(s for s, _ in series["train/loss"])
 
 
-def training_curves(runs: list[Path], output: Path) -> Path:
+def training_curves(runs: list[Path], output: Path, first_stage: int = 1) -> Path:
     """Loss terms and the training batches' semantic Dice (1 - semantic_dice loss / its weight
     30) per step; several runs (training stages, each continuing the previous one's final
-    model) are drawn one after the other, a dashed line where a stage starts."""
+    model) are drawn one after the other, a dashed line where a stage starts; the first run is
+    stage ``first_stage``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,7 +68,8 @@ def training_curves(runs: list[Path], output: Path) -> Path:
         ax.plot(*_moving_average(steps, values, 12), color=line.get_color(), label=label)
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for stage, series, offset in _one_after_another(runs, axes):
+    for number, series, offset in _one_after_another(runs, axes):
+        stage = number + first_stage - 1
         for ax, tags in ((axes[0], ["train/loss"]),
                          (axes[1], ["loss/mask_dice", "loss/semantic_dice", "loss/presence", "loss/class",
                                     "loss/semantic_presence"])):
@@ -77,7 +79,7 @@ def training_curves(runs: list[Path], output: Path) -> Path:
                     steps, values = map(np.asarray, zip(*points))
                     smoothed(ax, steps, values, f"{tag.split('/')[-1]} ({stage})")
         steps, values = map(np.asarray, zip(*series["loss/semantic_dice"]))
-        smoothed(axes[2], steps + offset, 1 - values / 30.0, f"stage {stage}: {runs[stage - 1].name}")
+        smoothed(axes[2], steps + offset, 1 - values / 30.0, f"stage {stage}: {runs[number - 1].name}")
     for ax, title in zip(axes, ("total loss", "loss terms (weighted)", "training-batch semantic Dice")):
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -121,7 +123,10 @@ def main() -> int:
     parser.add_argument("--out", default="runs/demo-eval")
     parser.add_argument("--run", action="append", default=[],
                         help="training run folder for the curves (repeat for stages, in order)")
-    parser.add_argument("--curves", default="docs/demo-training.png")
+    parser.add_argument("--curves", default="docs/demo-training.png",
+                        help="where the detector curves go; the tracker's go next to them, 'training' in the "
+                             "name replaced by 'tracker-training'")
+    parser.add_argument("--first-stage", type=int, default=1, help="the stage number of the first --run")
     parser.add_argument("--absent-stride", type=int, default=2)
     parser.add_argument("--record", action="store_true", help="write the results into the model's medsam3.json")
     parser.add_argument("--volume-modes", action="append", default=[], metavar="NAME=MODEL",
@@ -154,7 +159,8 @@ def main() -> int:
         results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                               "torch": torch.__version__, "seconds": round(time.time() - start, 1)}
     if args.run:
-        print(f"curves: {training_curves([Path(r) for r in args.run], Path(args.curves))}", file=sys.stderr)
+        curves = training_curves([Path(r) for r in args.run], Path(args.curves), args.first_stage)
+        print(f"curves: {curves}", file=sys.stderr)
     if args.volume_modes:
         from medsam3.evaluate.demo import volume_modes
 
@@ -166,8 +172,8 @@ def main() -> int:
             models[name] = model
         results["volume_modes"] = volume_modes(models, args.heldout, Path(args.out) / "volume-modes")
     if args.tracker_run:
-        curves = tracker_curves([Path(r) for r in args.tracker_run],
-                                Path(args.curves).with_name("demo-tracker-training.png"))
+        output = Path(args.curves).with_name(Path(args.curves).name.replace("training", "tracker-training"))
+        curves = tracker_curves([Path(r) for r in args.tracker_run], output)
         print(f"curves: {curves}", file=sys.stderr)
     if args.record:
         path = model_directory(args.model) / INFO_NAME

@@ -16,6 +16,7 @@ from medsam3.data import (
     PromptSegmentationDataset,
     SampleCache,
     balanced_weights,
+    class_weighted,
     build_cache,
     collate_samples,
     convert_dataset,
@@ -242,6 +243,26 @@ def test_balanced_weights_and_sampler(volume_manifest, busi_manifest):
     assert len(first) == 4000 and set(first) == {0, 1, 2, 3}
     with pytest.raises(ArgumentError, match="without replacement"):
         BalancedSampler(ds, num_samples=10, replacement=False)
+
+
+def test_class_weights_scale_a_class_share(volume_manifest):
+    ds = PromptSegmentationDataset(volume_manifest, 32)
+    classes = ds.index_classes()
+    assert len(classes) == len(ds) and sorted(set(classes)) == ["Kidney_L", "liver"]
+    assert [ds.targets[i][k][0] for i, k in ds.index] == classes
+    w = class_weighted(classes, {"Kidney_L": 3})
+    kidney = np.array([c == "Kidney_L" for c in classes])
+    assert w.sum() == pytest.approx(1.0) and w[kidney].sum() == pytest.approx(0.75)  # 2 x 3 / (2 x 3 + 2)
+    # on top of balanced weights: each item's share stays, its classes split it 3:1
+    base = balanced_weights(ds.group_keys(("dataset", "case")))
+    w = class_weighted(classes, {"Kidney_L": 3}, base)
+    np.testing.assert_allclose(w[kidney], 3 * w[~kidney])
+    np.testing.assert_allclose(w[kidney] + w[~kidney], base[kidney] + base[~kidney])
+    with pytest.raises(ArgumentError, match=r"names \['spleen'\], which no training item labels; classes: "
+                                            r"Kidney_L, liver"):
+        class_weighted(classes, {"spleen": 2})
+    with pytest.raises(ArgumentError, match="must be > 0"):
+        class_weighted(classes, {"liver": 0})
 
 
 def test_connected_instances_and_boxes():

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medsam3.data.demo import CRANIUM, MRICRON, build_training_set
+from medsam3.data.demo import CRANIUM, MRICRON, build_training_set, colin27, mni_brain_mask, resample_labels
 from medsam3.data.manifest import read_manifest
 
 
@@ -61,3 +61,32 @@ def test_build_demo_rejects_negative_counts(tmp_path):
     assert run.returncode != 0
     assert "--stripped must be >= 0, got -1" in run.stderr
     assert not (tmp_path / "d").exists()
+    run = subprocess.run([sys.executable, "-m", "medsam3.cli", "data", "build-demo", "-o", str(tmp_path / "d"),
+                          "--brain-margin-mm", "-1"], capture_output=True, text=True)
+    assert run.returncode != 0 and "--brain-margin-mm must be in [0, 10], got -1.0" in run.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_brain_margin_follows_the_mni_mask_convention():
+    """--brain-margin-mm 1.5 grows BET's Colin27 brain by up to 1.5 mm, nothing else changes, and
+    gives it the volume of nilearn's MNI152 brain mask (the held-out reference) on Colin27's grid."""
+    from scipy import ndimage
+
+    t1, plain, affine = colin27()
+    t1_again, grown, affine_again = colin27(1.5)
+    assert np.array_equal(t1, t1_again) and np.array_equal(affine, affine_again)
+    structures = plain > 1
+    assert np.array_equal(grown[structures], plain[structures]) and not (grown[~structures] > 1).any()
+    before, after = plain > 0, grown > 0
+    assert not (before & ~after).any()  # grown, never shrunk
+    distance = ndimage.distance_transform_edt(~before)
+    assert distance[after & ~before].min() >= 1 and distance[after & ~before].max() <= 1.5
+    mask = mni_brain_mask()
+    mni = resample_labels(np.asarray(mask.dataobj).astype(np.uint8), mask.affine, plain.shape, affine) > 0
+    assert 1.07 < after.sum() / before.sum() < 1.10
+    assert 0.99 < after.sum() / mni.sum() < 1.01  # BET's mask alone: 0.92 of it
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    assert dice(before, mni) < 0.945 < 0.955 < dice(after, mni)

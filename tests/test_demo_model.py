@@ -118,24 +118,28 @@ def _demo_errors(heldout, *args: str) -> dict:
 
 
 def test_brain_error_diagnostic_matches_the_readme(heldout):
-    """scripts/demo_errors.py, as the README runs it: the FSL "brain" misses are a rim around
-    the predicted mask and the reference holds more dark (CSF) voxels than the prediction."""
+    """scripts/demo_errors.py, as the README runs it: on the FSL T1 the "brain" misses are a thin
+    rim around the predicted mask, and since the label follows the reference's convention the
+    mask errs outward (more false positives than misses; dilating it scores lower)."""
     found = _demo_errors(heldout, "--class", "brain")
-    assert found["dice"] == pytest.approx(0.887, abs=DICE_MARGIN)
-    assert found["missed_within_2_voxels"] / found["missed"] == pytest.approx(0.81, abs=0.03)
-    assert found["dice_prediction_dilated_1_voxel"] == pytest.approx(0.911, abs=DICE_MARGIN)
+    assert found["dice"] == pytest.approx(0.902, abs=DICE_MARGIN)
+    assert found["missed_within_2_voxels"] / found["missed"] == pytest.approx(0.95, abs=0.03)
+    assert found["dice_prediction_dilated_1_voxel"] == pytest.approx(0.884, abs=DICE_MARGIN)
+    assert found["false_positive"] > 2 * found["missed"]
     assert found["reference_dark_share"] == pytest.approx(0.11, abs=0.01)
-    assert found["reference_dark_share"] > found["predicted_dark_share"]
+    assert found["predicted_dark_share"] == pytest.approx(0.13, abs=0.01)
     bad = _run_demo_errors(heldout, "--class", "liver")
     assert bad.returncode == 2 and "does not label 'liver'" in bad.stderr
 
 
 def test_presence_diagnostic_matches_the_readme(heldout):
     """--oracle-presence keeps the model's masks and takes each slice's present / absent decision
-    from the reference: the FSL cerebellum row of the README's table (0.553 -> 0.694)."""
+    from the reference: the FSL cerebellum row of the README's table (0.613 -> 0.780)."""
     shipped = _demo_errors(heldout, "--class", "cerebellum")
     oracle = _demo_errors(heldout, "--class", "cerebellum", "--oracle-presence")
     assert not shipped["oracle_presence"] and oracle["oracle_presence"]
-    assert shipped["dice"] == pytest.approx(0.553, abs=DICE_MARGIN)
-    assert oracle["dice"] == pytest.approx(0.694, abs=DICE_MARGIN)
-    assert oracle["false_positive"] < shipped["false_positive"] and oracle["missed"] < shipped["missed"]
+    assert shipped["dice"] == pytest.approx(0.613, abs=DICE_MARGIN)
+    assert oracle["dice"] == pytest.approx(0.780, abs=DICE_MARGIN)
+    # its presence errors are all "present" where there is no cerebellum: the reference's decision
+    # removes false positives and no missed voxel comes back
+    assert oracle["false_positive"] < shipped["false_positive"] / 2 and oracle["missed"] == shipped["missed"]

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from test_train_helpers import brain_manifest, tiny_config
 
+from medsam3.errors import ArgumentError
 from medsam3.train.config import config_from_dict
 from medsam3.train.loop import Trainer, TrainingError, checkpoint_dirs, train
 
@@ -243,3 +244,17 @@ def test_a_context_run_records_its_input_and_passes_it_on(model112, manifest, tm
                           train={"target": "tracker", "max_steps": 1, "checkpoint_every": 0},
                           data={"val_split": None}, tracker={"clip_length": 3})
     assert read_model_info(train(config_from_dict(tracker)).final_model)["context_mm"] == 3.0
+
+
+def test_class_weights_are_checked_against_the_training_classes(model112, manifest, tmp_path):
+    """data.class_weights: a run trains with them; a class no item labels stops the run before
+    it trains (the manifest here labels "brain" only)."""
+    cfg = tiny_config(model112, manifest, tmp_path / "ok", train={"max_steps": 1, "checkpoint_every": 0},
+                      data={"class_weights": {"brain": 2}, "val_samples": 0})
+    assert train(config_from_dict(cfg)).steps == 1
+    bad = tiny_config(model112, manifest, tmp_path / "bad", train={"max_steps": 1, "checkpoint_every": 0},
+                      data={"class_weights": {"hippocampus": 3}, "val_samples": 0})
+    with pytest.raises(ArgumentError, match=r"class_weights names \['hippocampus'\], which no training item "
+                                            r"labels; classes: brain"):
+        train(config_from_dict(bad))
+    assert checkpoint_dirs(tmp_path / "bad") == []

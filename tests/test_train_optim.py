@@ -160,6 +160,10 @@ def test_config_errors_name_the_key(tmp_path):
         config_from_dict({**base, "data": {"manifest": "m.jsonl", "modality_weights": {"CT": 0}}})
     with pytest.raises(ArgumentError, match="needs data.balanced"):
         config_from_dict({**base, "data": {"manifest": "m.jsonl", "balanced": False, "modality_weights": {"MR": 2}}})
+    cfg = config_from_dict({**base, "data": {"manifest": "m.jsonl", "class_weights": {"hippocampus": "3"}}})
+    assert cfg.data.class_weights == {"hippocampus": 3.0}
+    with pytest.raises(ArgumentError, match="data.class_weights.putamen must be > 0"):
+        config_from_dict({**base, "data": {"manifest": "m.jsonl", "class_weights": {"putamen": -1}}})
     with pytest.raises(ArgumentError, match=r"data.small_slice_bias must be in \[0, 1\]"):
         config_from_dict({**base, "data": {"manifest": "m.jsonl", "small_slice_bias": 2}})
     data = apply_overrides({**base}, ["train.max_steps=7", "data.batch_size=3", "train.freeze=[vision, text]"])

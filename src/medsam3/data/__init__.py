@@ -35,6 +35,7 @@ _EXPORTS = {
     "collate_samples": "medsam3.data.dataset",
     "BalancedSampler": "medsam3.data.dataset",
     "balanced_weights": "medsam3.data.dataset",
+    "class_weighted": "medsam3.data.dataset",
     "build_cache": "medsam3.data.cache",
     "SampleCache": "medsam3.data.cache",
     "inspect_manifest": "medsam3.data.summary",

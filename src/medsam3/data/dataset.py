@@ -215,6 +215,10 @@ class PromptSegmentationDataset(Dataset):
                              for key in by))
         return out
 
+    def index_classes(self) -> list[str]:
+        """Per index, the class it asks for (as the manifest names it)."""
+        return [self.targets[i][k][0] for i, k in self.index]
+
     def _resolved(self, name: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnknownConceptWarning)
@@ -440,6 +444,28 @@ def balanced_weights(keys: Sequence[tuple], first_level: Mapping[str, float] | N
             w *= float(first_level.get(k[0], 1.0))
         weights[n] = w / leaf_count[k]
     return weights / weights.sum()
+
+
+def class_weighted(classes: Sequence[str], class_weights: Mapping[str, float],
+                   weights: Sequence[float] | None = None) -> np.ndarray:
+    """Sampling weights with each index's share scaled by its class's weight.
+
+    ``classes``: per index, its class (:meth:`PromptSegmentationDataset.index_classes`);
+    ``class_weights``: class -> factor (> 0; classes not named keep 1); ``weights``: the
+    weights to scale (e.g. :func:`balanced_weights`; default uniform). Returns weights summing
+    to 1. A name that no index has is an error (a typo would otherwise do nothing)."""
+    unknown = sorted(set(class_weights) - set(classes))
+    if unknown:
+        raise ArgumentError(f"data.class_weights names {unknown}, which no training item labels; "
+                            f"classes: {', '.join(sorted(set(classes)))}")
+    bad = {name: w for name, w in class_weights.items() if not float(w) > 0}
+    if bad:
+        raise ArgumentError(f"data.class_weights must be > 0, got {bad}")
+    base = np.ones(len(classes)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if len(base) != len(classes):
+        raise ArgumentError(f"{len(base)} weights for {len(classes)} indices")
+    scaled = base * np.array([float(class_weights.get(c, 1.0)) for c in classes])
+    return scaled / scaled.sum()
 
 
 class BalancedSampler(Sampler[int]):

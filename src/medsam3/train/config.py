@@ -52,6 +52,8 @@ class DataConfig:
     (trains presence toward "absent"). ``balanced``: modalities, then datasets, get equal
     shares; ``modality_weights`` (with ``balanced``) scales a modality's share, e.g.
     ``{MR: 2}`` draws MR items twice as often as each other modality (unnamed ones: 1).
+    ``class_weights`` scales how often a class is the sample's prompt within its item, e.g.
+    ``{hippocampus: 3}`` (unnamed classes: 1; a name no training item labels is an error).
     ``image_size``: ``null`` = the model's. ``max_instances``: ``null`` = the model's
     query count. ``val_samples`` fixed validation samples (text prompts only) drawn from
     ``val_split`` (``null``: no validation). ``small_slice_bias``: share of a volume's present
@@ -73,6 +75,7 @@ class DataConfig:
     num_workers: int = 2
     balanced: bool = True
     modality_weights: dict[str, float] | None = None
+    class_weights: dict[str, float] | None = None
     augment: bool = True
     absent_probability: float = 0.2
     small_slice_bias: float = 0.0
@@ -218,6 +221,9 @@ class TrainingConfig:
             for modality, weight in d.modality_weights.items():
                 if not weight > 0:
                     raise ArgumentError(f"config: data.modality_weights.{modality} must be > 0, got {weight}")
+        for name, weight in (d.class_weights or {}).items():
+            if not weight > 0:
+                raise ArgumentError(f"config: data.class_weights.{name} must be > 0, got {weight}")
         unknown = set(o.lr) - set(GROUPS)
         if unknown:
             raise ArgumentError(f"config: optim.lr names unknown group(s) {sorted(unknown)}; groups: {', '.join(GROUPS)}")

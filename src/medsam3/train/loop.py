@@ -444,7 +444,7 @@ class Trainer:
     def _build_data(self) -> None:
         from torch.utils.data import DataLoader
 
-        from medsam3.data import balanced_weights
+        from medsam3.data import balanced_weights, class_weighted
         from medsam3.train.batch import EpochIndexedDataset, RowCollator, StreamBatchSampler
 
         d, acc = self.cfg.data, self.accelerator
@@ -455,6 +455,9 @@ class Trainer:
         weights = None
         if d.balanced:
             weights = torch.as_tensor(balanced_weights(self.train_set.group_keys(), d.modality_weights),
+                                      dtype=torch.float64)
+        if d.class_weights:
+            weights = torch.as_tensor(class_weighted(self.train_set.index_classes(), d.class_weights, weights),
                                       dtype=torch.float64)
         self.sampler = StreamBatchSampler(len(self.train_set), d.batch_size, acc.num_processes, acc.process_index,
                                           self.cfg.seed, weights, start_step=self.start_step)

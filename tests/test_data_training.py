@@ -351,6 +351,42 @@ def test_inspect_counts(volume_manifest, busi_manifest):
     assert busi["classes"]["breast tumor"]["items"] == 4 and busi["classes"]["breast tumor"]["items_present"] == 3
 
 
+def test_cache_moves_with_its_data(volume_manifest, tmp_path):
+    """The data and its cache copied to another directory (new absolute paths, new file times,
+    as after rsync to a GPU machine) still read from the cache; a file edited there does not."""
+    import shutil
+
+    from medsam3.data.cache import item_fingerprint
+    from medsam3.data.manifest import write_manifest
+
+    cache_dir = build_cache(volume_manifest, tmp_path / "cache", progress=False, split="train")
+    root = volume_manifest.root
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(root, moved / root.name, copy_function=shutil.copy)  # bytes, not times
+    shutil.copytree(cache_dir, moved / "cache", copy_function=shutil.copy)
+    write_manifest(volume_manifest.items, moved / "abdomen.jsonl", root=moved / root.name)
+    copied = read_manifest(moved / "abdomen.jsonl")
+    cache, copied_cache = SampleCache(cache_dir), SampleCache(moved / "cache")
+    item = copied.select(split="train").items[0]
+    stored = copied_cache.index["items"][item.id]
+    # the fast check (paths, sizes, times) alone would call it stale
+    assert item_fingerprint(copied, item, copied_cache.window, copied_cache.image_dtype) != stored["fingerprint"]
+    a, b = cache.load(volume_manifest, item), copied_cache.load(copied, item)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+    s1 = PromptSegmentationDataset(volume_manifest, 32, seed=3, cache=cache_dir)[0]
+    s2 = PromptSegmentationDataset(copied, 32, seed=3, cache=moved / "cache")[0]
+    assert s1["prompt"] == s2["prompt"] and torch.equal(s1["image"], s2["image"])
+    # an edit that keeps the file's size is caught, also after the item was verified once
+    label = copied.resolve(item.label)
+    data = bytearray(label.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    label.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=f"stale for {item.id!r}"):
+        copied_cache.load(copied, item)
+    with pytest.raises(InputError, match="stale"):
+        SampleCache(moved / "cache").load(copied, item)
+
+
 def test_preview_png(volume_manifest, busi_manifest, tmp_path):
     path = preview_manifest(volume_manifest, tmp_path / "grid.png", count=4, columns=2, progress=False)
     with PILImage.open(path) as png:

@@ -169,6 +169,8 @@ def test_config_errors_name_the_key(tmp_path):
     data = apply_overrides({**base}, ["train.max_steps=7", "data.batch_size=3", "train.freeze=[vision, text]"])
     cfg = config_from_dict(data)
     assert cfg.train.max_steps == 7 and cfg.data.batch_size == 3 and cfg.train.freeze == ["vision", "text"]
+    # an unquoted `no` is YAML's false: read as the precision "no", as a user means it
+    assert config_from_dict(apply_overrides({**base}, ["train.mixed_precision=no"])).train.mixed_precision == "no"
     (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
     with pytest.raises(InputError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")

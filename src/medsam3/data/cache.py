@@ -6,8 +6,9 @@ of its slices. :func:`build_cache` does it once per item and stores the result i
 ``CACHE/index.json``
     ``{"format": "medsam3-cache", "version": 2, "manifest": ..., "window": ...,
     "image_dtype": "uint8", "items": {ID: ENTRY}}``; an entry holds the item's
-    ``fingerprint`` (its manifest line, the window and its files' sizes and times), the
-    ``shard`` file, ``arrays`` (``image``, ``label``, optionally ``instances``: byte
+    ``fingerprint`` (its manifest line, the window and its files' sizes and times),
+    ``content`` (the same with the files' bytes and their paths relative to the manifest's
+    root instead of their times), the ``shard`` file, ``arrays`` (``image``, ``label``, optionally ``instances``: byte
     ``offset``, ``dtype``, ``shape``), ``presence`` (class -> slice indices that hold it)
     and ``nonempty`` (slices whose intensities are not constant).
 ``CACHE/shard-00000.bin`` ...
@@ -15,7 +16,10 @@ of its slices. :func:`build_cache` does it once per item and stores the result i
     taking one slice of a cached volume reads only that slice from disk.
 
 Normalised intensities are stored as ``uint8`` (``round(255 x value)``, a 1/510 rounding
-step) unless ``image_dtype="float16"``. The whole cache is built in a temporary directory
+step) unless ``image_dtype="float16"``. Reading checks an item's ``fingerprint`` (a ``stat``
+per file); where that differs, as after the data and the cache were copied to another machine
+or directory (new file times), its ``content`` is checked once per process instead (the files
+are read and hashed), so a copied cache is used and an edited file is still caught. The whole cache is built in a temporary directory
 and renamed into place: readers see the old cache or the new one, never half of one.
 """
 
@@ -62,6 +66,29 @@ def item_fingerprint(manifest: Manifest, item: ManifestItem, window=None, image_
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
         except OSError:
             h.update(f"{path}:missing".encode())
+    return h.hexdigest()
+
+
+def content_fingerprint(manifest: Manifest, item: ManifestItem, window=None, image_dtype: str = "uint8") -> str:
+    """A hash of the item, the window and its files' bytes, with the files named relative to the
+    manifest's root: unchanged when the data and the cache move together."""
+    h = hashlib.sha256()
+    h.update(json.dumps(item.to_json(), sort_keys=True).encode())
+    h.update(json.dumps([window, image_dtype, FORMAT_VERSION]).encode())
+    for path in _files_of(manifest, item):
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for f in files:
+            try:
+                name = f.relative_to(manifest.root).as_posix()
+            except ValueError:
+                name = f.as_posix()
+            h.update(f"\0{name}\0".encode())
+            try:
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+            except OSError:
+                h.update(b"missing")
     return h.hexdigest()
 
 
@@ -172,6 +199,7 @@ def build_cache(manifest: Manifest | str | os.PathLike, output: str | os.PathLik
                 stored["instances"] = "label"
             entries[item.id] = {
                 "fingerprint": item_fingerprint(manifest, item, window_value, image_dtype),
+                "content": content_fingerprint(manifest, item, window_value, image_dtype),
                 "shard": writer.name, "arrays": stored,
                 "presence": {k: v.tolist() for k, v in loaded.presence().items()},
                 "nonempty": loaded.nonempty_slices().tolist(),
@@ -226,6 +254,7 @@ class SampleCache:
             raise InputError(f"{self.path}: not a medsam3 cache of version {FORMAT_VERSION}; rebuild it")
         self.window = tuple(self.index["window"]) if self.index.get("window") else None
         self.image_dtype = self.index.get("image_dtype", "uint8")
+        self._verified: dict[str, str] = {}  # item -> files' stats seen with unchanged bytes
 
     def __contains__(self, item_id: str) -> bool:
         return item_id in self.index["items"]
@@ -234,14 +263,19 @@ class SampleCache:
         return len(self.index["items"])
 
     def entry(self, manifest: Manifest, item: ManifestItem, check: bool = True) -> dict[str, Any]:
-        """The index entry of an item; with ``check`` its fingerprint must still match."""
+        """The index entry of an item; with ``check`` its fingerprint, or else its content, must
+        still match (see the module's docstring)."""
         entry = self.index["items"].get(item.id)
         if entry is None:
             raise InputError(f"item {item.id!r} is not in the cache {self.path}; rebuild it with "
                              "`medsam3 data cache`")
-        if check and entry["fingerprint"] != item_fingerprint(manifest, item, self.window, self.image_dtype):
-            raise InputError(f"the cache {self.path} is stale for {item.id!r} (its manifest line or files "
-                             "changed since it was built); rebuild it with `medsam3 data cache`")
+        if check:
+            stat = item_fingerprint(manifest, item, self.window, self.image_dtype)
+            if stat != entry["fingerprint"] and stat != self._verified.get(item.id):
+                if entry.get("content") != content_fingerprint(manifest, item, self.window, self.image_dtype):
+                    raise InputError(f"the cache {self.path} is stale for {item.id!r} (its manifest line or "
+                                     "files changed since it was built); rebuild it with `medsam3 data cache`")
+                self._verified[item.id] = stat
         return entry
 
     def _array(self, shard: str, spec: dict[str, Any]) -> np.ndarray:

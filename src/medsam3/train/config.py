@@ -309,6 +309,8 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     if annotation is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ArgumentError(f"config: {where} must be text, got {value!r}")
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off (yes/on) as a boolean
+            return "yes" if value else "no"
         return str(value)
     return value
 

@@ -474,6 +474,43 @@ def test_small_slice_bias_draws_a_structures_small_ends_more_often(tmp_path):
         PromptSegmentationDataset(manifest, 32, small_slice_bias=1.5)
 
 
+def test_near_absent_bias_draws_absent_slices_next_to_the_structure(tmp_path):
+    """A class on slices 18-21 of 40 (1 mm), head on slices 1-38: absent slices come uniformly from
+    the 34 others (6 of them within 3 mm: 18 %), with near_absent_bias 1 only from those 6."""
+    root = tmp_path / "Dataset012_Near"
+    image = np.zeros((40, 24, 24), np.int16)
+    image[1:39, 2:22, 2:22] = 100
+    label = np.zeros(image.shape, np.uint8)
+    label[18:22, 8:14, 8:14] = 1
+    write_volume(root / "imagesTr" / "n1_0000.nii.gz", image)
+    write_volume(root / "labelsTr" / "n1.nii.gz", label)
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MR"}, "labels": {"background": 0, "hippocampus": 1}, "numTraining": 1,
+        "file_ending": ".nii.gz"}))
+    manifest = convert_dataset("nnunet", root, tmp_path / "near.jsonl", progress=False)
+    near = {15, 16, 17, 22, 23, 24}
+
+    def share_near(bias):
+        ds = PromptSegmentationDataset(manifest, 32, augment=False, absent_probability=1.0,
+                                       near_absent_bias=bias, near_absent_mm=3)
+        drawn = []
+        for epoch in range(300):
+            ds.set_epoch(epoch)
+            s = ds[0]
+            assert not s["present"] and not s["semantic_mask"].any()
+            drawn.append(s["meta"]["slice_index"])
+        assert set(drawn) <= set(range(1, 18)) | set(range(22, 39))
+        return np.mean([d in near for d in drawn])
+
+    assert abs(share_near(0.0) - 6 / 34) < 0.07
+    assert share_near(1.0) == 1.0
+    assert abs(share_near(0.5) - (1 + 6 / 34) / 2) < 0.08
+    with pytest.raises(ArgumentError, match="near_absent_bias"):
+        PromptSegmentationDataset(manifest, 32, near_absent_bias=2)
+    with pytest.raises(ArgumentError, match="near_absent_mm"):
+        PromptSegmentationDataset(manifest, 32, near_absent_mm=0)
+
+
 def test_context_mm_feeds_a_slice_with_its_neighbours(tmp_path):
     """2.5D samples: slice z with slices z -/+ round(context_mm / spacing) on red / blue (the
     ends repeat), both orders drawn with augmentation; 2D images stay grey."""

@@ -166,6 +166,10 @@ def test_config_errors_name_the_key(tmp_path):
         config_from_dict({**base, "data": {"manifest": "m.jsonl", "class_weights": {"putamen": -1}}})
     with pytest.raises(ArgumentError, match=r"data.small_slice_bias must be in \[0, 1\]"):
         config_from_dict({**base, "data": {"manifest": "m.jsonl", "small_slice_bias": 2}})
+    with pytest.raises(ArgumentError, match=r"data.near_absent_bias must be in \[0, 1\]"):
+        config_from_dict({**base, "data": {"manifest": "m.jsonl", "near_absent_bias": -0.1}})
+    with pytest.raises(ArgumentError, match="data.near_absent_mm must be > 0"):
+        config_from_dict({**base, "data": {"manifest": "m.jsonl", "near_absent_mm": 0}})
     data = apply_overrides({**base}, ["train.max_steps=7", "data.batch_size=3", "train.freeze=[vision, text]"])
     cfg = config_from_dict(data)
     assert cfg.train.max_steps == 7 and cfg.data.batch_size == 3 and cfg.train.freeze == ["vision", "text"]

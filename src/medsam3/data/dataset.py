@@ -57,6 +57,9 @@ class PromptSegmentationDataset(Dataset):
     With ``small_slice_bias`` the present slice is drawn, that often, with weights
     ``1 / sqrt(area)`` of the class in the slice rather than uniformly: a structure's ends
     (the top of the brain, the skull base), where it is small and hard, come up more often.
+    With ``near_absent_bias`` an absent slice is drawn, that often, from the slices within
+    ``near_absent_mm`` of the nearest slice holding the class (hard negatives along the slicing
+    axis: just above and below a structure) rather than from the whole volume.
     For a 2D image the absent case swaps the prompt for another class the item labels
     that is not in the image (BUSI "normal" images and empty masks are absent by themselves).
     Randomness comes from ``numpy.random.default_rng([seed, epoch, index])``: a sample is
@@ -74,6 +77,9 @@ class PromptSegmentationDataset(Dataset):
         absent_probability: share of samples whose class is absent.
         small_slice_bias: share of a volume's present samples whose slice is drawn with
             weights ``1 / sqrt(area)`` (0, the default: uniformly over the slices holding it).
+        near_absent_bias, near_absent_mm: share of a volume's absent samples whose slice lies
+            within ``near_absent_mm`` (default 20) of the class along the slicing axis (0, the
+            default: uniformly over the volume's slices without it).
         box_prompt_probability: share of present samples that carry a noisy ground-truth
             box prompt (paper: 0.5); ``box_noise`` / ``box_noise_max_px`` as in the paper.
         max_negative_prompts: up to this many classes that the item labels and that are
@@ -139,6 +145,7 @@ class PromptSegmentationDataset(Dataset):
                  split: str | Sequence[str] | None = "train", datasets: Sequence[str] | None = None,
                  augment: bool | None = None, cache: SampleCache | str | os.PathLike | None = None,
                  window=None, absent_probability: float = 0.2, small_slice_bias: float = 0.0,
+                 near_absent_bias: float = 0.0, near_absent_mm: float = 20.0,
                  box_prompt_probability: float = 0.5,
                  box_noise: float = BOX_NOISE, box_noise_max_px: float = BOX_NOISE_MAX_PX,
                  max_negative_prompts: int = 3, max_positive_prompts: int = 0, prompt_variation: float = 0.5,
@@ -148,12 +155,15 @@ class PromptSegmentationDataset(Dataset):
         if image_size < 16:
             raise ArgumentError(f"image_size {image_size} is too small")
         for name, p in (("absent_probability", absent_probability), ("small_slice_bias", small_slice_bias),
+                        ("near_absent_bias", near_absent_bias),
                         ("box_prompt_probability", box_prompt_probability),
                         ("prompt_variation", prompt_variation), ("intensity_jitter", intensity_jitter)):
             if not 0.0 <= p <= 1.0:
                 raise ArgumentError(f"{name} must be in [0, 1], got {p}")
         if not 0.0 <= context_mm <= 100.0:
             raise ArgumentError(f"context_mm must be in [0, 100] mm, got {context_mm}")
+        if not near_absent_mm > 0:
+            raise ArgumentError(f"near_absent_mm must be > 0 mm, got {near_absent_mm}")
         if not 0.0 < min_scale <= 1.0:
             raise ArgumentError(f"min_scale must be in (0, 1], got {min_scale}")
         self.image_size = int(image_size)
@@ -170,6 +180,7 @@ class PromptSegmentationDataset(Dataset):
         self.window = parse_window(window)
         self.absent_probability = absent_probability
         self.small_slice_bias = small_slice_bias
+        self.near_absent_bias, self.near_absent_mm = near_absent_bias, near_absent_mm
         self.box_prompt_probability = box_prompt_probability
         self.box_noise, self.box_noise_max_px = box_noise, box_noise_max_px
         self.max_negative_prompts = max_negative_prompts
@@ -276,6 +287,13 @@ class PromptSegmentationDataset(Dataset):
             return int(rng.choice(fg))
         background = np.setdiff1d(nonempty, fg) if len(nonempty) else np.setdiff1d(
             np.arange(self._load(i).image.shape[0]), fg)
+        if len(background) and len(fg) and self.near_absent_bias and rng.random() < self.near_absent_bias:
+            spacing = self.items[i].spacing[-1] if self.items[i].spacing else 1.0
+            reach = max(1, int(self.near_absent_mm / spacing))
+            gap = np.abs(background[:, None] - fg[None, :]).min(axis=1)
+            near = background[gap <= reach]
+            if len(near):
+                return int(rng.choice(near))
         if len(background):
             return int(rng.choice(background))
         pool = fg if len(fg) else np.arange(self._load(i).image.shape[0])

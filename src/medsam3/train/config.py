@@ -58,7 +58,9 @@ class DataConfig:
     query count. ``val_samples`` fixed validation samples (text prompts only) drawn from
     ``val_split`` (``null``: no validation). ``small_slice_bias``: share of a volume's present
     samples whose slice is drawn with weights ``1 / sqrt(class area)`` (a structure's small ends
-    come up more often; 0: uniformly). ``context_mm``: 2.5D input, each slice of a volume with its
+    come up more often; 0: uniformly). ``near_absent_bias``: share of a volume's absent samples
+    whose slice lies within ``near_absent_mm`` (20) of the class along the slicing axis (hard
+    negatives just above and below a structure; 0: anywhere). ``context_mm``: 2.5D input, each slice of a volume with its
     neighbours this many mm before and after it on the red and blue channels (``null``: the
     source model's, from its ``medsam3.json``; 0: single slices); the checkpoints record it so
     that inference feeds the same.
@@ -79,6 +81,8 @@ class DataConfig:
     augment: bool = True
     absent_probability: float = 0.2
     small_slice_bias: float = 0.0
+    near_absent_bias: float = 0.0
+    near_absent_mm: float = 20.0
     context_mm: float | None = None
     box_prompt_probability: float = 0.5
     negative_prompts: int = 1
@@ -240,10 +244,13 @@ class TrainingConfig:
             raise ArgumentError(f"config: optim.betas must be two numbers, got {o.betas}")
         for name, value in (("data.absent_probability", d.absent_probability),
                             ("data.small_slice_bias", d.small_slice_bias),
+                            ("data.near_absent_bias", d.near_absent_bias),
                             ("data.box_prompt_probability", d.box_prompt_probability),
                             ("data.val_absent_probability", d.val_absent_probability)):
             if not 0 <= value <= 1:
                 raise ArgumentError(f"config: {name} must be in [0, 1], got {value}")
+        if not d.near_absent_mm > 0:
+            raise ArgumentError(f"config: data.near_absent_mm must be > 0 mm, got {d.near_absent_mm}")
         if d.context_mm is not None and not 0 <= d.context_mm <= 100:
             raise ArgumentError(f"config: data.context_mm must be in [0, 100] mm or null, got {d.context_mm}")
         if self.loss.mask_loss_size is not None and self.loss.mask_loss_size < 8:

@@ -430,7 +430,8 @@ class Trainer:
                   "seed": self.cfg.seed, "max_instances": d.max_instances or self.num_queries}
         if train:
             kwargs.update(augment=d.augment, absent_probability=d.absent_probability,
-                          small_slice_bias=d.small_slice_bias, context_mm=self.model_info.get("context_mm", 0.0),
+                          small_slice_bias=d.small_slice_bias, near_absent_bias=d.near_absent_bias,
+                          near_absent_mm=d.near_absent_mm, context_mm=self.model_info.get("context_mm", 0.0),
                           box_prompt_probability=d.box_prompt_probability,
                           max_negative_prompts=max(d.negative_prompts, 0),
                           max_positive_prompts=max(d.positive_prompts, 0))

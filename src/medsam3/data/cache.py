@@ -8,9 +8,9 @@ of its slices. :func:`build_cache` does it once per item and stores the result i
     "image_dtype": "uint8", "items": {ID: ENTRY}}``; an entry holds the item's
     ``fingerprint`` (its manifest line, the window and its files' sizes and times),
     ``content`` (the same with the files' bytes and their paths relative to the manifest's
-    root instead of their times), the ``shard`` file, ``arrays`` (``image``, ``label``, optionally ``instances``: byte
-    ``offset``, ``dtype``, ``shape``), ``presence`` (class -> slice indices that hold it)
-    and ``nonempty`` (slices whose intensities are not constant).
+    root instead of their times), the ``shard`` file, ``arrays`` (``image``, ``label``,
+    optionally ``instances``: byte ``offset``, ``dtype``, ``shape``), ``presence`` (class ->
+    slice indices that hold it) and ``nonempty`` (slices whose intensities are not constant).
 ``CACHE/shard-00000.bin`` ...
     raw arrays one after the other (64-byte aligned), read with :class:`numpy.memmap`:
     taking one slice of a cached volume reads only that slice from disk.
@@ -19,8 +19,9 @@ Normalised intensities are stored as ``uint8`` (``round(255 x value)``, a 1/510 
 step) unless ``image_dtype="float16"``. Reading checks an item's ``fingerprint`` (a ``stat``
 per file); where that differs, as after the data and the cache were copied to another machine
 or directory (new file times), its ``content`` is checked once per process instead (the files
-are read and hashed), so a copied cache is used and an edited file is still caught. The whole cache is built in a temporary directory
-and renamed into place: readers see the old cache or the new one, never half of one.
+are read and hashed), so a copied cache is used and an edited file is still caught. The whole
+cache is built in a temporary directory and renamed into place: readers see the old cache or
+the new one, never half of one.
 """
 
 from __future__ import annotations

@@ -60,10 +60,10 @@ class DataConfig:
     samples whose slice is drawn with weights ``1 / sqrt(class area)`` (a structure's small ends
     come up more often; 0: uniformly). ``near_absent_bias``: share of a volume's absent samples
     whose slice lies within ``near_absent_mm`` (20) of the class along the slicing axis (hard
-    negatives just above and below a structure; 0: anywhere). ``context_mm``: 2.5D input, each slice of a volume with its
-    neighbours this many mm before and after it on the red and blue channels (``null``: the
-    source model's, from its ``medsam3.json``; 0: single slices); the checkpoints record it so
-    that inference feeds the same.
+    negatives just above and below a structure; 0: anywhere). ``context_mm``: 2.5D input, each
+    slice of a volume with its neighbours this many mm before and after it on the red and blue
+    channels (``null``: the source model's, from its ``medsam3.json``; 0: single slices); the
+    checkpoints record it so that inference feeds the same.
     """
 
     manifest: str | None = None

@@ -440,21 +440,25 @@ def test_positive_prompts_add_rows_for_other_classes_present(volume_manifest):
     pytest.fail("no liver sample on a kidney slice was drawn")
 
 
+def _one_mr_volume(root, image, label, class_name):
+    """A one-case nnU-Net MR dataset (1 mm voxels) labelling ``class_name`` as 1, as a manifest."""
+    write_volume(root / "imagesTr" / "c1_0000.nii.gz", image)
+    write_volume(root / "labelsTr" / "c1.nii.gz", label)
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MR"}, "labels": {"background": 0, class_name: 1}, "numTraining": 1,
+        "file_ending": ".nii.gz"}))
+    return convert_dataset("nnunet", root, root.parent / f"{root.name}.jsonl", progress=False)
+
+
 def test_small_slice_bias_draws_a_structures_small_ends_more_often(tmp_path):
     """A class 2 px wide on slice 1 and 36 x 36 on slices 2-6: uniformly slice 1 comes up 1/6 of
     the time; with weights 1 / sqrt(area) 0.707 / (0.707 + 5 / 36) = 84 %."""
-    root = tmp_path / "Dataset011_Ends"
     image = np.zeros((8, 40, 40), np.int16)
     image[1:7, 2:38, 2:38] = 100
     label = np.zeros(image.shape, np.uint8)
     label[1, 10, 10:12] = 1
     label[2:7, 2:38, 2:38] = 1
-    write_volume(root / "imagesTr" / "e1_0000.nii.gz", image)
-    write_volume(root / "labelsTr" / "e1.nii.gz", label)
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MR"}, "labels": {"background": 0, "brain": 1}, "numTraining": 1,
-        "file_ending": ".nii.gz"}))
-    manifest = convert_dataset("nnunet", root, tmp_path / "ends.jsonl", progress=False)
+    manifest = _one_mr_volume(tmp_path / "Dataset011_Ends", image, label, "brain")
 
     def share_of_slice_1(bias):
         ds = PromptSegmentationDataset(manifest, 32, augment=False, absent_probability=0.0, small_slice_bias=bias)
@@ -477,17 +481,11 @@ def test_small_slice_bias_draws_a_structures_small_ends_more_often(tmp_path):
 def test_near_absent_bias_draws_absent_slices_next_to_the_structure(tmp_path):
     """A class on slices 18-21 of 40 (1 mm), head on slices 1-38: absent slices come uniformly from
     the 34 others (6 of them within 3 mm: 18 %), with near_absent_bias 1 only from those 6."""
-    root = tmp_path / "Dataset012_Near"
     image = np.zeros((40, 24, 24), np.int16)
     image[1:39, 2:22, 2:22] = 100
     label = np.zeros(image.shape, np.uint8)
     label[18:22, 8:14, 8:14] = 1
-    write_volume(root / "imagesTr" / "n1_0000.nii.gz", image)
-    write_volume(root / "labelsTr" / "n1.nii.gz", label)
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MR"}, "labels": {"background": 0, "hippocampus": 1}, "numTraining": 1,
-        "file_ending": ".nii.gz"}))
-    manifest = convert_dataset("nnunet", root, tmp_path / "near.jsonl", progress=False)
+    manifest = _one_mr_volume(tmp_path / "Dataset012_Near", image, label, "hippocampus")
     near = {15, 16, 17, 22, 23, 24}
 
     def share_near(bias):

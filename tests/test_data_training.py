@@ -442,8 +442,8 @@ def test_positive_prompts_add_rows_for_other_classes_present(volume_manifest):
 
 def _one_mr_volume(root, image, label, class_name):
     """A one-case nnU-Net MR dataset (1 mm voxels) labelling ``class_name`` as 1, as a manifest."""
-    write_volume(root / "imagesTr" / "c1_0000.nii.gz", image)
-    write_volume(root / "labelsTr" / "c1.nii.gz", label)
+    write_volume(root / "imagesTr" / "c1_0000.nii.gz", image, spacing=(1.0, 1.0, 1.0))
+    write_volume(root / "labelsTr" / "c1.nii.gz", label, spacing=(1.0, 1.0, 1.0))
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MR"}, "labels": {"background": 0, class_name: 1}, "numTraining": 1,
         "file_ending": ".nii.gz"}))
@@ -498,6 +498,8 @@ def test_near_absent_bias_draws_absent_slices_next_to_the_structure(tmp_path):
             assert not s["present"] and not s["semantic_mask"].any()
             drawn.append(s["meta"]["slice_index"])
         assert set(drawn) <= set(range(1, 18)) | set(range(22, 39))
+        if bias == 1.0:
+            assert set(drawn) == near  # 3 mm of 1 mm slices: 3 on each side, no more
         return np.mean([d in near for d in drawn])
 
     assert abs(share_near(0.0) - 6 / 34) < 0.07

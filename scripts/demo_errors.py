@@ -8,7 +8,8 @@ prediction differ in dark (CSF-like) voxels. The README's demo-model diagnostics
         --class brain --model runs/demo-stage4
 
 Prints one JSON object (with ``--slices``, per-slice rows first). Text prompt only, the
-model's volume mode ``slices``; the class name is the prompt. ``--oracle-presence`` takes the
+model's volume mode ``slices`` with its own presence window (``--presence-window`` sets
+another); the class name is the prompt. ``--oracle-presence`` takes the
 present / absent decision of each slice from the reference instead of the model's presence
 score (the model's mask is kept wherever the reference holds the class in that slice): how far
 the masks alone would go with a perfect presence decision. A diagnostic, never a result.
@@ -29,6 +30,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--slices", action="store_true", help="print a row per slice")
+    parser.add_argument("--presence-window", type=int, default=None, metavar="N",
+                        help="slices whose median presence decides each slice (default: the model's own)")
     parser.add_argument("--oracle-presence", action="store_true",
                         help="decide present / absent per slice from the reference (a diagnostic)")
     args = parser.parse_args(argv)
@@ -60,7 +63,8 @@ def main(argv=None) -> int:
         model.info = dict(getattr(model, "info", {}) or {}, masks="semantic")
     # with --oracle-presence every slice's mask is kept (thresholds 0), then cleared where the reference is empty
     thresholds = {"threshold": 0.0, "presence_threshold": 0.0} if args.oracle_presence else {}
-    result = segment(loaded, None, [args.cls], model=model, mode="slices", progress=False, **thresholds)
+    result = segment(loaded, None, [args.cls], model=model, mode="slices", progress=False,
+                     presence_window=args.presence_window, **thresholds)
     predicted = result.labels.array == 1
     if args.oracle_presence:  # along the model's slicing axis, which need not be array axis 0
         by_slice = choose_orientation(loaded.direction)
@@ -81,6 +85,7 @@ def main(argv=None) -> int:
 
     print(json.dumps({
         "model": args.model, "item": args.item, "class": args.cls, "oracle_presence": args.oracle_presence,
+        "presence_window": result.sidecar["volume"]["presence_window"],
         "dice": round(dice(reference, predicted), 4),
         "reference_voxels": int(reference.sum()), "predicted_voxels": int(predicted.sum()),
         "false_positive": int(extra.sum()), "missed": int(missed.sum()),

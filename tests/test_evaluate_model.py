@@ -368,6 +368,20 @@ def test_3d_text_mode_runs_segment_on_the_whole_volume(tiny_model, manifest_3d, 
     assert "note: the manifest has no test split" in result.report_md.read_text()
 
 
+def test_3d_presence_window_reaches_segment_and_is_a_run_setting(tiny_model, manifest_3d, tmp_path):
+    result = evaluate_model(tiny_model, manifest_3d, tmp_path / "w", "text", volume_mode="slices", presence_window=3,
+                            presence_threshold=0.0, **FAST)
+    side = json.loads(sidecar_path(result.predictions / "kmeans/t1/seg.nii.gz").read_text())
+    assert side["volume"]["mode"] == "slices" and side["volume"]["presence_window"] == 3
+    assert json.loads((tmp_path / "w" / "settings.json").read_text())["run"]["presence_window"] == 3
+    with pytest.raises(ArgumentError, match="presence-window is for text prompts on volumes"):
+        evaluate_model(tiny_model, manifest_3d, tmp_path / "m", "text", presence_window=3, **FAST)
+    with pytest.raises(ArgumentError, match="odd whole number"):
+        evaluate_model(tiny_model, manifest_3d, tmp_path / "e", "text", volume_mode="slices", presence_window=2,
+                       **FAST)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "e").exists()
+
+
 def test_3d_box_mode_is_slice_wise(tiny_model, manifest_3d, tmp_path):
     result = evaluate_model(tiny_model, manifest_3d, tmp_path / "box", "box", max_objects=1, **OPEN, **FAST)
     rows = _csv_rows(result.cases_csv)

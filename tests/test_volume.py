@@ -16,7 +16,7 @@ import torch
 
 import medsam3
 from medsam3.cli import main
-from medsam3.errors import ArgumentError
+from medsam3.errors import ArgumentError, InputError
 from medsam3.image import Image
 from medsam3.io import read_image, read_label_map, write_image
 from medsam3.predict import ImagePredictor
@@ -266,7 +266,9 @@ class FakePredictor:
 @pytest.fixture()
 def scripted(monkeypatch):
     monkeypatch.setattr(volume_module, "VolumeTracker", ScriptedTracker)
-    monkeypatch.setattr(_VolumeRun, "_candidates", lambda run: scripted_detections(run.predictor.current))
+    monkeypatch.setattr(_VolumeRun, "_detect", lambda run: [])
+    monkeypatch.setattr(_VolumeRun, "_candidates",
+                        lambda run, rows, presence: scripted_detections(run.predictor.current))
     volume = np.repeat(np.arange(12, dtype=np.float32)[:, None, None], H, 1).repeat(W, 2)
 
     def run(mode, **options):
@@ -331,6 +333,90 @@ def test_propagate_keeps_tracker_masks_and_slices_keeps_detections(scripted):
     ids = [int(slices.instances[z][4, 4]) for z in (3, 4, 5, 7, 8)]
     assert ids[0] == ids[1] == ids[2] and ids[3] == ids[4] != ids[0]  # linked by IoU; the gap at 6 breaks it
     assert ScriptedTracker.log == []
+
+
+#: Scripted presence of one text prompt on slices 0..11 (its mask: A_BOX on every slice).
+PRESENCE = [0.1, 0.9, 0.2, 0.8, 0.8, 0.3, 0.9, 0.9, 0.9, 0.2, 0.1, 0.7]
+
+
+class SkipSlices(EmptySliceRule):
+    """The slices listed are 'empty background' (the fake volume's plane holds its slice number)."""
+
+    def __init__(self, skipped):
+        super().__init__()
+        object.__setattr__(self, "skipped", tuple(skipped))
+
+    def is_empty(self, plane):
+        return int(plane[0, 0]) in self.skipped
+
+
+@pytest.fixture()
+def scripted_presence(monkeypatch):
+    """``slices`` mode on 12 slices whose detector says PRESENCE (semantic head: one query scored
+    by the presence), through the real candidate, linking and output code."""
+    def rows(run):
+        z = run.predictor.current
+        return [volume_module._Row(PRESENCE[z], torch.ones(1), box_logits(A_BOX)[None])]
+
+    monkeypatch.setattr(_VolumeRun, "_detect", rows)
+    volume = np.repeat(np.arange(12, dtype=np.float32)[:, None, None], H, 1).repeat(W, 2)
+
+    def run(window, skipped=()):
+        predictor = VolumePredictor(FakePredictor(), mode="slices", presence_window=window,
+                                    empty_slices=SkipSlices(skipped), progress=False)
+        result = predictor.segment(volume, ["a"])
+        present = [z for z in range(12) if (result.labels[z] == 1).any()]
+        for z in present:
+            np.testing.assert_array_equal(result.labels[z], planes(A_BOX), err_msg=f"slice {z}")
+        return present, result
+
+    return run
+
+
+def test_presence_window_takes_the_median_presence_of_neighbouring_slices(scripted_presence):
+    alone, result = scripted_presence(1)
+    assert alone == [1, 3, 4, 6, 7, 8, 11] and result.summaries[0].presence_score == pytest.approx(0.9)
+    # window 3 (ends clamped: slice 11's window is 10, 11, 11): slice 1 alone between absent
+    # ones goes, the one-slice gap at 5 (and 2, between 1 and 3) is filled; 11 keeps its own answer
+    smoothed, result = scripted_presence(3)
+    assert smoothed == [2, 3, 4, 5, 6, 7, 8, 11]
+    assert result.summaries[0].slices_present == smoothed and result.summaries[0].present
+    assert result.summaries[0].presence_score == pytest.approx(0.9)
+    # window 5: slice 9's window 7-11 has median 0.7, and so do 10's (8-11, 11) and 11's (9-11, 11, 11)
+    assert scripted_presence(5)[0] == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    # a skipped (empty background) slice counts as absent in its neighbours' windows
+    assert scripted_presence(1, skipped=[4])[0] == [1, 3, 6, 7, 8, 11]
+    assert scripted_presence(3, skipped=[4])[0] == [2, 6, 7, 8, 11]
+
+
+def test_presence_window_settings(tiny_model_dir, mni_crop, tmp_path, capsys):
+    """A model's medsam3.json sets the default window of slices mode; the CLI overrides it; bad
+    windows, and a window for a mode that tracks, are refused before anything is written."""
+    import shutil
+
+    directory = shutil.copytree(tiny_model_dir, tmp_path / "windowed")
+    (directory / "medsam3.json").write_text(json.dumps({"presence_window": 3}))
+    source = write_image(crop(mni_crop, slice(0, 4), slice(10, 15), slice(10, 16)), tmp_path / "block.nii.gz")
+    for extra, window in (([], 3), (["--presence-window", "1"], 1)):
+        out = tmp_path / f"w{window}.nii.gz"
+        code = main(["segment", "-i", str(source), "-o", str(out), "-p", "putamen", "--model", str(directory),
+                     "--mode", "slices", *extra])
+        assert code == 0, capsys.readouterr().err
+        assert json.loads((tmp_path / f"w{window}.json").read_text())["volume"]["presence_window"] == window
+    model = medsam3.MedSAM3.from_pretrained(directory, device="cpu")
+    merged = medsam3.segment(source, None, ["putamen"], model=model, mode="merged", progress=False)
+    assert merged.sidecar["volume"]["presence_window"] == 1  # the model's window is for slices mode
+    for window, message in ((2, "odd whole number"), (0, "odd whole number"), (3, "is for volume mode slices")):
+        with pytest.raises(ArgumentError, match=message):
+            medsam3.segment(source, tmp_path / "bad.nii.gz", ["putamen"], model=model, mode="merged",
+                            presence_window=window, progress=False)
+    ct = pydicom.data.get_testdata_file("CT_small.dcm")
+    with pytest.raises(ArgumentError, match="--presence-window is for volumes"):
+        medsam3.segment(ct, tmp_path / "bad.nii.gz", ["liver"], presence_window=3, model=model)
+    assert not (tmp_path / "bad.nii.gz").exists()
+    (directory / "medsam3.json").write_text(json.dumps({"presence_window": 4}))
+    with pytest.raises(InputError, match=r"medsam3.json: 'presence_window' must be an odd"):
+        medsam3.MedSAM3.from_pretrained(directory, device="cpu")
 
 
 def test_backward_reach_is_limited_to_the_open_slices(scripted):

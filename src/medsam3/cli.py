@@ -92,6 +92,10 @@ def _add_segment(subparsers) -> None:
                         "N+1 such slices in a row are drift and removed")
     v.add_argument("--iou-threshold", type=float, default=0.3,
                    help="merge rule: IoU at which a tracked mask and a detection are the same object")
+    v.add_argument("--presence-window", type=int, default=None, metavar="N",
+                   help="--mode slices: a structure's present / absent answer on a slice is the median of the "
+                        "presence on the N slices centred on it (odd; 3: no structure on one slice alone, no "
+                        "one-slice gap); default: the model's own (medsam3.json), else 1")
     v.add_argument("--size", type=int, default=None, metavar="PX",
                    help="the model's input resolution (a multiple of 14, e.g. 504 for ~4x less compute than "
                         "1008); default: the checkpoint's own")
@@ -133,7 +137,8 @@ def _run_segment(args) -> int:
                   overlay=args.overlay, batch_size=args.batch_size, mode=args.mode, axis=args.axis,
                   instances=args.instances, skip_empty=args.skip_empty, backward_slices=args.backward_slices,
                   max_unsupported=args.max_unsupported, iou_threshold=args.iou_threshold,
-                  key_score=args.key_score, size=args.size, series_uid=args.series_uid,
+                  key_score=args.key_score, presence_window=args.presence_window, size=args.size,
+                  series_uid=args.series_uid,
                   output_format=args.output_format)
     if args.json:
         print(json.dumps([summary_dict(r) for r in seg.results], indent=2))

@@ -69,7 +69,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             batch_size: int = 8, progress: bool = True, mode: str = "merged", axis: str | None = None,
             instances: bool = False, skip_empty: bool = True, backward_slices: int = 8,
             max_unsupported: int = 2, iou_threshold: float = 0.3, key_score: float = 0.5,
-            size: int | None = None, series_uid: str | None = None,
+            presence_window: int | None = None, size: int | None = None, series_uid: str | None = None,
             output_format: str | None = None) -> Segmentation:
     """Segment a 2D image or 3D volume from text, box and point prompts.
 
@@ -105,6 +105,9 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             checkpoint's own), see :func:`medsam3.predict.input_size.with_input_size`.
         backward_slices, max_unsupported, iou_threshold, key_score: volumes: how far tracks are
             propagated back from their key slice, and the merge rule (:mod:`medsam3.predict.merge`).
+        presence_window: volumes, mode ``slices``: an odd number of slices whose median presence
+            decides each slice's present / absent answer (:mod:`medsam3.predict.volume`); ``None``:
+            the model's ``medsam3.json`` ``presence_window`` (1, each slice alone, without one).
 
         series_uid: for a DICOM folder holding several series, the one to read.
         output_format: ``dicom-seg`` or ``dicom-rt`` to write DICOM (a ``.dcm`` output defaults
@@ -154,6 +157,8 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             raise ArgumentError(f"--size is for volumes, but {image.path or 'the input'} is a 2D image")
         if slice_index is not None:
             raise ArgumentError(f"--slice {slice_index} given, but {image.path or 'the input'} is a 2D image")
+        if presence_window is not None:
+            raise ArgumentError(f"--presence-window is for volumes, but {image.path or 'the input'} is a 2D image")
         predictor.set_image(normalized)
         results: list = predictor.predict(text_prompts) if text_prompts else []
         if interactive:
@@ -163,7 +168,8 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         label_array, results, volume_extra = _segment_volume(
             predictor, normalized, text_prompts, box, points, point_labels, slice_index, image, progress,
             mode=mode, axis=axis, instances=instances, skip_empty=skip_empty, backward_slices=backward_slices,
-            max_unsupported=max_unsupported, iou_threshold=iou_threshold, key_score=key_score, size=size)
+            max_unsupported=max_unsupported, iou_threshold=iou_threshold, key_score=key_score,
+            presence_window=presence_window, size=size)
     if unknown or run != [r.prompt for r in results[:len(run)]]:
         lookup, results = _restore_prompt_order(results, prompts, run, 2 if image.ndim == 2 else 3,
                                                 label_array.shape)
@@ -254,7 +260,7 @@ def _restore_prompt_order(results, prompts, run, dim, shape):
 
 def _segment_volume(predictor, normalized, text_prompts, box, points, point_labels, slice_index, image, progress,
                     mode="merged", axis=None, instances=False, skip_empty=True, backward_slices=8,
-                    max_unsupported=2, iou_threshold=0.3, key_score=0.5, size=None):
+                    max_unsupported=2, iou_threshold=0.3, key_score=0.5, presence_window=None, size=None):
     """A volume through :class:`VolumePredictor`: ``(labels, summaries, extra)`` in the input's array order."""
     from medsam3.predict.input_size import check_input_size, with_input_size
     from medsam3.predict.merge import MergeRule
@@ -278,6 +284,8 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
         warnings.warn(f"model {predictor.model.source} has no trained tracker: --mode merged falls back to "
                       "slice-by-slice detection (--mode slices), without propagation", UserWarning, stacklevel=3)
         mode = "slices"
+    if presence_window is None:  # the model's own, for the mode it was chosen for
+        presence_window = predictor.model.info.get("presence_window", 1) if mode == "slices" else 1
     if size is not None and check_input_size(size) != predictor.model.image_size:
         predictor = ImagePredictor(with_input_size(predictor.model, size), score_threshold=predictor.score_threshold,
                                    presence_threshold=predictor.presence_threshold,
@@ -286,7 +294,7 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
                              rule=MergeRule(iou_threshold=iou_threshold, max_unsupported=max_unsupported,
                                             key_score=key_score),
                              backward_slices=backward_slices, empty_slices=EmptySliceRule() if skip_empty else None,
-                             progress=progress)
+                             presence_window=presence_window, progress=progress)
     result = volume.segment(normalized, text_prompts, objects, direction=image.direction, axis=axis,
                             instances=instances, description=Path(str(image.path or "volume")).name,
                             spacing=image.spacing)
@@ -302,6 +310,7 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
             "model_context_mm": predictor.context_mm,
             "merge_rule": {"iou_threshold": iou_threshold, "max_unsupported": max_unsupported,
                            "backward_slices": backward_slices, "key_score": key_score},
+            "presence_window": presence_window,
         },
     }
     return result.labels, result.summaries, extra

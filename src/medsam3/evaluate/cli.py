@@ -97,6 +97,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="text mode on volumes, as `medsam3 segment --mode` (default merged)")
     m.add_argument("--axis", choices=("axial", "coronal", "sagittal"),
                    help="slicing plane of volumes (default: the acquisition plane)")
+    m.add_argument("--presence-window", type=int, metavar="N",
+                   help="--volume-mode slices: the present / absent answer on a slice is the median presence "
+                        "over the N slices centred on it, as `medsam3 segment --presence-window` (default: the "
+                        "model's own, else 1)")
     m.add_argument("--max-objects", type=int, metavar="N",
                    help="box/point modes: prompt only the N largest components of a class per image or slice "
                         "(default all; the rest are counted, and scored as misses)")
@@ -198,7 +202,8 @@ def _run_manifest(args: argparse.Namespace) -> int:
                                 device=args.device, dtype=args.dtype, threshold=args.threshold,
                                 presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
                                 volume_mode=args.volume_mode, axis=args.axis, max_objects=args.max_objects,
-                                window=args.window, batch_size=args.batch_size, **common)
+                                presence_window=args.presence_window, window=args.window,
+                                batch_size=args.batch_size, **common)
     else:
         if not args.predictions:
             raise ArgumentError("--manifest needs --model M (predict and score) or --predictions DIR "

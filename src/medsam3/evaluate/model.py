@@ -70,6 +70,8 @@ class ModelRunSettings:
         axis: the slicing plane of volumes (``None``: closest to the acquisition plane).
         max_objects: ``box``/``point``: prompts per class and image/slice (largest components).
         window: CT window applied to CT items (``None``: the default soft-tissue window).
+        presence_window: ``text`` mode, volume mode ``slices``: the presence window in slices
+            (``None``: the model's own, see :mod:`medsam3.predict.volume`).
     """
 
     prompt_mode: str
@@ -83,6 +85,7 @@ class ModelRunSettings:
     axis: str | None = None
     max_objects: int | None = None
     window: Any = None
+    presence_window: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -104,7 +107,8 @@ class _ClassAnswer:
     slices_prompted: list[int] = field(default_factory=list)
 
 
-def _check_arguments(prompt_mode, threshold, presence_threshold, mask_threshold, volume_mode, axis, max_objects):
+def _check_arguments(prompt_mode, threshold, presence_threshold, mask_threshold, volume_mode, axis, max_objects,
+                     presence_window=None):
     if prompt_mode not in PROMPT_MODES:
         raise ArgumentError(f"unknown prompt mode {prompt_mode!r}; use one of {', '.join(PROMPT_MODES)}")
     for label, value in (("--threshold", threshold), ("--presence-threshold", presence_threshold),
@@ -120,13 +124,21 @@ def _check_arguments(prompt_mode, threshold, presence_threshold, mask_threshold,
             raise ArgumentError(f"unknown slicing axis {axis!r}; use one of {', '.join(AXES)}")
     if max_objects is not None and (not isinstance(max_objects, int) or max_objects < 1):
         raise ArgumentError(f"--max-objects {max_objects!r} must be a whole number >= 1")
+    if presence_window is not None:
+        from medsam3.predict.volume import check_presence_window
+
+        check_presence_window(presence_window)
+        if prompt_mode != "text" or volume_mode != "slices":
+            raise ArgumentError(f"--presence-window is for text prompts on volumes with --volume-mode slices "
+                                f"(got prompt mode {prompt_mode}, volume mode {volume_mode})")
 
 
 def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "text", split: str | None = None,
                    datasets: Sequence[str] | str | None = None, *, device: str = "auto", dtype=None,
                    threshold: float = 0.5, presence_threshold: float = 0.5, mask_threshold: float = 0.5,
                    volume_mode: str = "merged", axis: str | None = None, max_objects: int | None = None,
-                   window=None, batch_size: int = 8, nsd_tolerance: float = 2.0, both_empty: str = "nan",
+                   presence_window: int | None = None, window=None, batch_size: int = 8, nsd_tolerance: float = 2.0,
+                   both_empty: str = "nan",
                    one_empty_distance: str = "diagonal", instances: bool = True, name: str | None = None,
                    n_bootstrap: int = 2000, seed: int = 0, overwrite: bool = False, progress: bool = True,
                    plots: bool = True) -> ManifestEvaluation:
@@ -152,6 +164,8 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
             ``medsam3 segment``); a class whose presence is below ``presence_threshold`` is
             answered "absent" (listed, Dice 0 on a positive case).
         volume_mode: ``text`` mode on volumes: ``merged``, ``propagate`` or ``slices``.
+        presence_window: ``text`` mode, ``volume_mode`` ``slices``: slices whose median presence
+            decides each slice's answer (odd; default: the model's own, see :func:`medsam3.segment`).
         axis: slicing plane of volumes (default: the acquisition plane).
         max_objects: ``box``/``point`` modes: prompt at most the N largest components of a
             class per image / slice (default: all); the rest are counted in the sidecar.
@@ -166,7 +180,8 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
     """
     from tqdm.auto import tqdm
 
-    _check_arguments(prompt_mode, threshold, presence_threshold, mask_threshold, volume_mode, axis, max_objects)
+    _check_arguments(prompt_mode, threshold, presence_threshold, mask_threshold, volume_mode, axis, max_objects,
+                     presence_window)
     if window is not None:
         from medsam3.preprocess import parse_window
 
@@ -188,7 +203,8 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
                            score_threshold=float(threshold), presence_threshold=float(presence_threshold),
                            mask_threshold=float(mask_threshold), volume_mode=volume_mode,
                            axis=None if axis is None else str(axis).lower(), max_objects=max_objects,
-                           window=list(window) if isinstance(window, tuple) else window)
+                           window=list(window) if isinstance(window, tuple) else window,
+                           presence_window=presence_window)
     manifest_path = str(Path(manifest.path).resolve()) if manifest.path else None
     settings_json = {**scoring.to_json(), "manifest": manifest_path,
                      "datasets": sorted({it.dataset for it in items}), "run": run.to_json()}
@@ -396,7 +412,8 @@ class _Runner:
             seg = segment(image, None, [c.prompt for c in layer_classes], model=self.model,
                           window=_IDENTITY_WINDOW, threshold=self.run.score_threshold,
                           presence_threshold=self.run.presence_threshold, mask_threshold=self.run.mask_threshold,
-                          batch_size=self.batch_size, progress=False, mode=self.run.volume_mode, axis=self.run.axis)
+                          batch_size=self.batch_size, progress=False, mode=self.run.volume_mode, axis=self.run.axis,
+                          presence_window=self.run.presence_window)
             lut = np.array([0] + [c.index for c in layer_classes], dtype=layers[j].dtype)
             layers[j][...] = lut[np.asarray(seg.labels.array)]
             for cls, result in zip(layer_classes, seg.results, strict=True):

@@ -232,6 +232,9 @@ def read_model_info(directory) -> dict:
         raise InputError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(info, dict) or not isinstance(info.get("concepts", []), list):
         raise InputError(f"{path}: expected an object whose 'concepts' is a list of class names")
+    window = info.get("presence_window", 1)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise InputError(f"{path}: 'presence_window' must be an odd whole number of slices >= 1, got {window!r}")
     return info
 
 

@@ -228,11 +228,18 @@ class ImagePredictor:
         """``(presence, scores (Q,), mask logits (Q, h, w))`` of detector row ``i``: the instance
         queries' ``sigmoid(class) x presence``, or with ``masks: semantic`` one "query", the
         semantic head, scored by the presence."""
+        presence, quality, logits = self.row_parts(out, i)
+        return presence, quality * presence, logits
+
+    def row_parts(self, out, i: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """``(presence, quality (Q,), mask logits (Q, h, w))`` of detector row ``i``: a query's
+        score is ``quality x presence`` (quality: ``sigmoid(class)``; 1 for the semantic head),
+        so a caller that decides presence otherwise (a volume's presence window) can rescore."""
         presence = float(out.presence_logits[i].float().sigmoid().squeeze())
         if self.mask_source == "semantic":
             logits = out.semantic_seg[i].float().reshape(1, *out.semantic_seg.shape[-2:])
-            return presence, torch.full((1,), presence, device=logits.device), logits
-        return presence, out.pred_logits[i].float().sigmoid() * presence, out.pred_masks[i].float()
+            return presence, torch.ones(1, device=logits.device), logits
+        return presence, out.pred_logits[i].float().sigmoid(), out.pred_masks[i].float()
 
     def _result_from_detector(self, text: str, out, i: int) -> PromptResult:
         presence, scores, mask_logits = self.row_outputs(out, i)

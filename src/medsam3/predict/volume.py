@@ -28,6 +28,18 @@ Modes: ``merged`` (default, the above); ``propagate`` (tracker masks only: detec
 only start tracks, a track ends where the tracker loses the object); ``slices``
 (detections only, no tracker; instances are linked between neighbouring slices by IoU).
 
+**Presence window** (``slices`` mode): with ``presence_window`` w = 2r + 1 > 1, a text prompt's
+presence on a slice is the median of the detector's presence probabilities on the w slices
+centred on it (index clamped at the volume's ends; a skipped empty slice counts 0), and its
+queries are rescored with it (``quality x presence``, see
+:meth:`~medsam3.predict.image.ImagePredictor.row_parts`). With w = 3 a structure is no longer
+called present on one slice between two where it is absent, nor absent on one slice between
+two where it is present; it is still present on a run of two slices. The masks are the
+detector's own on every slice. A slice's answer waits for the r slices after it, so r slices'
+detector outputs are held in memory. Default 1 (each slice alone), or the model's
+``medsam3.json`` ``presence_window``. Lesions seen on one slice only of a thick-slice scan need
+w = 1.
+
 **Empty slices** (:class:`EmptySliceRule`): a slice is skipped -- no model run, no labels
 -- when fewer than ``max(1, ceil(min_fraction x pixels))`` of its normalised
 intensities lie more than ``level`` above the slice's minimum (default 0.1 % of the
@@ -46,7 +58,7 @@ final and written into the label map (and instance map) right away.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -85,7 +97,7 @@ class VolumePromptSummary:
 
     prompt: str
     present: bool
-    presence_score: float  # the highest presence probability over the slices
+    presence_score: float  # the highest presence probability over the slices (presence window: of its medians)
     slices_present: list[int] = field(default_factory=list)
     voxels: int = 0
     kind: str = "text"
@@ -188,6 +200,15 @@ class _TrackMask:
 
 
 @dataclass
+class _Row:
+    """One text prompt's raw detector answer on one slice (:meth:`ImagePredictor.row_parts`)."""
+
+    presence: float
+    quality: torch.Tensor  # (Q,): a query's score is quality x presence
+    logits: torch.Tensor  # (Q, h, w) low-resolution mask logits
+
+
+@dataclass
 class _Record:
     """What is known about one slice while its answer can still change."""
 
@@ -195,6 +216,7 @@ class _Record:
     skipped: bool
     hidden: torch.Tensor | None = None  # the ViT output, from which tracker features are made on demand
     candidates: list[list[_Candidate]] = field(default_factory=list)
+    rows: list[_Row] | None = None  # the detector's rows until the slice's presence is decided
     masks: dict[int, _TrackMask] = field(default_factory=dict)
     _features: object = None
 
@@ -221,14 +243,20 @@ class VolumePredictor:
         max_objects: at most this many live tracks per text prompt; further detections are
             kept as detections without a track (like those below the key score).
         empty_slices: the :class:`EmptySliceRule`, or ``None`` to run every slice.
+        presence_window: ``slices`` mode: an odd number of slices whose median presence decides
+            each slice's present / absent answer (module docstring); 1 = each slice alone.
         progress: show a progress bar per volume.
     """
 
     def __init__(self, predictor: ImagePredictor, mode: str = "merged", rule: MergeRule | None = None,
                  backward_slices: int = 8, max_objects: int = 8, empty_slices: EmptySliceRule | None = EmptySliceRule(),
-                 progress: bool = True):
+                 presence_window: int = 1, progress: bool = True):
         if mode not in MODES:
             raise ArgumentError(f"unknown volume mode {mode!r}; accepted: {', '.join(MODES)}")
+        check_presence_window(presence_window)
+        if presence_window > 1 and mode != "slices":
+            raise ArgumentError(f"a presence window ({presence_window} slices) is for volume mode slices; mode {mode} "
+                                "tracks structures between slices instead")
         if backward_slices < 0 or int(backward_slices) != backward_slices:
             raise ArgumentError(f"backward slices must be a whole number >= 0, got {backward_slices}")
         if max_objects < 1:
@@ -239,6 +267,7 @@ class VolumePredictor:
         self.backward_slices = int(backward_slices)
         self.max_objects = int(max_objects)
         self.empty_slices = empty_slices
+        self.presence_window = int(presence_window)
         self.progress = progress
 
     def segment(self, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
@@ -270,6 +299,14 @@ class VolumePredictor:
             raise ArgumentError(f"a volume's spacing must be 3 numbers (sx, sy, sz), got {spacing}")
         offset = self.predictor.context_offset(spacing[2 - orientation.slice_axis])
         return _VolumeRun(self, volume, text, objects, orientation, instances, description, offset).execute()
+
+
+def check_presence_window(window) -> int:
+    """``window`` if it is an odd whole number >= 1 (a presence window), else :class:`ArgumentError`."""
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
+        raise ArgumentError(f"the presence window must be an odd whole number of slices >= 1 (1, 3, 5, ...), "
+                            f"got {window!r}")
+    return int(window)
 
 
 def segment_volume(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
@@ -320,6 +357,10 @@ class _VolumeRun:
         self.support_score = (self.rule.support_score if self.rule.support_score is not None
                               else self.predictor.score_threshold / 2)
         self.tracking = self.mode != "slices"
+        # slices mode with a presence window: a slice is decided once the r slices after it are seen
+        self.delay = (owner.presence_window - 1) // 2 if self.mode == "slices" else 0
+        self.presences: dict[int, list[float]] = {}  # slice -> the text prompts' presence (detected slices)
+        self.waiting: deque[_Record] = deque()  # visited slices whose presence is not decided yet
         self.window_size = max(self.p.backward_slices, self.rule.max_unsupported + 1) if self.tracking else 0
         self.object_starts = self._check_objects()
         self.tracker = (VolumeTracker(self.predictor.model, self.num_slices, self.plane_shape)
@@ -448,16 +489,27 @@ class _VolumeRun:
         rule = self.p.empty_slices
         if rule is not None and not forced and rule.is_empty(plane):
             record = _Record(z, True)
-            self.window[z] = record
-            self.skipped.append(z)
-            for track in self._live():
-                self._apply(track, record, EMPTY, None, None)
         else:
             self.predictor.set_image(context_planes(self.stack, z, self.context))
             self.stats["slices_encoded"] += 1
             hidden = self.predictor._features.last_hidden_state if self.tracker is not None else None
-            record = _Record(z, False, hidden, self._candidates())
-            self.window[z] = record
+            record = _Record(z, False, hidden, rows=self._detect())
+            self.presences[z] = [row.presence for row in record.rows]
+        self.waiting.append(record)
+        while self.waiting and abs(z - self.waiting[0].index) >= self.delay:
+            self._decide(self.waiting.popleft())
+
+    def _decide(self, record: _Record) -> None:
+        """A visited slice whose presence can be decided: detections, tracks, output."""
+        z = record.index
+        self.window[z] = record
+        if record.skipped:
+            self.skipped.append(z)
+            for track in self._live():
+                self._apply(track, record, EMPTY, None, None)
+        else:
+            record.candidates = self._candidates(record.rows, self._presence(z))
+            record.rows = None
             self._track(record)
             self._start_objects(record)
             self._start_tracks(record)
@@ -471,35 +523,50 @@ class _VolumeRun:
         return record._features
 
     # ------------------------------------------------------------------ detection
-    def _candidates(self) -> list[list[_Candidate]]:
+    def _detect(self) -> list[_Row]:
+        """The detector's rows for the text prompts on the current slice."""
+        rows: list[_Row] = []
+        if self.text:
+            for batch, out in self.predictor.detect(self.text):
+                rows += [_Row(*self.predictor.row_parts(out, i)) for i in range(len(batch))]
+        return rows
+
+    def _presence(self, z: int) -> list[float]:
+        """The text prompts' presence on slice ``z``: the detector's, or with a presence window
+        the median over the window (ends clamped, skipped slices 0)."""
+        if self.delay == 0:
+            return self.presences[z]
+        absent = [0.0] * len(self.text)
+        near = [self.presences.get(min(max(j, 0), self.num_slices - 1), absent)
+                for j in range(z - self.delay, z + self.delay + 1)]
+        self.presences.pop(z - self.delay, None)  # no later slice's window reaches it
+        return np.median(np.asarray(near, dtype=np.float64), axis=0).tolist()
+
+    def _candidates(self, rows: list[_Row], presence: list[float]) -> list[list[_Candidate]]:
         pred = self.predictor
         out_all: list[list[_Candidate]] = []
-        if not self.text:
-            return out_all
-        for batch, out in pred.detect(self.text):
-            for i in range(len(batch)):
-                k = len(out_all)
-                presence, scores, all_logits = pred.row_outputs(out, i)
-                self.summaries[k].presence_score = max(self.summaries[k].presence_score, presence)
-                strong = (scores > pred.score_threshold) & (presence >= pred.presence_threshold)
-                usable = strong | (scores >= self.support_score) if self.mode == "merged" else strong
-                idx = usable.nonzero().flatten()
-                logits = all_logits[idx]
-                masks = logits > self.thr
-                nonempty = masks.flatten(1).any(1)
-                idx, logits, masks = idx[nonempty], logits[nonempty], masks[nonempty]
-                cands: list[_Candidate] = []
-                is_strong = strong[idx]
-                s_pos = is_strong.nonzero().flatten().tolist()
-                if s_pos:
-                    s_scores = scores[idx[s_pos]]
-                    for group in fold_duplicates(s_scores, masks[s_pos], self.rule.duplicate_iou):
-                        members = [s_pos[g] for g in group]
-                        merged = logits[members].max(0).values
-                        cands.append(_Candidate(float(s_scores[group[0]]), merged, merged > self.thr, True))
-                for j in (~is_strong).nonzero().flatten().tolist():
-                    cands.append(_Candidate(float(scores[idx[j]]), logits[j], masks[j], False))
-                out_all.append(cands)
+        for k, (row, p) in enumerate(zip(rows, presence)):
+            self.summaries[k].presence_score = max(self.summaries[k].presence_score, p)
+            scores, all_logits = row.quality * p, row.logits
+            strong = (scores > pred.score_threshold) & (p >= pred.presence_threshold)
+            usable = strong | (scores >= self.support_score) if self.mode == "merged" else strong
+            idx = usable.nonzero().flatten()
+            logits = all_logits[idx]
+            masks = logits > self.thr
+            nonempty = masks.flatten(1).any(1)
+            idx, logits, masks = idx[nonempty], logits[nonempty], masks[nonempty]
+            cands: list[_Candidate] = []
+            is_strong = strong[idx]
+            s_pos = is_strong.nonzero().flatten().tolist()
+            if s_pos:
+                s_scores = scores[idx[s_pos]]
+                for group in fold_duplicates(s_scores, masks[s_pos], self.rule.duplicate_iou):
+                    members = [s_pos[g] for g in group]
+                    merged = logits[members].max(0).values
+                    cands.append(_Candidate(float(s_scores[group[0]]), merged, merged > self.thr, True))
+            for j in (~is_strong).nonzero().flatten().tolist():
+                cands.append(_Candidate(float(scores[idx[j]]), logits[j], masks[j], False))
+            out_all.append(cands)
         return out_all
 
     # ------------------------------------------------------------------ tracking
@@ -690,6 +757,8 @@ class _VolumeRun:
 
     # ------------------------------------------------------------------ halves
     def _finish_half(self) -> None:
+        while self.waiting:
+            self._decide(self.waiting.popleft())
         for track in self._live():
             self._settle(track.id, track.ledger.finish())
             self._stop(track)

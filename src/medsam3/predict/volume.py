@@ -36,9 +36,9 @@ queries are rescored with it (``quality x presence``, see
 called present on one slice between two where it is absent, nor absent on one slice between
 two where it is present; it is still present on a run of two slices. The masks are the
 detector's own on every slice. A slice's answer waits for the r slices after it, so r slices'
-detector outputs are held in memory. Default 1 (each slice alone), or the model's
-``medsam3.json`` ``presence_window``. Lesions seen on one slice only of a thick-slice scan need
-w = 1.
+detector outputs are held in memory (only the queries that can pass the score threshold).
+Default 1 (each slice alone), or the model's ``medsam3.json`` ``presence_window``. Lesions seen
+on one slice only of a thick-slice scan need w = 1.
 
 **Empty slices** (:class:`EmptySliceRule`): a slice is skipped -- no model run, no labels
 -- when fewer than ``max(1, ceil(min_fraction x pixels))`` of its normalised
@@ -524,18 +524,24 @@ class _VolumeRun:
 
     # ------------------------------------------------------------------ detection
     def _detect(self) -> list[_Row]:
-        """The detector's rows for the text prompts on the current slice."""
+        """The detector's rows for the text prompts on the current slice. A row that waits for
+        its presence window keeps only the queries that can pass the score threshold whatever
+        the window decides (``quality x presence`` with presence <= 1)."""
         rows: list[_Row] = []
         if self.text:
             for batch, out in self.predictor.detect(self.text):
                 rows += [_Row(*self.predictor.row_parts(out, i)) for i in range(len(batch))]
+        if self.delay:
+            for row in rows:
+                keep = row.quality > self.predictor.score_threshold
+                row.quality, row.logits = row.quality[keep], row.logits[keep]
         return rows
 
     def _presence(self, z: int) -> list[float]:
         """The text prompts' presence on slice ``z``: the detector's, or with a presence window
         the median over the window (ends clamped, skipped slices 0)."""
         if self.delay == 0:
-            return self.presences[z]
+            return self.presences.pop(z)
         absent = [0.0] * len(self.text)
         near = [self.presences.get(min(max(j, 0), self.num_slices - 1), absent)
                 for j in range(z - self.delay, z + self.delay + 1)]

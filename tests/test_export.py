@@ -24,10 +24,12 @@ def test_export_writes_half_precision_weights_and_the_concepts(tiny_model_dir, t
                               tmp_path / "m.jsonl", tmp_path)
     out = tmp_path / "exported"
     assert main(["model", "export", str(tiny_model_dir), "-o", str(out), "--manifest", str(manifest),
-                 "--untrained-tracker", "--info", "masks=semantic", "--info", "trained_steps=12"]) == 0
+                 "--untrained-tracker", "--info", "masks=semantic", "--info", "trained_steps=12",
+                 "--info", "presence_window=3"]) == 0
     info = json.loads((out / "medsam3.json").read_text())
     assert info["concepts"] == ["brain", "hippocampus"]  # canonical names, sides dropped
     assert info["tracker_trained"] is False and info["masks"] == "semantic" and info["trained_steps"] == 12
+    assert info["presence_window"] == 3
     source, half = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert source.keys() == half.keys() and all(v.dtype == torch.float16 for v in half.values() if v.is_floating_point())
     assert (out / "model.safetensors").stat().st_size < 0.6 * (tiny_model_dir / "model.safetensors").stat().st_size
@@ -41,6 +43,9 @@ def test_export_writes_half_precision_weights_and_the_concepts(tiny_model_dir, t
     key = "detr_decoder.layers.0.mlp.fc1.weight"
     torch.testing.assert_close(model.detector.state_dict()[key], source[f"detector_model.{key}"], atol=2e-3, rtol=1e-3)
     assert "concepts: brain, hippocampus" in capsys.readouterr().out
+    bad = tmp_path / "bad-window"
+    assert main(["model", "export", str(tiny_model_dir), "-o", str(bad), "--info", "presence_window=2"]) == 2
+    assert "odd whole number" in capsys.readouterr().err and not bad.exists()
     (out / "medsam3.json").write_text("{not json")
     with pytest.raises(InputError, match="medsam3.json is not valid JSON"):
         MedSAM3.from_pretrained(out, device="cpu")

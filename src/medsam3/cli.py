@@ -220,6 +220,10 @@ def _run_model_export(args) -> int:
             info[key] = value
     if args.untrained_tracker:
         info["tracker_trained"] = False
+    if "presence_window" in info:  # refused here rather than when the exported model is loaded
+        from medsam3.predict.volume import check_presence_window
+
+        check_presence_window(info["presence_window"])
     files = {}
     if args.card:
         try:

@@ -232,9 +232,14 @@ def read_model_info(directory) -> dict:
         raise InputError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(info, dict) or not isinstance(info.get("concepts", []), list):
         raise InputError(f"{path}: expected an object whose 'concepts' is a list of class names")
+    from medsam3.predict.volume import check_presence_window  # here: medsam3.predict imports this module
+
     window = info.get("presence_window", 1)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
-        raise InputError(f"{path}: 'presence_window' must be an odd whole number of slices >= 1, got {window!r}")
+    try:
+        check_presence_window(window)
+    except ArgumentError:
+        raise InputError(f"{path}: 'presence_window' must be an odd whole number of slices >= 1, "
+                         f"got {window!r}") from None
     return info
 
 

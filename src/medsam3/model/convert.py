@@ -370,6 +370,9 @@ def _fallback_getter(nan_fallback, config):
     if is_model_directory(path):
         from safetensors import safe_open
 
+        from medsam3.model.weights import check_weights
+
+        check_weights(path)  # strict: a fallback model directory is whole and well formed, or refused
         handle = safe_open(str(path / WEIGHTS_NAME), framework="pt")
         names = set(handle.keys())
         return lambda key: handle.get_tensor(key) if key in names else None, str(path)

@@ -92,10 +92,9 @@ def directory_has_tracker(directory) -> bool:
     safetensors header only. A directory converted from a detector-only checkpoint (e.g. an
     image-model checkpoint saved without ``inst_interactive_predictor``) does not, and loading
     ``Sam3TrackerModel`` from it would leave the tracker randomly initialised."""
-    from safetensors import safe_open
+    from medsam3.model.weights import directory_has_tracker as has_tracker
 
-    with safe_open(str(Path(directory) / WEIGHTS_NAME), framework="pt") as f:
-        return any(k.startswith("tracker_model.") for k in f.keys())
+    return has_tracker(directory)
 
 
 def export_model(source, output, *, half: bool = True, concepts: list[str] | None = None,
@@ -112,15 +111,21 @@ def export_model(source, output, *, half: bool = True, concepts: list[str] | Non
     """
     import json
 
-    from safetensors.torch import load_file
-
     from medsam3.model.loader import INFO_NAME, model_directory, read_model_info
+    from medsam3.model.weights import check_weights, load_config, read_tensors
 
     src = model_directory(source)
-    config = Sam3VideoConfig.from_pretrained(src)
-    state = load_file(str(src / WEIGHTS_NAME))
+    config = load_config(src)
+    check_weights(src, config)  # a broken model is refused, never passed on
+    state = read_tensors(src, lambda key: True)
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        overflow = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        if overflow:
+            from medsam3.errors import ArgumentError
+
+            raise ArgumentError(f"{len(overflow)} tensors of {src} exceed the float16 range "
+                                f"({', '.join(overflow[:5])}): export the model in float32 (--float32)")
     meta = {**read_model_info(src), **(info or {})}
     if concepts is not None:
         meta["concepts"] = list(concepts)

@@ -27,7 +27,8 @@ from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3VideoCo
 
 from medsam3.errors import ArgumentError, InputError
 from medsam3.model.configs import build_config, config_names
-from medsam3.model.directory import build_processor, directory_has_tracker, is_model_directory
+from medsam3.model.directory import build_processor, is_model_directory
+from medsam3.model.weights import check_tracker_finite, check_weights, load_config, load_detector, load_tracker
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,8 @@ class MedSAM3:
 
     def __init__(self, detector: Sam3Model, processor: Sam3Processor, config: Sam3VideoConfig, source: str,
                  device: torch.device, dtype: torch.dtype, directory: Path | None = None,
-                 tracker: Sam3TrackerModel | None = None):
+                 tracker: Sam3TrackerModel | None = None, has_tracker: bool | None = None,
+                 info: dict | None = None):
         self.detector = detector.eval()
         self.processor = processor
         self.config = config
@@ -148,7 +150,9 @@ class MedSAM3:
         self.dtype = dtype
         self.directory = directory
         self._tracker = tracker
-        self.info = read_model_info(directory)
+        # whether the weights hold the tracker (checked at load; a detector-only directory has none)
+        self.has_tracker = tracker is not None if has_tracker is None else bool(has_tracker)
+        self.info = read_model_info(directory) if info is None else info
 
     @property
     def concepts(self) -> list[str] | None:
@@ -179,7 +183,12 @@ class MedSAM3:
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, device: str = "auto", dtype=None) -> MedSAM3:
-        """Load a model from a directory, a hub id, or ``random:NAME`` (see the module docstring)."""
+        """Load a model from a directory, a hub id, or ``random:NAME`` (see the module docstring).
+
+        A directory's weights are loaded strictly (:mod:`medsam3.model.weights`): a tensor
+        missing, left over, wrongly shaped or not finite, or a corrupt ``model.safetensors``, is
+        an :class:`InputError` naming the directory; nothing is random-initialised.
+        """
         device_ = resolve_device(device)
         dtype_ = resolve_dtype(dtype)
         name = str(name_or_dir)
@@ -196,10 +205,21 @@ class MedSAM3:
             return cls(detector.to(device_, dtype_), build_processor(config.image_size), config, name,
                        device_, dtype_, tracker=tracker.to(device_, dtype_))
         directory = model_directory(name)
-        config = Sam3VideoConfig.from_pretrained(directory)
-        detector = Sam3Model.from_pretrained(directory, dtype=dtype_).to(device_)
+        config = load_config(directory)
+        has_tracker = check_weights(directory, config)  # the header, before anything is built
+        info = read_model_info(directory)  # a bad medsam3.json is refused before the weights are read
+        detector = load_detector(directory, dtype_, config, checked=True).to(device_)
+        if has_tracker:
+            check_tracker_finite(directory)  # the tracker loads on first use; a NaN in it is refused now
         processor = Sam3Processor.from_pretrained(directory)
-        return cls(detector, processor, config, name, device_, dtype_, directory=directory)
+        return cls(detector, processor, config, name, device_, dtype_, directory=directory, has_tracker=has_tracker,
+                   info=info)
+
+    def require_tracker(self) -> None:
+        """Raise unless the model has tracker weights (box/point prompts, tracker propagation)."""
+        if not self.has_tracker:
+            raise InputError(f"model {self.source} has no tracker weights (a detector-only checkpoint): "
+                             "box and point prompts need a model with the SAM3 tracker")
 
     @cached_property
     def tracker(self) -> Sam3TrackerModel:
@@ -209,10 +229,8 @@ class MedSAM3:
                              "box and point prompts and tracker propagation need a trained one; use text prompts "
                              "(volumes: --mode slices)")
         if self._tracker is None:
-            if not directory_has_tracker(self.directory):
-                raise InputError(f"model {self.source} has no tracker weights (a detector-only checkpoint): "
-                                 "box and point prompts need a model with the SAM3 tracker")
-            self._tracker = Sam3TrackerModel.from_pretrained(self.directory, dtype=self.dtype).to(self.device)
+            self.require_tracker()
+            self._tracker = load_tracker(self.directory, self.dtype, self.config, checked=True).to(self.device)
         tracker = self._tracker.eval()
         # Both load the same detector_model.vision_encoder.backbone tensors: keep one copy.
         tracker.vision_encoder.backbone = self.detector.vision_encoder.backbone

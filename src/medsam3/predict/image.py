@@ -19,10 +19,20 @@ import torch
 import torch.nn.functional as F
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from medsam3.errors import ArgumentError
+from medsam3.errors import ArgumentError, InputError
 from medsam3.model.loader import MedSAM3
 from medsam3.predict.results import PromptResult
 from medsam3.preprocess import context_offset
+
+
+def check_finite_output(model: MedSAM3, prompt: str, tensors: Sequence[torch.Tensor], where: str = "") -> None:
+    """Raise an :class:`InputError` naming ``prompt`` when any of the model's output ``tensors``
+    holds NaN or Inf (one reduction each: cheap next to the forward pass that made them)."""
+    if all(bool(torch.isfinite(t.float().sum())) for t in tensors):
+        return
+    hint = (f"; it runs in {str(model.dtype).replace('torch.', '')}, which may overflow: try --dtype float32"
+            if model.dtype != torch.float32 else "; its weights or this input make it overflow")
+    raise InputError(f"model {model.source} gave NaN or infinite outputs for prompt {prompt!r}{where}{hint}")
 
 
 @dataclass
@@ -200,6 +210,9 @@ class ImagePredictor:
                           "input_boxes_labels": labels.to(self.model.device)}
             out = self.model.detector(vision_embeds=self._expanded_features(len(batch)),
                                       text_embeds=_TextEmbeds(feats), attention_mask=mask, **kwargs)
+            masks = out.semantic_seg if self.mask_source == "semantic" else out.pred_masks
+            for i, prompt in enumerate(batch):
+                check_finite_output(self.model, prompt.text, (out.presence_logits[i], out.pred_logits[i], masks[i]))
             yield batch, out
 
     def predict(self, prompts: Sequence[str | TextPrompt]) -> list[PromptResult]:
@@ -316,10 +329,11 @@ class ImagePredictor:
             kwargs["input_boxes"] = b[None, None].to(self.model.device, self.model.dtype)
         multimask = box is None and len(points) == 1
         out = tracker(image_embeddings=self._tracker_image_embeddings(), multimask_output=multimask, **kwargs)
+        label = name or ("box" if box is not None else "points")
+        check_finite_output(self.model, label, (out.iou_scores, out.object_score_logits, out.pred_masks))
         iou = out.iou_scores[0, 0].float()
         best = int(iou.argmax()) if multimask else 0
         presence = float(out.object_score_logits[0, 0].float().sigmoid().squeeze())
-        label = name or ("box" if box is not None else "points")
         probs = self._upsample(out.pred_masks[0, 0, best:best + 1])[0]
         semantic = probs > self.mask_threshold
         if presence < self.presence_threshold or not semantic.any():

@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from transformers import Sam3TrackerVideoInferenceSession, Sam3TrackerVideoModel
 from transformers.models.sam3.modeling_sam3 import Sam3VisionNeck
 
-from medsam3.errors import InputError
 from medsam3.model.loader import MedSAM3
+from medsam3.model.weights import load_prefixed, load_strict
+from medsam3.predict.image import check_finite_output
 
 log = logging.getLogger(__name__)
 
@@ -45,51 +46,28 @@ _TRACKERS: weakref.WeakKeyDictionary[MedSAM3, tuple[Sam3VisionNeck, Sam3TrackerV
     weakref.WeakKeyDictionary())
 
 
-def _safetensors_files(directory: Path) -> list[Path]:
-    files = sorted(Path(directory).glob("*.safetensors"))
-    if not files:
-        raise InputError(f"{directory} holds no .safetensors weights for the SAM3 video tracker")
-    return files
-
-
-def _load_prefixed(directory: Path, prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors whose key starts with ``prefix`` (prefix removed), read lazily from safetensors."""
-    from safetensors import safe_open
-
-    state = {}
-    for path in _safetensors_files(directory):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 - a safetensors handle, not a dict
-                if key.startswith(prefix):
-                    state[key[len(prefix):]] = f.get_tensor(key)
-    return state
-
-
-def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source) -> None:
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise InputError(f"{source}: the {what} weights do not match the model configuration "
-                         f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
-
-
 def video_tracker(model: MedSAM3) -> tuple[Sam3VisionNeck, Sam3TrackerVideoModel]:
     """The tracker neck and the video tracker (without vision encoder) of ``model``, built once.
 
     From a model directory only the ``tracker_neck.*`` and ``tracker_model.*`` tensors are
-    read (the ViT is the detector's). A ``random:NAME`` model has no directory: its neck,
-    prompt encoder and mask decoder are the in-memory tracker's, and the memory modules
-    are randomly initialised (seed 0) -- meaningless, like the rest of its weights.
+    read (the ViT is the detector's), strictly (:mod:`medsam3.model.weights`). A ``random:NAME``
+    model has no directory: its neck, prompt encoder and mask decoder are the in-memory
+    tracker's, and the memory modules are randomly initialised (seed 0) -- meaningless, like
+    the rest of its weights.
     """
     if model in _TRACKERS:
         return _TRACKERS[model]
+    model.require_tracker()
     config = model.config.tracker_config
     with torch.device("cpu"):
         torch.manual_seed(0)
         video = Sam3TrackerVideoModel(config, remove_vision_encoder=True)
     if model.directory is not None:
         neck = Sam3VisionNeck(model.config.detector_config.vision_config)
-        _load_strict(neck, _load_prefixed(model.directory, "tracker_neck."), "tracker neck", model.directory)
-        _load_strict(video, _load_prefixed(model.directory, "tracker_model."), "video tracker", model.directory)
+        load_strict(neck, load_prefixed(model.directory, "tracker_neck."), "tracker neck", model.directory,
+                    prefix="tracker_neck.")
+        load_strict(video, load_prefixed(model.directory, "tracker_model."), "video tracker", model.directory,
+                    prefix="tracker_model.")
     else:
         image_tracker = model.tracker
         neck = image_tracker.vision_encoder.neck
@@ -146,7 +124,7 @@ class VolumeTracker:
     def start(self, slice_index: int, features: SliceFeatures, *, reverse: bool = False,
               mask: torch.Tensor | None = None, points: Sequence[Sequence[float]] | None = None,
               point_labels: Sequence[int] | None = None, box: Sequence[float] | None = None,
-              ) -> tuple[TrackedObject, torch.Tensor, float]:
+              name: str = "object") -> tuple[TrackedObject, torch.Tensor, float]:
         """A new object given on one slice, ready to be propagated in one direction.
 
         Args:
@@ -156,6 +134,7 @@ class VolumeTracker:
             mask: ``(h, w)`` boolean mask on the slice (any size: resized to the model input).
             points, point_labels, box: clicks (1 positive, 0 negative) and/or an
                 ``x0 y0 x1 y1`` box, in pixels of the model input (``image_size`` square).
+            name: the prompt the object answers (named when the tracker's output is not finite).
 
         Returns:
             the object, its ``(h, w)`` low-resolution mask logits on that slice and its
@@ -191,7 +170,7 @@ class VolumeTracker:
                 "point_labels": torch.tensor(labels, dtype=torch.int32, device=self.model.device)[None, None],
             })
         session.obj_with_new_inputs = [0]
-        obj = TrackedObject(self, session, reverse)
+        obj = TrackedObject(self, session, reverse, name)
         logits, score = obj._run(slice_index, features)
         obj.last_index = slice_index
         return obj, logits, score
@@ -200,10 +179,12 @@ class VolumeTracker:
 class TrackedObject:
     """One object's memory bank, propagated slice by slice in one direction."""
 
-    def __init__(self, tracker: VolumeTracker, session: Sam3TrackerVideoInferenceSession, reverse: bool):
+    def __init__(self, tracker: VolumeTracker, session: Sam3TrackerVideoInferenceSession, reverse: bool,
+                 name: str = "object"):
         self.tracker = tracker
         self.session = session
         self.reverse = reverse
+        self.name = name
         self.last_index: int | None = None
         self.from_prompt: dict[int, bool] = {}
 
@@ -215,6 +196,8 @@ class TrackedObject:
         self.from_prompt[index] = bool(self.session.obj_with_new_inputs)
         out = t.video(inference_session=self.session, frame_idx=index, reverse=self.reverse,
                       run_mem_encoder=False)
+        check_finite_output(t.model, self.name, (out.pred_masks[0, 0], out.object_score_logits),
+                            where=f" (tracked onto slice {index})")
         logits = out.pred_masks[0, 0].float()
         return logits, float(out.object_score_logits.flatten()[0])
 
@@ -265,7 +248,7 @@ class TrackedObject:
         session.obj_id_to_idx(0)
         conditioning = source.output_dict_per_obj[0]["cond_frame_outputs"]
         session.output_dict_per_obj[0]["cond_frame_outputs"] = {f: dict(out) for f, out in conditioning.items()}
-        return TrackedObject(t, session, reverse)
+        return TrackedObject(t, session, reverse, self.name)
 
     def memory_frames(self) -> list[int]:
         """Slices whose encoded memory the bank holds now (for inspection and tests)."""

@@ -664,6 +664,7 @@ class _VolumeRun:
         for i in self.object_starts.get(record.index, []):
             label = len(self.text) + 1 + i
             obj, logits, score = self.tracker.start(record.index, self._features(record), reverse=False,
+                                                    name=self.summaries[label - 1].prompt,
                                                     **self._model_prompt(self.objects[i]))
             summary = self.summaries[label - 1]
             summary.presence_score = float(torch.sigmoid(torch.tensor(score)))
@@ -702,7 +703,7 @@ class _VolumeRun:
                                            last_mask=cand.mask))
                     continue
                 obj, logits, score = self.tracker.start(record.index, self._features(record), reverse=self.step < 0,
-                                                        mask=cand.mask)
+                                                        mask=cand.mask, name=self.summaries[k].prompt)
                 obj.remember(record.index, logits, score)
                 track = _Track(track_id, k + 1, "text", obj,
                                TrackLedger(self.rule.max_unsupported, drop_drift=self.mode == "merged"))
@@ -777,7 +778,8 @@ class _VolumeRun:
             label = self.label_of[track_id]
             kind = "object" if label > len(self.text) else "text"
             obj, start_logits, score = self.tracker.start(self.start, self.seed_features, reverse=True,
-                                                          mask=logits > self.thr)
+                                                          mask=logits > self.thr,
+                                                          name=self.summaries[label - 1].prompt)
             obj.remember(self.start, start_logits, score)
             drop = self.mode == "merged" and kind == "text"
             self._add_track(_Track(track_id, label, kind, obj, TrackLedger(self.rule.max_unsupported, drop)))

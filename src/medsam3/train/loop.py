@@ -122,18 +122,104 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 def _source_tensors(source_dir: Path, skip=()) -> dict[str, torch.Tensor]:
     """The source model directory's tensors except those in ``skip`` (the parts a run does
-    not train are written back unchanged; only they are read)."""
-    from safetensors import safe_open
-
-    from medsam3.model.directory import WEIGHTS_NAME
+    not train are written back unchanged; only they are read, strictly)."""
+    from medsam3.model.weights import read_tensors
 
     skip = set(skip)
-    out = {}
-    with safe_open(str(source_dir / WEIGHTS_NAME), framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-            if key not in skip:
-                out[key] = f.get_tensor(key)
-    return out
+    return read_tensors(source_dir, lambda key: key not in skip)
+
+
+def read_trainer_state(checkpoint: Path) -> dict:
+    """A checkpoint's ``trainer.json``, checked: ``step`` and ``skipped_steps`` whole numbers
+    >= 0, ``best_score`` a number, ``validation`` a list of records. Anything else is an
+    :class:`InputError` naming the file (a resume must continue exactly or not at all)."""
+    path = Path(checkpoint) / "trainer.json"
+    again = "resume from an earlier checkpoint (--resume OUTPUT/checkpoints/step-N) or start a new run"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise InputError(f"cannot resume: {path} is not readable JSON ({exc}); {again}") from None
+    if not isinstance(state, dict):
+        raise InputError(f"cannot resume: {path} holds {type(state).__name__}, not the trainer state object; {again}")
+
+    def whole(key, low):
+        v = state.get(key, low)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise InputError(f"cannot resume: {path}: {key!r} must be a whole number >= {low}, got {v!r}; {again}")
+        return v
+
+    whole("step", 0)
+    whole("skipped_steps", 0)
+    whole("num_processes", 1)
+    best = state.get("best_score", -1.0)
+    if isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best):
+        raise InputError(f"cannot resume: {path}: 'best_score' must be a number, got {best!r}; {again}")
+    history = state.get("validation", [])
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise InputError(f"cannot resume: {path}: 'validation' must be a list of records; {again}")
+    return state
+
+
+def _restore_training_state(acc, checkpoint: Path) -> None:
+    """``accelerate``'s ``load_state`` of ``checkpoint/state``, refusing what it would skip or
+    crash on: every file it reads is loaded (weights-only) and checked first, and the random
+    number generators are restored here, so a corrupted RNG state is an error instead of a
+    silently inexact resume."""
+    import random
+
+    import numpy as np
+    from accelerate.utils import OPTIMIZER_NAME, RNG_STATE_NAME, SCALER_NAME, SCHEDULER_NAME, load
+
+    state_dir = Path(checkpoint) / "state"
+    again = "resume from an earlier checkpoint (--resume OUTPUT/checkpoints/step-N) or start a new run"
+    rng_name = f"{RNG_STATE_NAME}_{acc.process_index}.pkl"
+    loaded = {}
+    names = [f"{OPTIMIZER_NAME}.bin", f"{SCHEDULER_NAME}.bin", rng_name]
+    if getattr(acc, "scaler", None) is not None:  # float16 mixed precision
+        names.append(SCALER_NAME)
+    for name in names:
+        path = state_dir / name
+        if not path.is_file():
+            raise InputError(f"cannot resume from {checkpoint}: {path} is missing; {again}")
+        try:
+            loaded[name] = load(path, map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - torch.load of a damaged file raises many kinds
+            detail = " ".join(str(exc).split())[:200]
+            raise InputError(f"cannot resume from {checkpoint}: {path} is not a saved training state "
+                             f"({type(exc).__name__}: {detail}); {again}") from None
+    optimizer = loaded[f"{OPTIMIZER_NAME}.bin"]
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("param_groups"), list)
+            and isinstance(optimizer.get("state"), dict)):
+        raise InputError(f"cannot resume from {checkpoint}: {state_dir / (OPTIMIZER_NAME + '.bin')} holds no "
+                         f"optimizer state; {again}")
+    if not isinstance(loaded[f"{SCHEDULER_NAME}.bin"], dict):
+        raise InputError(f"cannot resume from {checkpoint}: {state_dir / (SCHEDULER_NAME + '.bin')} holds no "
+                         f"learning-rate scheduler state; {again}")
+    rng = loaded[rng_name]
+    try:
+        random.setstate(rng["random_state"])
+        np.random.set_state(rng["numpy_random_seed"])
+        torch.set_rng_state(rng["torch_manual_seed"])
+        if torch.cuda.is_available() and acc.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["torch_cuda_manual_seed"])
+    except (TypeError, KeyError, ValueError, RuntimeError, IndexError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise InputError(f"cannot resume from {checkpoint}: {state_dir / rng_name} is not a usable random-number "
+                         f"state ({type(exc).__name__}: {detail}); without it the run cannot continue exactly; "
+                         f"{again}") from None
+
+    def skip_model(models, input_dir):  # weights come from checkpoint/model (or adapters), not state/
+        models.clear()
+
+    handle = acc.register_load_state_pre_hook(skip_model)
+    try:
+        acc.load_state(str(state_dir))
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:  # e.g. other parameter groups
+        detail = " ".join(str(exc).split())[:200]
+        raise InputError(f"cannot resume from {checkpoint}: its optimizer or scheduler state does not fit this run "
+                         f"({type(exc).__name__}: {detail}); {again}") from None
+    finally:
+        handle.remove()
 
 
 def resolve_source_model(spec: str, output_dir: Path, seed: int, is_main: bool, wait) -> Path:
@@ -235,8 +321,9 @@ class Trainer:
     def _setup(self) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
-        from transformers import Sam3Processor, Sam3VideoConfig
+        from transformers import Sam3Processor
 
+        from medsam3.model.weights import check_weights, load_config
         from medsam3.train.losses import SetCriterion
         from medsam3.train.optim import build_scheduler
 
@@ -273,7 +360,7 @@ class Trainer:
             raise ArgumentError(f"{self.output_dir} already holds checkpoints of a run: pass --resume to continue "
                                 "it, or choose another output_dir")
         self.checkpoint = checkpoint
-        state = json.loads((checkpoint / "trainer.json").read_text()) if checkpoint else {}
+        state = read_trainer_state(checkpoint) if checkpoint else {}
         self.start_step = int(state.get("step", 0))
         self.best_score = float(state.get("best_score", -1.0))
         self.skipped_total = int(state.get("skipped_steps", 0))
@@ -281,7 +368,8 @@ class Trainer:
 
         set_seed(cfg.seed)
         self.source_dir = resolve_source_model(cfg.model, self.output_dir, cfg.seed, self.is_main, acc.wait_for_everyone)
-        self.video_config = Sam3VideoConfig.from_pretrained(self.source_dir)
+        self.video_config = load_config(self.source_dir)
+        check_weights(self.source_dir, self.video_config)  # its untrained tensors go into every saved model
         self.processor = Sam3Processor.from_pretrained(self.source_dir)
         self.model_info = _inference_info(self.source_dir, cfg.data.context_mm)
         lora = cfg.train.mode == "lora"
@@ -299,12 +387,7 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
 
         if checkpoint is not None:
-            def skip_model(models, input_dir):  # weights come from checkpoint/model (or adapters), not state/
-                models.clear()
-
-            handle = acc.register_load_state_pre_hook(skip_model)
-            acc.load_state(str(checkpoint / "state"))
-            handle.remove()
+            _restore_training_state(acc, checkpoint)
             # the schedule follows this run's config (a resumed run may train longer than planned)
             inner = self.scheduler.scheduler
             for fn in inner.lr_lambdas:
@@ -323,9 +406,18 @@ class Trainer:
                                   self.is_main)
 
     def _load_adapters(self, module: torch.nn.Module, checkpoint: Path) -> None:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        adapters = load_file(str(checkpoint / "state" / "adapter.safetensors"))
+        from medsam3.model.weights import check_finite
+
+        path = checkpoint / "state" / "adapter.safetensors"
+        try:
+            adapters = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"cannot resume from {checkpoint}: {path} is not a readable safetensors file "
+                             f"({' '.join(str(exc).split())})") from None
+        check_finite(adapters.items(), path)
         missing = set(adapters) - set(dict(module.named_parameters()))
         if missing:
             raise InputError(f"{checkpoint}: adapter tensors {sorted(missing)[:3]} do not fit this LoRA config")
@@ -370,14 +462,13 @@ class Trainer:
         return module, optimizer
 
     def _setup_detector(self, weights_dir: Path, checkpoint: Path | None):
-        from transformers import Sam3Model
-
+        from medsam3.model.weights import load_detector
         from medsam3.train.model import DetectorForTraining, enable_activation_checkpointing
         from medsam3.train.optim import build_optimizer
 
         cfg = self.cfg
         lora = cfg.train.mode == "lora"
-        detector = Sam3Model.from_pretrained(weights_dir, dtype=torch.float32)
+        detector = load_detector(weights_dir, torch.float32)  # strict: a broken checkpoint/model is refused
         model_size = int(detector.config.vision_config.backbone_config.image_size)
         self.image_size = cfg.data.image_size or model_size
         if self.image_size != model_size:

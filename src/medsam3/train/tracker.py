@@ -376,18 +376,23 @@ def build_tracker_for_training(directory, weights: TrackerLossWeights, neck_from
     neck and the video tracker with the directory's weights. ``neck_from_detector`` starts
     the tracker's FPN neck from the detector's (same architecture, same ViT input): a warm
     start for a tracker whose weights are still random."""
-    from transformers import Sam3Model, Sam3TrackerVideoModel, Sam3VideoConfig
+    from transformers import Sam3TrackerVideoModel
     from transformers.models.sam3.modeling_sam3 import Sam3VisionNeck
 
-    from medsam3.predict.propagation import _load_prefixed, _load_strict
+    from medsam3.errors import InputError
+    from medsam3.model.weights import check_weights, load_config, load_detector, load_prefixed, load_strict
 
-    config = Sam3VideoConfig.from_pretrained(directory)
-    detector = Sam3Model.from_pretrained(directory, dtype=torch.float32)
+    config = load_config(directory)
+    if not check_weights(directory, config):
+        raise InputError(f"model directory {directory} has no tracker weights (a detector-only checkpoint): "
+                         "tracker training needs a model with the SAM3 tracker")
+    detector = load_detector(directory, torch.float32, config, checked=True)
     backbone = detector.vision_encoder.backbone
     neck = Sam3VisionNeck(config.detector_config.vision_config)
-    _load_strict(neck, _load_prefixed(directory, "tracker_neck."), "tracker neck", directory)
+    load_strict(neck, load_prefixed(directory, "tracker_neck."), "tracker neck", directory, prefix="tracker_neck.")
     if neck_from_detector:
         neck.load_state_dict(detector.vision_encoder.neck.state_dict())
     video = Sam3TrackerVideoModel(config.tracker_config, remove_vision_encoder=True)
-    _load_strict(video, _load_prefixed(directory, "tracker_model."), "video tracker", directory)
+    load_strict(video, load_prefixed(directory, "tracker_model."), "video tracker", directory,
+                prefix="tracker_model.")
     return TrackerForTraining(backbone, neck, video.float(), weights)

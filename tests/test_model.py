@@ -116,3 +116,108 @@ def test_device_and_dtype_resolution():
     assert resolve_dtype("bf16") is torch.bfloat16
     with pytest.raises(ArgumentError, match="unknown dtype"):
         resolve_dtype("int3")
+
+
+# ------------------------------------------------------------------ strict loading (medsam3.model.weights)
+def _copy_with(tiny_model_dir, tmp_path, edit):
+    """A copy of the tiny model whose tensors went through ``edit(state)``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    target = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, target)
+    state = load_file(str(target / "model.safetensors"))
+    edit(state)
+    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+    return target
+
+
+def test_recomputed_buffer_allow_list_is_exactly_the_non_persistent_buffers():
+    from transformers import Sam3TrackerVideoModel
+
+    from medsam3.model.weights import RECOMPUTED_BUFFERS
+
+    config = build_config("tiny")
+    with torch.device("meta"):
+        models = [Sam3VideoModel(config), Sam3TrackerVideoModel(config.tracker_config, remove_vision_encoder=True)]
+    for model in models:
+        state = set(model.state_dict())
+        recomputed = [n for n, _ in model.named_buffers() if n not in state]
+        assert recomputed, "expected RoPE tables and position ids among the buffers"
+        assert all(RECOMPUTED_BUFFERS.search(n) for n in recomputed), recomputed
+        assert not [k for k in state if RECOMPUTED_BUFFERS.search(k)]  # it can never hide a weight
+
+
+def test_header_check_tracker_all_or_nothing_and_recomputed_buffers(tiny_model_dir, tmp_path):
+    from medsam3.model.weights import check_weights
+
+    assert check_weights(tiny_model_dir) is True
+    position_ids = "detector_model.text_encoder.text_model.embeddings.position_ids"
+    extra = _copy_with(tiny_model_dir, tmp_path / "a", lambda s: s.__setitem__(position_ids, torch.arange(32)))
+    assert check_weights(extra) is True  # a recomputed buffer in the file is ignored, not an error
+
+    def detector_only(state):
+        for k in [k for k in state if k.startswith(("tracker_model.", "tracker_neck."))]:
+            del state[k]
+
+    bare = _copy_with(tiny_model_dir, tmp_path / "b", detector_only)
+    assert check_weights(bare) is False
+    model = MedSAM3.from_pretrained(bare, device="cpu")
+    assert not model.has_tracker
+    with pytest.raises(InputError, match="no tracker weights"):
+        model.tracker
+    from medsam3.predict.propagation import video_tracker
+
+    with pytest.raises(InputError, match="no tracker weights"):
+        video_tracker(model)
+
+    def some_tracker(state):
+        for k in [k for k in state if k.startswith("tracker_model.memory_")]:
+            del state[k]
+
+    partial = _copy_with(tiny_model_dir, tmp_path / "c", some_tracker)
+    with pytest.raises(InputError, match=r"missing tensors \(tracker_model\.memory_.*all present, or all absent"):
+        check_weights(partial)
+
+
+def test_transformers_loading_report_is_refused_even_without_the_header_check(tiny_model_dir, tmp_path):
+    """load_detector/load_tracker check transformers' own report: nothing is random-initialised
+    even if the header check were skipped."""
+    from medsam3.model.weights import load_detector, load_tracker, refuse_loading_report
+
+    key = "detr_decoder.layers.0.mlp.fc1.weight"
+    broken = _copy_with(tiny_model_dir, tmp_path / "a", lambda s: s.pop("detector_model." + key))
+    with pytest.raises(InputError, match=f"detector weights do not load exactly: 1 missing tensor \\({key}\\)"):
+        load_detector(broken, checked=True)
+    tracker_key = "tracker_model.mask_decoder.iou_prediction_head.proj_out.weight"
+    broken = _copy_with(tiny_model_dir, tmp_path / "b", lambda s: s.pop(tracker_key))
+    with pytest.raises(InputError, match="tracker weights do not load exactly: 1 missing tensor"):
+        load_tracker(broken, checked=True)
+    refuse_loading_report({"missing_keys": set(), "unexpected_keys": {"x.rotary_emb.inv_freq"},
+                           "mismatched_keys": set(), "error_msgs": []}, tmp_path, "detector")
+    with pytest.raises(InputError, match="1 wrongly shaped tensor"):
+        refuse_loading_report({"mismatched_keys": [("a.weight", (1,), (2,))]}, tmp_path, "detector")
+
+
+def test_load_strict_refuses_missing_extra_and_misshaped_tensors():
+    from medsam3.model.weights import load_strict
+
+    module = torch.nn.Linear(3, 2)
+    good = {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}
+    load_strict(module, good, "test", "SRC")
+    assert torch.equal(module.weight, torch.ones(2, 3))
+    with pytest.raises(InputError, match=r"SRC: the test weights .*1 missing tensor \(p\.bias\)"):
+        load_strict(module, {"weight": torch.ones(2, 3)}, "test", "SRC", prefix="p.")
+    with pytest.raises(InputError, match=r"1 unexpected tensor \(extra\)"):
+        load_strict(module, {**good, "extra": torch.ones(1)}, "test", "SRC")
+    with pytest.raises(InputError, match=r"1 wrongly shaped tensor \(weight \[3, 2\] \(expected \[2, 3\]\)\)"):
+        load_strict(module, {**good, "weight": torch.ones(3, 2)}, "test", "SRC")
+
+
+def test_float16_overflow_is_named_as_such(tiny_model_dir, tmp_path):
+    key = "detector_model.detr_decoder.layers.0.mlp.fc1.weight"
+    big = _copy_with(tiny_model_dir, tmp_path, lambda s: s.__setitem__(key, torch.full_like(s[key], 1e6)))
+    assert MedSAM3.from_pretrained(big, device="cpu").detector is not None  # finite in float32
+    with pytest.raises(InputError, match=f"1 finite tensor overflows float16 when loaded \\({key}\\).*float32"):
+        MedSAM3.from_pretrained(big, device="cpu", dtype="float16")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -258,3 +259,68 @@ def test_class_weights_are_checked_against_the_training_classes(model112, manife
                                             r"labels; classes: brain"):
         train(config_from_dict(bad))
     assert checkpoint_dirs(tmp_path / "bad") == []
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(model112, manifest, tmp_path_factory):
+    """A finished 2-step run with its checkpoints, copied by each resume case."""
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    cfg = tiny_config(model112, manifest, out, train={"max_steps": 2, "checkpoint_every": 1})
+    train(config_from_dict(cfg))
+    assert checkpoint_dirs(out)
+    return out
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _bad_rng(path: Path) -> None:
+    # loads, but is no RNG state: accelerate used to skip it with a log line, losing exactness
+    torch.save({"random_state": 5, "numpy_random_seed": None, "torch_manual_seed": torch.zeros(3)}, path)
+
+
+RESUME_CASES = {
+    "truncated-weights": ("model/model.safetensors", _truncate, ("model.safetensors", "truncated or corrupt")),
+    "optimizer-random-bytes": ("state/optimizer.bin", lambda p: p.write_bytes(os.urandom(2000)),
+                               ("optimizer.bin", "not a saved training state")),
+    "optimizer-other-object": ("state/optimizer.bin", lambda p: torch.save({"weights": torch.zeros(3)}, p),
+                               ("optimizer.bin", "no optimizer state")),
+    "trainer-json-malformed": ("trainer.json", lambda p: p.write_text('{"step": 1,'),
+                               ("trainer.json", "not readable JSON")),
+    "trainer-json-bad-step": ("trainer.json", lambda p: p.write_text('{"step": "one"}'), ("trainer.json", "'step'")),
+    "rng-truncated": ("state/random_states_0.pkl", _truncate, ("random_states_0.pkl", "not a saved training state")),
+    "rng-not-a-state": ("state/random_states_0.pkl", _bad_rng,
+                        ("random_states_0.pkl", "random-number state", "cannot continue exactly")),
+    "rng-missing": ("state/random_states_0.pkl", lambda p: p.unlink(), ("random_states_0.pkl", "missing")),
+}
+
+
+@pytest.mark.parametrize("name", list(RESUME_CASES))
+def test_resume_refuses_a_damaged_checkpoint(name, checkpointed_run, tmp_path):
+    """--resume from a damaged checkpoint: exit 2, one line naming the file, nothing written."""
+    import io
+    from contextlib import redirect_stderr
+
+    from medsam3.cli import main
+
+    relative, damage, fragments = RESUME_CASES[name]
+    run_dir = tmp_path / "run"
+    shutil.copytree(checkpointed_run, run_dir)
+    shutil.rmtree(run_dir / "final")
+    ckpt = checkpoint_dirs(run_dir)[-1][1]
+    damage(ckpt / relative)
+    before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "train.log"}
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = main(["train", "-c", str(run_dir / "config.yaml"), "-o", str(run_dir), "--resume"])
+    text = err.getvalue()
+    assert code == 2, text
+    lines = [line for line in text.splitlines() if line.startswith("medsam3: error:")]
+    assert len(lines) == 1 and "Traceback" not in text, text
+    for fragment in fragments:
+        assert fragment.lower() in lines[0].lower(), lines[0]
+    assert not (run_dir / "final").exists()
+    after = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "train.log"}
+    assert after == before  # the checkpoint, metrics and config are left as they were

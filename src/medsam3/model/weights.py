@@ -190,10 +190,12 @@ def check_finite(tensors: Iterable[tuple[str, torch.Tensor]], path, dtype: torch
         with safe_open(str(path), framework="pt") as f:
             overflow = [k for k in bad if not _non_finite(f.get_tensor(k))]
     if overflow:
-        raise InputError(f"{path}: {len(overflow)} tensors overflow {str(dtype).replace('torch.', '')} when "
-                         f"loaded ({_listed(overflow)}); load the model in float32 (--dtype float32)")
-    raise InputError(f"{path}: {len(bad)} tensors hold NaN or infinite values ({_listed(bad)}); such a model "
-                     "outputs NaN: convert or export it again (medsam3 convert --nan-fallback replaces them)")
+        raise InputError(f"{path}: {_count(len(overflow), 'finite')} overflow{'s' if len(overflow) == 1 else ''} "
+                         f"{str(dtype).replace('torch.', '')} when loaded ({_listed(overflow)}); load the model "
+                         "in float32 (--dtype float32)")
+    raise InputError(f"{path}: {len(bad)} tensor{'' if len(bad) == 1 else 's'} with NaN or infinite values "
+                     f"({_listed(bad)}); such a model outputs NaN: convert or export it again "
+                     "(medsam3 convert --nan-fallback replaces them)")
 
 
 def load_detector(directory, dtype: torch.dtype = torch.float32, config=None, checked: bool = False):

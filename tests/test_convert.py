@@ -322,6 +322,20 @@ def test_non_finite_weights_are_an_error_unless_a_fallback_supplies_them(tiny, t
     assert set(report.patched) == patched
     assert all(torch.equal(out[k], tiny["state"][k]) for k in out)
     assert "3 non-finite tensors replaced" in report.summary_line()
+    # the fallback model directory is loaded strictly too: a truncated or incomplete one is refused
+    import shutil
+
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "fallback"
+    shutil.copytree(tiny["dir"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(InputError, match="model.safetensors is not a readable safetensors file"):
+        cv.read_converted(path, nan_fallback=broken)
+    save_file({k: v for k, v in tiny["state"].items() if not k.endswith("mlp.fc1.weight")}, str(weights))
+    with pytest.raises(InputError, match=f"model directory {broken}: .* missing tensors"):
+        cv.read_converted(path, nan_fallback=broken)
 
 
 # ---------------------------------------------------------------------------------------------

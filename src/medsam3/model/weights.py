@@ -17,7 +17,7 @@ broken directory is refused the same way everywhere, before any model is built:
 * every loaded tensor must be finite (:func:`check_finite`).
 
 Nothing is ever loaded with ``strict=False`` semantics: the only keys allowed to differ are
-the recomputed buffers of :data:`RECOMPUTED_BUFFERS`.
+the recomputed buffers of :data:`RECOMPUTED_BUFFERS` (and the tracker's, when all are absent).
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def refuse_loading_report(info: dict, directory, what: str) -> None:
 def _non_finite(t: torch.Tensor) -> bool:
     if not (t.is_floating_point() or t.is_complex()) or t.device.type == "meta":
         return False
-    # one reduction in float64: any NaN or Inf survives it, finite values cannot overflow it
+    # one reduction in float64: any NaN or Inf survives it; finite float32/16 weights cannot overflow it
     return not bool(torch.isfinite(t.sum(dtype=torch.float64 if t.is_floating_point() else None)))
 
 

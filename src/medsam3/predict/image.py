@@ -27,8 +27,10 @@ from medsam3.preprocess import context_offset
 
 def check_finite_output(model: MedSAM3, prompt: str, tensors: Sequence[torch.Tensor], where: str = "") -> None:
     """Raise an :class:`InputError` naming ``prompt`` when any of the model's output ``tensors``
-    holds NaN or Inf (one reduction each: cheap next to the forward pass that made them)."""
-    if all(bool(torch.isfinite(t.float().sum())) for t in tensors):
+    holds NaN or Inf (one min/max pass each: cheap next to the forward pass that made them)."""
+    from medsam3.model.weights import all_finite
+
+    if all(all_finite(t) for t in tensors):
         return
     hint = (f"; it runs in {str(model.dtype).replace('torch.', '')}, which may overflow: try --dtype float32"
             if model.dtype != torch.float32 else "; its weights or this input make it overflow")

@@ -129,8 +129,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
     if output is not None:
         output = Path(output)
     image = input if isinstance(input, Image) else read_image(input, modality=modality, series_uid=series_uid)
-    if output is not None and image.path and _same_file(output, image.path):
-        raise ArgumentError(f"output {output} would overwrite the input {image.path}")
+    _plan_outputs(image, output, instances, overlay).check()  # nothing is written before this passes
     if output is not None and dicom_label_format(output, output_format):
         # DICOM SEG / RTSTRUCT reference the source series: check that before the model runs
         source_series(image, output, "DICOM output")
@@ -324,9 +323,8 @@ def _write_instances(volume_extra, image, output, sidecar, output_format=None) -
     extra = {"instances": image.with_array(instances, modality=None), "instance_labels": volume_extra["instance_labels"]}
     if output is not None:
         from medsam3.io import write_label_map
-        from medsam3.io.formats import image_extension, strip_image_extension
 
-        path = Path(str(strip_image_extension(output)) + "_instances" + image_extension(output))
+        path = _instances_path(output)
         labels = sidecar["labels"]
         present = set(np.unique(instances).tolist())
         instance_sidecar = {
@@ -349,9 +347,32 @@ def _instance_count(result) -> int:
     return len(result.instance_ids)  # objects in the instance map, each with one id across slices
 
 
-def _same_file(a, b) -> bool:
-    a, b = Path(a).resolve(), Path(b).resolve()
-    return a == b or (b.is_dir() and b in a.parents)
+def _instances_path(output) -> Path:
+    """Where ``--instances`` writes the instance map: ``NAME_instances.EXT`` beside ``NAME.EXT``."""
+    from medsam3.io.formats import image_extension, strip_image_extension
+
+    return Path(str(strip_image_extension(output)) + "_instances" + image_extension(output))
+
+
+def _plan_outputs(image: Image, output, instances: bool, overlay):
+    """Every file this run will write (label map, its data file and sidecar; for volumes with
+    ``instances``, the instance map's; the overlay), checked against the input's files and each
+    other by :class:`medsam3.io.outputs.OutputPlan` before anything is computed or written."""
+    from medsam3.io import sidecar_path
+    from medsam3.io.outputs import OutputPlan
+    from medsam3.overlay import check_overlay_path
+
+    plan = OutputPlan()
+    plan.add_input(image)
+    if output is not None:
+        plan.add_image(output, "label map")
+        plan.add(sidecar_path(output), "sidecar")
+        if instances and image.ndim == 3:
+            plan.add_image(_instances_path(output), "instance map")
+            plan.add(sidecar_path(_instances_path(output)), "instance map's sidecar")
+    if overlay is not None:
+        plan.add(check_overlay_path(overlay), "overlay")
+    return plan
 
 
 def summary_dict(result) -> dict:

@@ -97,8 +97,8 @@ def _add_segment(subparsers) -> None:
                         "presence on the N slices centred on it (odd; 3: no structure on one slice alone, no "
                         "one-slice gap); default: the model's own (medsam3.json), else 1")
     v.add_argument("--size", type=int, default=None, metavar="PX",
-                   help="the model's input resolution (a multiple of 14, e.g. 504 for ~4x less compute than "
-                        "1008); default: the checkpoint's own")
+                   help="the model's input resolution (a multiple of 14 up to 4032, e.g. 504 for ~4x less compute "
+                        "than 1008); default: the checkpoint's own")
     v.add_argument("--key-score", type=float, default=0.5,
                    help="merge rule: a detection this confident that no track explains starts a new track")
     p.add_argument("--model", default=None, help="model directory, Hugging Face hub id, or random:NAME "

@@ -95,6 +95,24 @@ def _segment(*args):
     return ("segment", *args, *MODEL)
 
 
+def _api(prompts=("brain",), **kwargs):
+    """``medsam3.segment`` on the case's ``in.png`` with the tiny model, writing ``o.png``."""
+    def call(ctx):
+        import medsam3
+
+        return medsam3.segment(ctx["png"], Path(ctx["tmp"]) / "o.png", prompts, model=ctx["model"],
+                               device="cpu", progress=False, **kwargs)
+    return call
+
+
+def _one_prompt(ctx):
+    seg = ctx["result"]
+    assert seg.prompts == ["liver"], seg.prompts
+    assert seg.sidecar["labels"] == {"1": "liver"}
+
+
+API_ABSENT = ("{tmp}/o.png", "{tmp}/o.json")
+
 CASES = [
     Case("missing-input", argv=_segment("-i", "{tmp}/nope.png", "-o", "{tmp}/out.png", "-p", "brain"),
          message=("nope.png",), absent=("{tmp}/out.png", "{tmp}/out.json")),
@@ -189,6 +207,39 @@ CASES = [
          argv=_segment("-i", "{series}", "-o", "{tmp}/seg.nii.gz", "-p", "brain", "--mode", "slices",
                        "--overlay", "{series}/look.png"),
          message=("overlay", "inside"), unchanged=("{series}",), absent=("{tmp}/seg.nii.gz", "{tmp}/seg.json")),
+    # --size is bounded: a typo must not ask for 120 GB
+    Case("size-far-too-large", build=_nifti("vol.nii.gz"),
+         argv=_segment("-i", "{vol}", "-o", "{tmp}/lab.nii.gz", "-p", "brain", "--size", "100002"),
+         message=("100002", "4032"), unchanged=("{vol}",), absent=("{tmp}/lab.nii.gz", "{tmp}/lab.json")),
+    Case("size-one-above-limit", build=_nifti("vol.nii.gz"),
+         argv=_segment("-i", "{vol}", "-o", "{tmp}/lab.nii.gz", "-p", "brain", "--size", "4046"),
+         message=("4046", "4032"), absent=("{tmp}/lab.nii.gz", "{tmp}/lab.json")),
+    Case("size-not-multiple-of-patch", build=_nifti("vol.nii.gz"),
+         argv=_segment("-i", "{vol}", "-o", "{tmp}/lab.nii.gz", "-p", "brain", "--size", "500"),
+         message=("500", "multiple of the 14"), absent=("{tmp}/lab.nii.gz", "{tmp}/lab.json")),
+    # the Python API: click and box shapes are checked, with the expected shape in the message
+    Case("api-points-flat-pair", build=_png, call=_api(points=[5, 5]),
+         message=("points", "[[x, y], ...]", "[5, 5]"), absent=API_ABSENT),
+    Case("api-points-one-number", build=_png, call=_api(points=[[5]]),
+         message=("points", "[[x, y], ...]"), absent=API_ABSENT),
+    Case("api-points-string", build=_png, call=_api(points="5,5"),
+         message=("points", "[[x, y], ...]"), absent=API_ABSENT),
+    Case("api-points-nan", build=_png, call=_api(points=[[5, float("nan")]]),
+         message=("points", "finite"), absent=API_ABSENT),
+    Case("api-box-three-numbers", build=_png, call=_api(box=[1, 2, 3]),
+         message=("box", "[x0, y0, x1, y1]"), absent=API_ABSENT),
+    Case("api-box-nested", build=_png, call=_api(box=[[1, 2, 3, 4]]),
+         message=("box", "[x0, y0, x1, y1]"), absent=API_ABSENT),
+    Case("api-exemplars-flat", build=_png, call=_api(exemplars=[1, 2, 30, 40]),
+         message=("exemplars", "[[x0, y0, x1, y1], ...]"), absent=API_ABSENT),
+    Case("api-point-labels-not-binary", build=_png, call=_api(points=[[5, 5]], point_labels=[2]),
+         message=("point_labels", "1 (positive) or 0 (negative)"), absent=API_ABSENT),
+    Case("api-point-labels-count", build=_png, call=_api(points=[[5, 5]], point_labels=[1, 0]),
+         message=("2 point_labels for 1 points",), absent=API_ABSENT),
+    Case("api-size-too-large", build=_png, call=_api(size=100002),
+         message=("100002", "4032"), absent=API_ABSENT),
+    # a string is one prompt, not one per letter
+    Case("api-prompts-one-string", build=_png, call=_api(prompts="liver"), exit_code=0, check=_one_prompt),
 ]
 
 

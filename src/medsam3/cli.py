@@ -224,6 +224,7 @@ def _run_model_export(args) -> int:
         from medsam3.predict.volume import check_presence_window
 
         check_presence_window(info["presence_window"])
+    _check_export_output(args)
     files = {}
     if args.card:
         try:
@@ -234,6 +235,21 @@ def _run_model_export(args) -> int:
     size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
     print(f"wrote {path} ({size:.1f} MiB){'; concepts: ' + ', '.join(concepts) if concepts else ''}")
     return 0
+
+
+def _check_export_output(args) -> None:
+    """The output directory is replaced whole: it must not be, or hold, the source model, the
+    manifest or the card."""
+    from medsam3.io.outputs import OutputPlan
+
+    plan = OutputPlan()
+    if os.path.exists(args.model):  # a hub id lives in the hub cache, never under -o
+        plan.add_input(args.model, "source model")
+    for path, role in ((args.manifest, "manifest"), (args.card, "model card")):
+        if path:
+            plan.add_input(path, role)
+    plan.add_directory(args.output, "exported model directory")
+    plan.check()
 
 
 def _run_model_info(args) -> int:

@@ -39,6 +39,7 @@ class _Entry:
     shown: str  # as the user gave it, for messages
     resolved: Path
     identity: tuple[int, int] | None  # (st_dev, st_ino) of an existing file
+    replaces_directory: bool = False  # the output is a whole directory, replaced with all it holds
 
 
 def _given(path: str | os.PathLike) -> Path:
@@ -193,6 +194,13 @@ class OutputPlan:
         self._outputs.append(entry)
         return entry.path
 
+    def add_directory(self, path: str | os.PathLike, role: str) -> Path:
+        """Plan an output directory that is replaced as a whole (a model directory): no input
+        may be it or lie inside it."""
+        entry = _entry(path, role)
+        self._outputs.append(_Entry(entry.path, role, entry.shown, entry.resolved, entry.identity, True))
+        return entry.path
+
     def add_image(self, path: str | os.PathLike, role: str) -> Path:
         """Plan an image file and the data file its format writes beside it (``.mhd``)."""
         for file, what in image_output_files(path):
@@ -203,7 +211,7 @@ class OutputPlan:
         """Raise :class:`ArgumentError` naming the clash when any output would touch an input,
         another output, or a directory. Writes nothing."""
         for i, out in enumerate(self._outputs):
-            if out.path.is_dir():
+            if out.path.is_dir() and not out.replaces_directory:
                 raise ArgumentError(f"cannot write the {out.role} {out.shown}: it is a directory; "
                                     "give a file name")
             clashes = [(clash, inp) for inp in self._inputs if (clash := _clash(out, inp))]
@@ -235,4 +243,6 @@ def _clash(out: _Entry, inp: _Entry) -> str | None:
         return "it is a hard link of"
     if inp.resolved.is_dir() and inp.resolved in out.resolved.parents:
         return _INSIDE
+    if out.replaces_directory and out.resolved in inp.resolved.parents:
+        return "replacing it would delete"
     return None

@@ -133,7 +133,7 @@ def test_api_argument_errors(tiny_model, tmp_path):
         medsam3.segment(source, tmp_path / "x.nii.gz", [], model=tiny_model)
     with pytest.raises(ArgumentError, match="is empty"):
         medsam3.segment(source, tmp_path / "x.nii.gz", ["  "], model=tiny_model)
-    with pytest.raises(ArgumentError, match="would overwrite the input"):
+    with pytest.raises(ArgumentError, match="it is the input image"):
         medsam3.segment(source, source, ["liver"], model=tiny_model)
     with pytest.raises(ArgumentError, match="2D image"):
         medsam3.segment(source, tmp_path / "x.nii.gz", ["liver"], slice_index=3, model=tiny_model)

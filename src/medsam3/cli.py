@@ -97,8 +97,8 @@ def _add_segment(subparsers) -> None:
                         "presence on the N slices centred on it (odd; 3: no structure on one slice alone, no "
                         "one-slice gap); default: the model's own (medsam3.json), else 1")
     v.add_argument("--size", type=int, default=None, metavar="PX",
-                   help="the model's input resolution (a multiple of 14, e.g. 504 for ~4x less compute than "
-                        "1008); default: the checkpoint's own")
+                   help="the model's input resolution (a multiple of 14 up to 4032, e.g. 504 for ~4x less compute "
+                        "than 1008); default: the checkpoint's own")
     v.add_argument("--key-score", type=float, default=0.5,
                    help="merge rule: a detection this confident that no track explains starts a new track")
     p.add_argument("--model", default=None, help="model directory, Hugging Face hub id, or random:NAME "
@@ -224,6 +224,7 @@ def _run_model_export(args) -> int:
         from medsam3.predict.volume import check_presence_window
 
         check_presence_window(info["presence_window"])
+    _check_export_output(args)
     files = {}
     if args.card:
         try:
@@ -234,6 +235,21 @@ def _run_model_export(args) -> int:
     size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
     print(f"wrote {path} ({size:.1f} MiB){'; concepts: ' + ', '.join(concepts) if concepts else ''}")
     return 0
+
+
+def _check_export_output(args) -> None:
+    """The output directory is replaced whole: it must not be, or hold, the source model, the
+    manifest or the card."""
+    from medsam3.io.outputs import OutputPlan
+
+    plan = OutputPlan()
+    if os.path.exists(args.model):  # a hub id lives in the hub cache, never under -o
+        plan.add_input(args.model, "source model")
+    for path, role in ((args.manifest, "manifest"), (args.card, "model card")):
+        if path:
+            plan.add_input(path, role)
+    plan.add_directory(args.output, "exported model directory")
+    plan.check()
 
 
 def _run_model_info(args) -> int:

@@ -9,6 +9,7 @@ Matplotlib is used through its Agg canvas only (no pyplot, no display, no global
 from __future__ import annotations
 
 import colorsys
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -21,6 +22,7 @@ from matplotlib.patches import Patch
 from medsam3.errors import ArgumentError
 from medsam3.image import Image
 from medsam3.io.atomic import atomic_output
+from medsam3.io.outputs import OutputPlan
 from medsam3.preprocess import normalize_intensity
 
 # tab10 then the light tab20 shades, without the two greys (invisible on grey images).
@@ -229,6 +231,23 @@ def _check_inputs(image: Image, labels, normalized):
     return labels, normalized
 
 
+def check_overlay_path(path) -> Path:
+    """``path`` as a :class:`~pathlib.Path` when an overlay can be written there: a ``.png``
+    name that is not a directory (the overlay is always a PNG picture).
+
+    Raises:
+        ArgumentError: another ending (``x.nii.gz`` would get PNG bytes), or a directory.
+    """
+    path = Path(os.path.expanduser(os.fspath(path)))
+    if path.is_dir():
+        raise ArgumentError(f"cannot write the overlay {path}: it is a directory; give a file name "
+                            "ending in .png")
+    if path.suffix.lower() != ".png":
+        raise ArgumentError(f"cannot write the overlay {path}: an overlay is a PNG picture; give a name "
+                            "ending in .png")
+    return path
+
+
 def render_overlay(image: Image, labels: np.ndarray, names: Mapping[int, str], path, *,
                    normalized: np.ndarray | None = None, alpha: float = 0.45,
                    absent: Sequence[str] = ()) -> Path:
@@ -254,7 +273,11 @@ def render_overlay(image: Image, labels: np.ndarray, names: Mapping[int, str], p
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    path = Path(path)
+    path = check_overlay_path(path)
+    plan = OutputPlan()
+    plan.add_input(image)
+    plan.add(path, "overlay")
+    plan.check()
     labels, normalized = _check_inputs(image, labels, normalized)
     max_label = int(labels.max(initial=0))
     named = [int(k) for k in names]
@@ -314,6 +337,10 @@ def render_overlay(image: Image, labels: np.ndarray, names: Mapping[int, str], p
                    bbox_to_anchor=((margin + panels_w + gap) / fig_w, 1 - (top - 0.05) / fig_h),
                    handlelength=1.4, columnspacing=1.0, borderaxespad=0.0)
 
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, facecolor="white")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, facecolor="white")
+    except OSError as exc:
+        raise ArgumentError(f"could not write the overlay {path}: {exc.strerror or exc}") from None
     return path

@@ -77,7 +77,8 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         input: a file or DICOM series directory (any format of :func:`medsam3.io.read_image`),
             or an :class:`Image`.
         output: where to write the label map (format from the extension); ``None`` writes nothing.
-        prompts: text prompts; label k is the k-th prompt.
+        prompts: text prompts; label k is the k-th prompt. A single string is one prompt
+            (``prompts="liver"``), not one per letter.
         box: ``X0 Y0 X1 Y1`` pixel box of one object (interactive, through the tracker); it gets
             the label after the text prompts.
         points: ``[[X, Y], ...]`` clicks on that same object; ``point_labels`` 1 (positive,
@@ -101,8 +102,9 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         instances: volumes: also write an instance map (one id per object, kept across
             slices) next to the label map, ``NAME_instances.EXT`` with its own sidecar.
         skip_empty: volumes: skip empty background slices (:class:`medsam3.predict.volume.EmptySliceRule`).
-        size: volumes: the model's input resolution in pixels (a multiple of 14; default the
-            checkpoint's own), see :func:`medsam3.predict.input_size.with_input_size`.
+        size: volumes: the model's input resolution in pixels (a multiple of 14 up to
+            :data:`medsam3.predict.input_size.MAX_INPUT_SIZE` = 4032; default the checkpoint's own),
+            see :func:`medsam3.predict.input_size.with_input_size`.
         backward_slices, max_unsupported, iou_threshold, key_score: volumes: how far tracks are
             propagated back from their key slice, and the merge rule (:mod:`medsam3.predict.merge`).
         presence_window: volumes, mode ``slices``: an odd number of slices whose median presence
@@ -120,17 +122,29 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
     from medsam3.io.dicom_derived import source_series
     from medsam3.preprocess import normalize_intensity
 
+    if isinstance(prompts, str):  # one prompt, not one per letter
+        prompts = [prompts]
     prompts = [str(p) for p in (prompts or [])]
     if any(not p.strip() for p in prompts):
         raise ArgumentError("a text prompt is empty")
+    box = None if box is None else _numbers(box, 4, "box", "[x0, y0, x1, y1]")
+    points = None if points is None else [_numbers(p, 2, "points", "[[x, y], ...]", points) for p in _items(
+        points, "points", "[[x, y], ...]")]
+    exemplars = None if exemplars is None else [_numbers(b, 4, "exemplars", "[[x0, y0, x1, y1], ...]", exemplars)
+                                                for b in _items(exemplars, "exemplars", "[[x0, y0, x1, y1], ...]")]
+    point_labels = _click_labels(point_labels, points, "point_labels", "points")
+    exemplar_labels = _click_labels(exemplar_labels, exemplars, "exemplar_labels", "exemplars")
+    if size is not None:
+        from medsam3.predict.input_size import check_input_size
+
+        size = check_input_size(size)
     interactive = box is not None or bool(points)
     if not prompts and not interactive:
         raise ArgumentError("no prompt given: give at least one text prompt (-p), a --box or a --point")
     if output is not None:
         output = Path(output)
     image = input if isinstance(input, Image) else read_image(input, modality=modality, series_uid=series_uid)
-    if output is not None and image.path and _same_file(output, image.path):
-        raise ArgumentError(f"output {output} would overwrite the input {image.path}")
+    _plan_outputs(image, output, instances, overlay).check()  # nothing is written before this passes
     if output is not None and dicom_label_format(output, output_format):
         # DICOM SEG / RTSTRUCT reference the source series: check that before the model runs
         source_series(image, output, "DICOM output")
@@ -208,6 +222,36 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         seg.overlay = render_overlay(image, label_array, {k: n for k, n in enumerate(names, start=1)}, overlay,
                                      normalized=normalized, absent=absent)
     return seg
+
+
+def _items(values, name: str, shape: str) -> list:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ArgumentError(f"{name} must be {shape} (pixels), got {values!r}")
+    return list(values)
+
+
+def _numbers(value, n: int, name: str, shape: str, whole=None) -> list[float]:
+    """``value`` as ``n`` finite floats, or an ArgumentError showing the expected shape."""
+    try:
+        numbers = [float(v) for v in _items(value, name, shape)]
+    except (TypeError, ValueError, ArgumentError):
+        numbers = []
+    if len(numbers) != n or not np.all(np.isfinite(numbers)):
+        shown = value if whole is None else whole
+        raise ArgumentError(f"{name} must be {shape} (pixels, {n} finite numbers each), got {shown!r}")
+    return numbers
+
+
+def _click_labels(labels, items, name: str, of: str) -> list[int] | None:
+    """``labels`` (1 = positive, 0 = negative), one per item of ``of``; ``None`` stays ``None``."""
+    if labels is None:
+        return None
+    values = _items(labels, name, "[1, 0, ...]")
+    if any(isinstance(v, bool) or v not in (0, 1) for v in values):
+        raise ArgumentError(f"{name} must be 1 (positive) or 0 (negative) for each of {of}, got {labels!r}")
+    if len(values) != len(items or []):
+        raise ArgumentError(f"{len(values)} {name} for {len(items or [])} {of}: give one per item")
+    return [int(v) for v in values]
 
 
 def _unknown_prompts(model: MedSAM3, prompts: Sequence[str]) -> list[str]:
@@ -324,9 +368,8 @@ def _write_instances(volume_extra, image, output, sidecar, output_format=None) -
     extra = {"instances": image.with_array(instances, modality=None), "instance_labels": volume_extra["instance_labels"]}
     if output is not None:
         from medsam3.io import write_label_map
-        from medsam3.io.formats import image_extension, strip_image_extension
 
-        path = Path(str(strip_image_extension(output)) + "_instances" + image_extension(output))
+        path = _instances_path(output)
         labels = sidecar["labels"]
         present = set(np.unique(instances).tolist())
         instance_sidecar = {
@@ -349,9 +392,32 @@ def _instance_count(result) -> int:
     return len(result.instance_ids)  # objects in the instance map, each with one id across slices
 
 
-def _same_file(a, b) -> bool:
-    a, b = Path(a).resolve(), Path(b).resolve()
-    return a == b or (b.is_dir() and b in a.parents)
+def _instances_path(output) -> Path:
+    """Where ``--instances`` writes the instance map: ``NAME_instances.EXT`` beside ``NAME.EXT``."""
+    from medsam3.io.formats import image_extension, strip_image_extension
+
+    return Path(str(strip_image_extension(output)) + "_instances" + image_extension(output))
+
+
+def _plan_outputs(image: Image, output, instances: bool, overlay):
+    """Every file this run will write (label map, its data file and sidecar; for volumes with
+    ``instances``, the instance map's; the overlay), checked against the input's files and each
+    other by :class:`medsam3.io.outputs.OutputPlan` before anything is computed or written."""
+    from medsam3.io import sidecar_path
+    from medsam3.io.outputs import OutputPlan
+    from medsam3.overlay import check_overlay_path
+
+    plan = OutputPlan()
+    plan.add_input(image)
+    if output is not None:
+        plan.add_image(output, "label map")
+        plan.add(sidecar_path(output), "sidecar")
+        if instances and image.ndim == 3:
+            plan.add_image(_instances_path(output), "instance map")
+            plan.add(sidecar_path(_instances_path(output)), "instance map's sidecar")
+    if overlay is not None:
+        plan.add(check_overlay_path(overlay), "overlay")
+    return plan
 
 
 def summary_dict(result) -> dict:

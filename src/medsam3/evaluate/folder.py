@@ -509,6 +509,15 @@ def read_cases_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def append_case_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append one case's rows to ``path`` in one write; a missing (or empty) file gets the
+    header first, so ``cases.csv`` only ever exists with at least one whole case."""
+    header = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as handle:
+        handle.write(rows_to_csv_text(rows, header=header))
+        handle.flush()
+
+
 def _write_csv_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
     from medsam3.io.atomic import atomic_output
 
@@ -563,6 +572,19 @@ def _check_resume(out: Path, settings: EvaluationSettings) -> None:
         )
 
 
+def _check_out(out: Path, predictions, ground_truth) -> None:
+    """The report files must not land in (or on) the folders being scored: a report's PNG plots
+    inside the predictions folder would be read as predictions by the next run."""
+    from medsam3.io.outputs import OutputPlan
+
+    plan = OutputPlan()
+    plan.add_input(predictions, "predictions folder")
+    plan.add_input(ground_truth, "ground-truth folder")
+    for name in (CASES_CSV, SETTINGS_JSON, "report.md", "report.json"):
+        plan.add(out / name, f"evaluation's {name}")
+    plan.check()
+
+
 def evaluate_folder(predictions: str | os.PathLike, ground_truth: str | os.PathLike, out: str | os.PathLike,
                     labels: str | dict[int, str] | None = None, nsd_tolerance: float = 2.0,
                     both_empty: str = "nan", one_empty_distance: str = "diagonal", instances: bool = True,
@@ -613,6 +635,7 @@ def evaluate_folder(predictions: str | os.PathLike, ground_truth: str | os.PathL
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"--out {out} exists and is not a directory")
+    _check_out(out, predictions, ground_truth)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / CASES_CSV
     if overwrite and csv_path.exists():
@@ -627,28 +650,28 @@ def evaluate_folder(predictions: str | os.PathLike, ground_truth: str | os.PathL
     redo = {r["case"] for r in previous if r["status"] == "missing_prediction"
             and r["case"] in by_id and by_id[r["case"]].prediction is not None}
     kept = [r for r in previous if r["case"] in by_id and r["case"] not in redo]
-    if not csv_path.exists() or len(kept) != len(previous) or not csv_path.read_text().endswith("\n"):
+    # A fresh cases.csv appears with its first case's rows: a run that stops before any case
+    # is scored leaves no header-only file behind.
+    if csv_path.exists() and (len(kept) != len(previous) or not csv_path.read_text().endswith("\n")):
         _write_csv_atomically(csv_path, kept)
     done = {r["case"] for r in kept}
     todo = [c for c in cases if c.case not in done]
 
     dataset_info = read_dataset_json(ground_truth)
     scored_now = []
-    with open(csv_path, "a", newline="") as handle:
-        for files in tqdm(todo, desc="evaluate", unit="case", disable=not progress, file=sys.stderr):
-            gt_image = read_label_map(files.ground_truth)
-            pred_image = read_label_map(files.prediction) if files.prediction is not None else None
-            rows = score_case(pred_image, gt_image, settings, files.case,
-                              pred_sidecar=read_sidecar(files.prediction) if files.prediction else {},
-                              gt_sidecar=read_sidecar(files.ground_truth), dataset_info=dataset_info,
-                              dataset=settings.dataset)
-            # One write per case: an interrupted run leaves whole cases (or a cut last line,
-            # which read_cases_csv drops).
-            handle.write(rows_to_csv_text(rows, header=False))
-            handle.flush()
-            scored_now.append(files.case)
+    for files in tqdm(todo, desc="evaluate", unit="case", disable=not progress, file=sys.stderr):
+        gt_image = read_label_map(files.ground_truth)
+        pred_image = read_label_map(files.prediction) if files.prediction is not None else None
+        rows = score_case(pred_image, gt_image, settings, files.case,
+                          pred_sidecar=read_sidecar(files.prediction) if files.prediction else {},
+                          gt_sidecar=read_sidecar(files.ground_truth), dataset_info=dataset_info,
+                          dataset=settings.dataset)
+        # One write per case: an interrupted run leaves whole cases (or a cut last line,
+        # which read_cases_csv drops).
+        append_case_rows(csv_path, rows)
+        scored_now.append(files.case)
 
-    rows = read_cases_csv(csv_path)
+    rows = read_cases_csv(csv_path) if csv_path.exists() else []
     order = {c.case: i for i, c in enumerate(cases)}
     rows.sort(key=lambda r: order.get(r["case"], len(order)))
     report = write_folder_report(

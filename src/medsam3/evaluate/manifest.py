@@ -57,7 +57,7 @@ import numpy as np
 
 from medsam3.errors import ArgumentError, InputError
 from medsam3.evaluate.folder import (
-    CASES_CSV, SETTINGS_JSON, EvaluationSettings, FolderEvaluation, read_cases_csv, read_sidecar,
+    CASES_CSV, SETTINGS_JSON, EvaluationSettings, FolderEvaluation, append_case_rows, read_cases_csv, read_sidecar,
     rows_to_csv_text, score_case,
 )
 from medsam3.image import Image
@@ -463,17 +463,17 @@ def keep_rows(csv_path: Path, keep: Callable[[dict[str, Any]], bool]) -> list[di
 
     previous = read_cases_csv(csv_path) if csv_path.exists() else []
     kept = [r for r in previous if keep(r)]
-    if not csv_path.exists() or len(kept) != len(previous) or not csv_path.read_text().endswith("\n"):
+    # no file yet: it appears with the first case's rows (append_rows), never header-only
+    if csv_path.exists() and (len(kept) != len(previous) or not csv_path.read_text().endswith("\n")):
         with atomic_output(csv_path) as tmp:
             Path(tmp).write_text(rows_to_csv_text(kept, header=True))
     return kept
 
 
 def append_rows(csv_path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append one case's rows in one write (an interruption leaves whole cases or a cut last line)."""
-    with open(csv_path, "a", newline="") as handle:
-        handle.write(rows_to_csv_text(rows, header=False))
-        handle.flush()
+    """Append one case's rows in one write (an interruption leaves whole cases or a cut last line);
+    the header comes first when the file does not exist yet."""
+    append_case_rows(csv_path, rows)
 
 
 @dataclass
@@ -635,7 +635,7 @@ def _scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances) 
 
 
 def _ordered_rows(csv_path: Path, items: list) -> list[dict[str, Any]]:
-    rows = read_cases_csv(csv_path)
+    rows = read_cases_csv(csv_path) if csv_path.exists() else []
     order = {it.id: i for i, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(r["case"], len(order)))
     return rows

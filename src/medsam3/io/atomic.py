@@ -4,11 +4,17 @@ Every medsam3 output (label maps, sidecars, overlay PNGs, reports) is first writ
 temporary name in the destination directory, then renamed onto its final name with
 :func:`os.replace`, which is atomic within one file system. On any error the temporary
 output is deleted and an existing file at the destination is left untouched.
+
+A process killed outright (``kill -9``, power loss) cannot delete its temporary file. The
+temporary names carry the writer's process id (``.seg.nii.gz.tmp-4242-1a2b3c4d.nii.gz``), so
+the next write to the same destination removes those whose process is gone: only names of
+exactly this pattern, for exactly that destination, never a live writer's, never other files.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -28,14 +34,48 @@ def _format_suffix(name: str) -> str:
     return path.suffix
 
 
-def _temp_name(path: Path) -> Path:
-    """A fresh hidden name next to ``path`` that keeps its format ending."""
+def _temp_name(path: Path, suffix: str | None = None) -> Path:
+    """A fresh hidden name next to ``path`` (with this process's id) that keeps its format ending."""
+    suffix = _format_suffix(path.name) if suffix is None else suffix
     while True:
-        candidate = path.with_name(
-            f".{path.name}.tmp-{secrets.token_hex(4)}{_format_suffix(path.name)}"
-        )
+        candidate = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
         if not candidate.exists():
             return candidate
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we wrote: leave it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that writers killed mid-write left for ``path``; returns them.
+
+    Only names made by :func:`atomic_output` / :func:`atomic_file_set` for this very ``path``
+    (``.NAME.tmp-PID-8hex[ENDING]``) whose process ``PID`` no longer exists are removed.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+)-[0-9a-f]{{8}}"
+                         rf"({re.escape(_format_suffix(path.name))})?")
+    removed = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or int(match.group(1)) == os.getpid() or _process_alive(int(match.group(1))):
+            continue
+        _remove(entry)
+        removed.append(entry)
+    return removed
 
 
 def _remove(path: Path) -> None:
@@ -63,6 +103,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             figure.savefig(tmp)
     """
     path = Path(path)
+    remove_stale_temporaries(path)
     tmp = _temp_name(path)
     try:
         yield tmp
@@ -83,7 +124,8 @@ def atomic_file_set(path: str | os.PathLike) -> Iterator[Path]:
     also finds its data. On failure the directory and everything in it is deleted.
     """
     path = Path(path)
-    tmp_dir = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    remove_stale_temporaries(path)
+    tmp_dir = _temp_name(path, suffix="")
     tmp_dir.mkdir()
     moved: list[Path] = []
     try:

@@ -31,6 +31,7 @@ from medsam3.io.formats import (
     strip_image_extension,
 )
 from medsam3.io.itk_bridge import image_to_simpleitk, itk_error_text
+from medsam3.io.outputs import OutputPlan
 
 # The pixel types a PNG file can hold; the other output formats take any integer or float type.
 _PNG_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
@@ -62,18 +63,15 @@ def _output_path(path: str | os.PathLike) -> tuple[Path, ImageFormat]:
     return path, fmt
 
 
-def _refuse_input_overwrite(path: Path, reference: Image) -> None:
-    """Stop a write that would replace or land inside the image it was made from."""
-    if not reference.path:
-        return
-    source = Path(reference.path).expanduser().resolve()
-    target = path.resolve()
-    if target == source:
-        raise ArgumentError(f"refusing to write {path}: it is the input image {reference.path}; "
-                            "choose another output file")
-    if source.is_dir() and source in target.parents:
-        raise ArgumentError(f"refusing to write {path}: it is inside the input DICOM directory "
-                            f"{reference.path}; write outside it so the series stays unchanged")
+def _check_outputs(path: Path, reference: Image, sidecar: bool) -> None:
+    """Stop a write whose files (image, data file, sidecar) would touch a file of the image
+    it was made from (see :class:`medsam3.io.outputs.OutputPlan`)."""
+    plan = OutputPlan()
+    plan.add_input(reference)
+    plan.add_image(path, "label map")
+    if sidecar:
+        plan.add(sidecar_path(path), "sidecar")
+    plan.check()
 
 
 def _label_array(labels: np.ndarray, reference: Image, path: Path) -> np.ndarray:
@@ -256,9 +254,7 @@ def write_label_map(labels: np.ndarray, reference: Image, path: str | os.PathLik
     array = _label_array(labels, reference, path)
     if dicom_format is None:
         _check_dims(path, fmt, reference.ndim)
-    _refuse_input_overwrite(path, reference)
-    if sidecar is not None:
-        _refuse_input_overwrite(sidecar_path(path), reference)
+    _check_outputs(path, reference, sidecar is not None)
     if not overwrite:
         for existing in (path, sidecar_path(path) if sidecar is not None else None):
             if existing is not None and existing.exists():

@@ -28,10 +28,28 @@ from medsam3.model.directory import build_processor
 from medsam3.model.loader import MedSAM3
 
 
+#: The largest input resolution accepted: 4x the published 1008 px. Activations grow with its
+#: square (and attention with its fourth power), so a typo such as 100002 would otherwise ask
+#: for hundreds of GB before failing.
+MAX_INPUT_SIZE = 4032
+
+
 def check_input_size(size: int) -> int:
-    if isinstance(size, bool) or int(size) != size or size < PATCH_SIZE or size % PATCH_SIZE:
-        raise ArgumentError(f"input size {size} is not a positive multiple of the {PATCH_SIZE}-pixel patch "
+    """``size`` as an int when it is a multiple of the patch size from 14 to :data:`MAX_INPUT_SIZE`.
+
+    Raises:
+        ArgumentError: anything else (not a number, not a multiple of 14, too large).
+    """
+    try:
+        ok = not isinstance(size, bool) and int(size) == size
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or size < PATCH_SIZE or size % PATCH_SIZE:
+        raise ArgumentError(f"input size {size!r} is not a positive multiple of the {PATCH_SIZE}-pixel patch "
                             f"(e.g. 504, 672, 1008)")
+    if size > MAX_INPUT_SIZE:
+        raise ArgumentError(f"input size {size} is larger than {MAX_INPUT_SIZE} pixels, the most medsam3 runs "
+                            f"(4x the published 1008); use a multiple of {PATCH_SIZE} up to {MAX_INPUT_SIZE}")
     return int(size)
 
 

@@ -743,8 +743,35 @@ class Trainer:
         return final
 
     # ------------------------------------------------------------------ the loop
+    def _undo_setup(self, before: set[str] | None) -> None:
+        """After a failed start, remove what this start created in ``output_dir`` (all of it when
+        the folder is new; else only new entries), so a bad config leaves no half-made run."""
+        handler = getattr(self, "_file_handler", None)
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+            self._file_handler = None
+        if not getattr(self, "is_main", False):  # only the main process created files
+            return
+        output_dir = Path(self.cfg.output_dir)
+        if not output_dir.is_dir():
+            return
+        if before is None:
+            shutil.rmtree(output_dir, ignore_errors=True)
+            return
+        for entry in output_dir.iterdir():
+            if entry.name not in before:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() \
+                    else entry.unlink(missing_ok=True)
+
     def run(self) -> TrainingResult:
-        self._setup()
+        output_dir = Path(self.cfg.output_dir)
+        before = {e.name for e in output_dir.iterdir()} if output_dir.is_dir() else None
+        try:
+            self._setup()
+        except BaseException:
+            self._undo_setup(before)
+            raise
         cfg, acc = self.cfg, self.accelerator
         t = cfg.train
         if self.val_set is not None and t.validate_at_start and self.start_step == 0:

@@ -12,11 +12,18 @@ CT" -> "liver"); the prompts as written are kept in ``source.prompts``.
 ``spacing`` is taken in ITK order ``(x, y, z)``, the order the challenge's conversion
 scripts passed to SimpleITK's ``SetSpacing``; this is an assumption about files written
 by others, so check it on your data (``medsam3 data inspect``).
-The text prompts are pickled: convert only files you trust.
+
+Nothing is unpickled with :mod:`pickle`'s full powers: arrays are read with
+``allow_pickle=False``, and the pickled ``text_prompts`` by :class:`_PromptUnpickler`, which
+builds only numpy arrays and plain data (dicts, strings, numbers) and refuses any other
+object a pickle names, so a crafted file cannot run code. ``text_prompts`` may also be a
+string array holding the same dict as JSON.
 """
 
 from __future__ import annotations
 
+import json
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -58,16 +65,69 @@ def npz_array_info(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return info
 
 
+class _PromptUnpickler(pickle.Unpickler):
+    """Unpickles a numpy object array of plain data and nothing else.
+
+    A pickle calls whatever globals it names (``os.system`` in a crafted ``__reduce__``);
+    here only numpy's array and dtype reconstruction are found, everything else is refused.
+    """
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.multiarray", "_reconstruct")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, wherever it lives
+        return getattr(np, name)
+
+
+def _read_prompts_member(path: Path, archive: zipfile.ZipFile):
+    with archive.open("text_prompts.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        _, _, dtype = read(fh)
+        if not dtype.hasobject:
+            return None  # an ordinary array: np.load reads it
+        try:
+            return _PromptUnpickler(fh).load()
+        except pickle.UnpicklingError as exc:
+            raise InputError(f"{path}: text_prompts holds a pickled object that is not plain data "
+                             f"({exc}); medsam3 does not unpickle it (that could run code). Give the class "
+                             "names with --labels instead") from None
+        except Exception as exc:  # a damaged pickle: any of its many errors
+            raise InputError(f"cannot read text_prompts of {path}: {type(exc).__name__}: {exc}") from None
+
+
 def npz_prompts(path: Path) -> dict:
-    """The ``text_prompts`` dict of a BiomedSegFM file (``{}`` when absent)."""
+    """The ``text_prompts`` dict of a BiomedSegFM file (``{}`` when absent).
+
+    Read without running code: a pickled dict through :class:`_PromptUnpickler`, or a string
+    array holding the dict as JSON.
+
+    Raises:
+        InputError: an unreadable file, a pickle naming anything but numpy arrays and plain
+            data, or a value that is not such a dict.
+    """
     try:
-        with np.load(path, allow_pickle=True) as data:
-            if "text_prompts" not in data.files:
+        with zipfile.ZipFile(path) as archive:
+            if "text_prompts.npy" not in archive.namelist():
                 return {}
-            value = data["text_prompts"]
-    except (OSError, ValueError) as exc:
+            value = _read_prompts_member(path, archive)
+        if value is None:
+            with np.load(path, allow_pickle=False) as data:
+                value = data["text_prompts"]
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise InputError(f"cannot read text_prompts of {path}: {exc}") from None
-    value = value.item() if isinstance(value, np.ndarray) and value.dtype == object and value.shape == () else value
+    if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "OUS":
+        value = value.item()
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
     if not isinstance(value, dict):
         raise InputError(f"{path}: text_prompts must be a dict {{'1': 'prompt', 'instance_label': 0}}, "
                          f"got {type(value).__name__}")
@@ -75,10 +135,13 @@ def npz_prompts(path: Path) -> dict:
 
 
 def npz_spacing(path: Path) -> list[float] | None:
-    with np.load(path, allow_pickle=False) as data:
-        if "spacing" not in data.files:
-            return None
-        return [float(s) for s in np.asarray(data["spacing"]).ravel()]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "spacing" not in data.files:
+                return None
+            return [float(s) for s in np.asarray(data["spacing"]).ravel()]
+    except (OSError, ValueError, TypeError) as exc:  # object arrays are refused, not unpickled
+        raise InputError(f"cannot read spacing of {path}: {exc}; expected numbers (x, y[, z]) in mm") from None
 
 
 def _modality_of(path: Path, root: Path) -> str | None:

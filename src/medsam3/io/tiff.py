@@ -45,13 +45,16 @@ def _spacing_from_resolution(page) -> tuple[float, float]:
     return spacing[0], spacing[1]
 
 
-def _check_layout(path: Path, max_pixels: int | None) -> None:
+def _check_layout(path: Path, max_pixels: int | None) -> int | None:
     """Refuse, from the TIFF tags alone, sample layouts we would misread and oversized files.
 
     ITK reads the first sample of a 2- or 5-sample pixel (or interleaves them) as grey without
     a word, so the samples per pixel are checked here: 1 (grey or palette), 3 (RGB), or an
     alpha channel (grey+alpha, RGBA) that is dropped. Unparseable files are left to the
     readers, which report them.
+
+    Returns:
+        The samples per pixel, ``None`` when tifffile cannot parse the file.
     """
     import tifffile
 
@@ -63,7 +66,7 @@ def _check_layout(path: Path, max_pixels: int | None) -> None:
             extras = [int(e) for e in (page.extrasamples or ())]
             shape = tuple(int(d) for d in tif.series[0].shape)
     except Exception:
-        return
+        return None
     check_decoded_size(path, shape, 1, max_pixels, what="values")
     colour = samples - len(extras)
     alpha_only = all(e in _ALPHA_EXTRASAMPLES for e in extras) and len(extras) <= 1
@@ -79,6 +82,7 @@ def _check_layout(path: Path, max_pixels: int | None) -> None:
             + "); medsam3 reads grey (1 sample), RGB (3) and grey+alpha / RGBA (alpha dropped): "
             "save each channel as its own grey file"
         )
+    return samples
 
 
 def _read_with_tifffile(path: Path) -> Image:
@@ -127,7 +131,8 @@ def read_tiff(path: Path, max_pixels: int | None = None) -> Image:
         InputError: neither reader can read it, it is over the size limit, its pixels have
             channels other than grey / RGB / alpha, or it is not a 2D/3D/RGB image.
     """
-    _check_layout(path, max_pixels)
+    if _check_layout(path, max_pixels) == 2:
+        return _read_with_tifffile(path)  # ITK reads grey+alpha samples interleaved as grey
     try:
         return read_with_simpleitk(path, TIFF, max_pixels=max_pixels)
     except InputError as itk_error:

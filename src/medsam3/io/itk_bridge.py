@@ -18,7 +18,7 @@ from medsam3.errors import InputError, MedSAM3Error
 from medsam3.image import Image
 from medsam3.io.formats import JPEG, NIFTI, PNG, SUPPORTED_INPUT_FORMATS, TIFF, ImageFormat
 from medsam3.io.geometry import Grid, squeeze_singleton_axes
-from medsam3.io.header_checks import check_header_direction
+from medsam3.io.header_checks import check_text_header
 from medsam3.io.limits import check_decoded_size
 from medsam3.io.nifti import check_nifti_complete, nifti_non_finite_mask
 
@@ -126,6 +126,7 @@ def read_with_simpleitk(path: Path, fmt: ImageFormat, channel: int | None = None
         InputError: unreadable or corrupt file, too large, sheared, or data that is not a
             2D/3D/RGB image.
     """
+    check_text_header(path, fmt)  # before ITK: MetaIO crashes on some malformed headers
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -139,7 +140,6 @@ def read_with_simpleitk(path: Path, fmt: ImageFormat, channel: int | None = None
     kept = size[:3] if channel is not None else size
     check_decoded_size(path, kept, components, max_pixels,
                        what="voxels" if len([s for s in kept if s > 1]) > 2 else "pixels")
-    check_header_direction(path, fmt)
     if fmt is NIFTI:
         check_nifti_complete(path)
     if channel is not None:

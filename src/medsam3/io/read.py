@@ -45,10 +45,14 @@ def _read_any(path: Path, series_uid: str | None, channel: int | None, limit: in
     return read_with_simpleitk(path, fmt, channel=channel, max_pixels=limit)
 
 
-def _check_finite(image: Image) -> None:
-    """Refuse an image without one finite value; warn about (and say what becomes of) NaN/inf."""
+def _check_values(image: Image) -> None:
+    """Refuse an image without pixels or without one finite value; warn about (and say what
+    becomes of) NaN/inf."""
     array = image.array
-    if array.dtype.kind not in "fc" or array.size == 0:
+    if array.size == 0:
+        raise InputError(f"cannot read {image.path}: it holds no pixels (array shape {array.shape}); "
+                         "the file is corrupt or truncated")
+    if array.dtype.kind not in "fc":
         return
     finite = np.isfinite(array)
     count = int(finite.sum())
@@ -112,7 +116,7 @@ def read_image(path: str | os.PathLike, modality: str | None = None,
         reason = " ".join(str(exc).split())
         raise InputError(f"cannot read {path}: {type(exc).__name__}: {reason}. "
                          f"Supported inputs: {SUPPORTED_INPUT_FORMATS}") from None
-    _check_finite(image)
+    _check_values(image)
     if modality is not None:
         image.modality = modality
     return image

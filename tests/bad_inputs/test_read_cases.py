@@ -79,6 +79,30 @@ def _nrrd_bomb(path):
     ri.edit_header(path, "sizes: 24 20 6", "sizes: 3000 3000 3000")
 
 
+def _mha_ndims_huge(path):
+    ri.write_itk(path, _volume())
+    ri.edit_header(path, "NDims = 3", "NDims = 1e308")  # MetaIO crashed the process (segfault)
+
+
+def _mha_dimsize_short(path):
+    ri.write_itk(path, _volume())
+    ri.edit_header(path, "DimSize = 24 20 6", "DimSize = 24 20")
+
+
+def _tiff_bad_length_tag(path):
+    """Fuzz case 1162: the ImageLength entry's count overwritten; ITK then read 0 rows."""
+    import struct
+
+    from PIL import Image as PILImage
+
+    with PILImage.open(ri.ITK_DATA / "BrainProtonDensitySlice.png") as picture:
+        picture.save(path)
+    data = bytearray(path.read_bytes())
+    assert struct.unpack_from("<IH", data, 4)[0] == 8 and struct.unpack_from("<H", data, 22)[0] == 257
+    data[26:30] = bytes([115, 104, 229, 129])
+    path.write_bytes(bytes(data))
+
+
 def _sheared_mhd(path):
     ri.write_itk(path, _volume(), spacing=(1.5, 1.5, 3.0))
     ri.edit_header(path, "TransformMatrix = 1 0 0 0 1 0 0 0 1", "TransformMatrix = 1 0.5 0 0 1 0 0 0 1")
@@ -273,6 +297,13 @@ CASES = [
          check=lambda ctx: ctx["result"].shape == (64, 80) or pytest.fail("not read")),
     Case("limit-env-malformed", build=_one("in.png", ri.write_png), call=_with_env("lots", _read),
          message=("MEDSAM3_MAX_PIXELS", "lots")),
+    # ---- found by test_fuzz.py
+    Case("mha-ndims-1e308", build=_one("ndims.mha", _mha_ndims_huge), argv=SEGMENT,
+         message=("ndims.mha", "malformed MetaImage header", "NDims = 1e308"), absent=OUT),
+    Case("mha-dimsize-short", build=_one("short.mha", _mha_dimsize_short), call=_read,
+         message=("short.mha", "DimSize", "3 finite numbers")),
+    Case("tiff-bad-length-tag", build=_one("flat.tif", _tiff_bad_length_tag), call=_read,
+         message=("flat.tif", "no pixels")),
     # ---- item 7: silent garbage
     Case("tiff-2-channels", build=_one("two.tif", _two_channel_tiff), argv=SEGMENT,
          message=("two.tif", "2 samples per pixel"), absent=OUT),

@@ -37,7 +37,7 @@ from medsam3.data.instances import (
     xyxy_to_cxcywh,
 )
 from medsam3.data.loading import LoadedItem, load_item, target_mask
-from medsam3.data.manifest import Manifest, read_manifest
+from medsam3.data.manifest import Manifest, check_files_exist, read_manifest
 from medsam3.errors import ArgumentError
 from medsam3.preprocess import context_offset, context_planes
 from medsam3.prompts import UnknownConceptWarning, prompt_variants, resolve_prompt
@@ -173,6 +173,7 @@ class PromptSegmentationDataset(Dataset):
                                 + (f" of datasets {list(datasets)}" if datasets else "")
                                 + f" in {self.manifest.path or 'the manifest'}")
         self.items = self.selected.items
+        check_files_exist(self.selected)  # a missing file fails now, not when first sampled
         self.augment = (split == "train") if augment is None else bool(augment)
         self.cache = SampleCache(cache) if cache is not None and not isinstance(cache, SampleCache) else cache
         from medsam3.preprocess import parse_window

@@ -338,3 +338,59 @@ def write_manifest(items: Iterable[ManifestItem], path: str | os.PathLike,
             for item in items:
                 fh.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
     return path
+
+
+# ---------------------------------------------------------------------- files on disk
+#: How many missing files an error message lists.
+_MAX_LISTED_MISSING = 5
+
+
+def item_files(manifest: Manifest, item: ManifestItem) -> list[Path]:
+    """Every file ``item`` reads: its image file(s) and label file(s), resolved against the root."""
+    names: list[str] = []
+    for value in (item.image, item.label):
+        if value is None:
+            continue
+        names.extend(value if isinstance(value, list) else [value])
+    return [manifest.resolve(n) for n in names]
+
+
+def check_files_exist(manifest: Manifest, workers: int = 16, progress: bool | None = None) -> None:
+    """Check, before training starts, that every image and label file of ``manifest`` exists.
+
+    A missing file would otherwise surface only when its item is first sampled, possibly
+    hours into training. The checks run in ``workers`` threads (file systems answer ``stat``
+    slowly over networks) with a progress bar on stderr (``progress=None``: shown on a
+    terminal only).
+
+    Raises:
+        InputError: files are missing; the message gives their count and the first few,
+            with the items that name them.
+    """
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    wanted = [(item.id, path) for item in manifest.items for path in item_files(manifest, item)]
+    if not wanted:
+        return
+    missing: list[tuple[str, Path]] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(wanted)))) as pool, \
+            tqdm(total=len(wanted), desc="checking files", unit="file", file=sys.stderr,
+                 disable=(progress is False) or (progress is None and not sys.stderr.isatty()),
+                 leave=False) as bar:
+        for (item_id, path), exists in zip(wanted, pool.map(lambda w: w[1].is_file(), wanted)):
+            bar.update(1)
+            if not exists:
+                missing.append((item_id, path))
+    if missing:
+        shown = "; ".join(f"{path} (item {item_id})" for item_id, path in missing[:_MAX_LISTED_MISSING])
+        more = len(missing) - _MAX_LISTED_MISSING
+        where = manifest.path or "the manifest"
+        raise InputError(
+            f"{where}: {len(missing)} of {len(wanted)} image/label files are missing: {shown}"
+            + (f"; and {more} more" if more > 0 else "")
+            + f". Paths are relative to the root {manifest.root}; fix the manifest (or its root) "
+            "or restore the files"
+        )

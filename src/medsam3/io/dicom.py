@@ -9,6 +9,7 @@ one slice. The full 3D position of a single slice stays in ``meta["dicom"]``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections import defaultdict
@@ -25,7 +26,8 @@ from medsam3.errors import ArgumentError, InputError
 from medsam3.image import Image
 from medsam3.io.dicom_pixels import PixelValues, decode_pixels, functional_group, number_of_frames
 from medsam3.io.formats import DICOM, SUPPORTED_INPUT_FORMATS, looks_like_dicom
-from medsam3.io.geometry import SlicePlane, squeeze_singleton_axes, stack_slices
+from medsam3.io.geometry import SlicePlane, direction_from_orientation, squeeze_singleton_axes, stack_slices
+from medsam3.io.limits import check_decoded_size
 
 #: DICOM (0008,0060) Modality -> medsam3 modality.
 MODALITY_FROM_DICOM = {
@@ -54,16 +56,43 @@ def map_modality(dicom_modality: str | None, rgb: bool) -> str | None:
     return "RGB" if rgb else None
 
 
+# Elements every DICOM image header has; a forced parse of other bytes finds none of them.
+_CORE_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID", "SeriesInstanceUID",
+                  "Rows", "Columns", "PixelData", "TransferSyntaxUID")
+
+
+def _looks_parsed(ds: Dataset) -> bool:
+    """True when a forced parse found real DICOM elements, not noise read as private tags."""
+    meta = getattr(ds, "file_meta", None)
+    return any(k in ds for k in _CORE_KEYWORDS) or bool(meta is not None and "TransferSyntaxUID" in meta)
+
+
 def _read_dataset(path: Path, header_only: bool = False) -> Dataset:
     """Parse a DICOM file; files named .dcm without the Part 10 preamble are read too."""
     force = not looks_like_dicom(path)
     try:
-        return pydicom.dcmread(path, stop_before_pixels=header_only, force=force)
+        ds = pydicom.dcmread(path, stop_before_pixels=header_only, force=force)
     except Exception as exc:
         raise InputError(
-            f"cannot read {path}: not a readable DICOM file ({' '.join(str(exc).split())}). "
-            f"Supported inputs: {SUPPORTED_INPUT_FORMATS}"
+            f"cannot read {path}: not a readable DICOM file: corrupt or truncated "
+            f"({' '.join(str(exc).split())}). Supported inputs: {SUPPORTED_INPUT_FORMATS}"
         ) from None
+    if force and not _looks_parsed(ds):
+        raise InputError(
+            f"cannot read {path}: not a DICOM file (no DICM marker and no DICOM header elements: "
+            f"corrupt, or another kind of file). Supported inputs: {SUPPORTED_INPUT_FORMATS}"
+        )
+    return ds
+
+
+def _announced_size(ds: Dataset) -> tuple[list[int], int] | None:
+    """``([columns, rows, frames], samples per pixel)`` from the header, ``None`` if malformed."""
+    try:
+        dims = [int(ds.Columns), int(ds.Rows), number_of_frames(ds)]
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return dims, samples
 
 
 def _non_image_reason(ds: Dataset) -> str | None:
@@ -234,11 +263,15 @@ def _image(array: np.ndarray, geometry: tuple, rgb: bool, path: Path, fmt_name: 
     )
 
 
-def read_dicom_file(path: Path, series_uid: str | None = None) -> Image:
+def read_dicom_file(path: Path, series_uid: str | None = None, max_pixels: int | None = None) -> Image:
     """One DICOM file: a 2D image, a colour image, or an enhanced multi-frame volume.
 
+    Rows x Columns x frames x samples is checked against ``max_pixels``
+    (:mod:`medsam3.io.limits`) before the pixel data is decoded.
+
     Raises:
-        InputError: not DICOM, not an image object, undecodable, or 4D / colour multi-frame.
+        InputError: not DICOM, not an image object, undecodable, over the size limit, or 4D
+            / colour multi-frame.
         ArgumentError: ``series_uid`` names a different series than the file's.
     """
     ds = _read_dataset(path)
@@ -248,6 +281,10 @@ def read_dicom_file(path: Path, series_uid: str | None = None) -> Image:
     if series_uid is not None and _text(ds.get("SeriesInstanceUID")) != series_uid:
         raise ArgumentError(f"series_uid {series_uid} does not match DICOM file {path}, whose "
                             f"SeriesInstanceUID is {_text(ds.get('SeriesInstanceUID'))}")
+    announced = _announced_size(ds)
+    if announced is not None:
+        dims, samples = announced
+        check_decoded_size(path, dims if dims[2] > 1 else dims[:2], samples, max_pixels)
     pixels = decode_pixels(ds, path)
     n = pixels.frames.shape[0]
     if n == 1:
@@ -311,15 +348,74 @@ def _series_listing(series: dict[str, list[_SeriesFile]]) -> str:
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 
-def read_dicom_directory(directory: Path, series_uid: str | None = None) -> Image:
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _drop_duplicate_instances(chosen: list[_SeriesFile], directory: Path) -> tuple[list[_SeriesFile], list[str]]:
+    """Drop byte-identical copies of one instance (a file copied twice), with a note naming both.
+
+    Raises:
+        InputError: two different files claim the same SOPInstanceUID.
+    """
+    kept: list[_SeriesFile] = []
+    notes: list[str] = []
+    by_uid: dict[str, _SeriesFile] = {}
+    for item in chosen:
+        uid = _text(item.header.get("SOPInstanceUID"))
+        first = by_uid.get(uid) if uid else None
+        if first is None:
+            if uid:
+                by_uid[uid] = item
+            kept.append(item)
+            continue
+        if _file_digest(first.path) != _file_digest(item.path):
+            raise InputError(f"cannot read {directory}: {first.path} and {item.path} are different files "
+                             f"with the same SOPInstanceUID {uid} (a duplicate instance); remove one")
+        note = f"duplicate DICOM instance {item.path} (a copy of {first.path}) skipped"
+        notes.append(note)
+        warnings.warn(note, stacklevel=3)
+    return kept, notes
+
+
+def _check_distinct_positions(chosen: list[_SeriesFile], directory: Path, what: str) -> None:
+    """Name the first two files that lie at the same position (before any pixel is decoded)."""
+    planes = [_plane_of_file(item.header) for item in chosen]
+    first = planes[0]
+    if first.orientation is None or any(
+        p.position is None or p.orientation is None or not np.allclose(p.orientation, first.orientation, atol=1e-4)
+        for p in planes
+    ):
+        return  # no positions, or mixed orientations: stack_slices explains
+    normal = direction_from_orientation(first.orientation)[:, 2]
+    seen: dict[float, Path] = {}
+    for item, plane in zip(chosen, planes):
+        key = round(float(np.dot(plane.position, normal)), 3)
+        if key in seen:
+            distinct = len({round(float(np.dot(p.position, normal)), 3) for p in planes})
+            raise InputError(
+                f"cannot read {directory}: {seen[key]} and {item.path} of {what} lie at the same "
+                f"position ({key:g} mm along the slice normal; {len(chosen)} images at {distinct} "
+                "positions): a duplicate instance, or several echoes, phases or time points (4D "
+                "data); only one 2D image or 3D volume can be read at a time"
+            )
+        seen[key] = item.path
+
+
+def read_dicom_directory(directory: Path, series_uid: str | None = None,
+                         max_pixels: int | None = None) -> Image:
     """A directory of DICOM files (searched recursively) as one series.
 
     Non-DICOM files and non-image objects (structured reports, RT structure sets, SEG, ...)
     are skipped. With several image series, ``series_uid`` picks one.
 
+    Byte-identical copies of one instance are skipped with a warning; the total size is
+    checked against ``max_pixels`` before any pixel data is decoded.
+
     Raises:
         InputError: no DICOM image files, several series and no (or an unknown)
-            ``series_uid``, or files that do not form one 2D image or 3D volume.
+            ``series_uid``, different files with one SOPInstanceUID, two images at one
+            position, over the size limit, or files that do not form one 2D image or 3D volume.
     """
     series, skipped = _scan_directory(directory)
     if not series:
@@ -337,8 +433,11 @@ def read_dicom_directory(directory: Path, series_uid: str | None = None) -> Imag
     else:
         chosen = next(iter(series.values()))
 
+    chosen, duplicate_notes = _drop_duplicate_instances(chosen, directory)
     if len(chosen) == 1:  # one file, possibly an enhanced multi-frame volume
-        image = read_dicom_file(chosen[0].path)
+        image = read_dicom_file(chosen[0].path, max_pixels=max_pixels)
+        if duplicate_notes:
+            image.meta.setdefault("warnings", []).extend(duplicate_notes)
         image.path = str(directory)
         image.meta["format"] = "DICOM series"
         return image
@@ -349,6 +448,10 @@ def read_dicom_directory(directory: Path, series_uid: str | None = None) -> Imag
     if len(sizes) > 1:
         raise InputError(f"cannot read {directory}: the images of {what} have different sizes "
                          f"{sorted(sizes)}; only one 2D image or 3D volume can be read at a time")
+    rows, columns = next(iter(sizes))
+    samples = max(int(f.header.get("SamplesPerPixel") or 1) for f in chosen)
+    check_decoded_size(directory, [columns, rows, len(chosen)], samples, max_pixels, what="voxels")
+    _check_distinct_positions(chosen, directory, what)
     datasets: list[Dataset] = []
     frames: list[np.ndarray] = []
     inverted = False
@@ -374,4 +477,5 @@ def read_dicom_directory(directory: Path, series_uid: str | None = None) -> Imag
     meta = _dicom_meta(ordered[0], ordered, files, pixels_summary, None)
     if skipped:
         notes.append(f"{skipped} non-image or unreadable DICOM files skipped")
+    notes.extend(duplicate_notes)
     return _image(array, geometry, rgb, directory, "DICOM series", meta, notes)

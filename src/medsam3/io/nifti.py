@@ -81,3 +81,26 @@ def check_nifti_complete(path: Path) -> None:
         raise InputError(f"cannot read {path}: the NIfTI file is truncated or corrupt (its header "
                          f"announces {expected} bytes of header and voxels, the file holds "
                          f"{actual} bytes); copy or download it again")
+
+
+def nifti_non_finite_mask(path: Path, channel: int | None = None) -> np.ndarray | None:
+    """Where a float NIfTI file stores NaN or inf, in numpy order ``[(t,) z, y, x]``; ``None``
+    when it stores none (or nibabel cannot tell).
+
+    ITK's NIfTI reader turns NaN into 0 without a word, so a volume of NaN would be read as
+    zeros (and segmented as empty) and partial NaN would look like real zeros; the readers
+    put NaN back where this mask says, so every format treats them alike.
+    """
+    try:
+        image = nib.load(path)
+        if image.header.get_data_dtype().kind != "f":
+            return None
+        raw = np.asanyarray(image.dataobj.get_unscaled())
+    except Exception:
+        return None
+    if channel is not None and raw.ndim == 4:
+        raw = raw[..., channel]
+    mask = ~np.isfinite(raw)
+    if not mask.any():
+        return None
+    return mask.transpose(tuple(reversed(range(mask.ndim))))

@@ -16,9 +16,17 @@ from medsam3.errors import InputError
 from medsam3.image import Image
 from medsam3.io.formats import SUPPORTED_INPUT_FORMATS, TIFF
 from medsam3.io.geometry import Grid, squeeze_singleton_axes
-from medsam3.io.itk_bridge import read_with_simpleitk
+from medsam3.io.itk_bridge import read_with_simpleitk, warn_alpha_dropped
+from medsam3.io.limits import check_decoded_size
 
 _MM_PER_UNIT = {2: 25.4, 3: 10.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
+# TIFF Photometric values: 0/1 white/black is zero (grey), 2 RGB, 6 YCbCr (JPEG colour)
+_GREY_PHOTOMETRIC = (0, 1)
+_COLOUR_PHOTOMETRIC = (2, 6)
+_PHOTOMETRIC_NAMES = {0: "grey", 1: "grey", 2: "RGB", 3: "palette", 4: "mask", 5: "CMYK", 6: "YCbCr",
+                      8: "CIELab"}
+# ExtraSamples: 1 associated alpha, 2 unassociated alpha (0 = unspecified: not alpha)
+_ALPHA_EXTRASAMPLES = (1, 2)
 
 
 def _spacing_from_resolution(page) -> tuple[float, float]:
@@ -35,6 +43,46 @@ def _spacing_from_resolution(page) -> tuple[float, float]:
         pixels_per_unit = numerator / denominator if denominator else 0.0
         spacing.append(mm / pixels_per_unit if pixels_per_unit > 0 else 1.0)
     return spacing[0], spacing[1]
+
+
+def _check_layout(path: Path, max_pixels: int | None) -> int | None:
+    """Refuse, from the TIFF tags alone, sample layouts we would misread and oversized files.
+
+    ITK reads the first sample of a 2- or 5-sample pixel (or interleaves them) as grey without
+    a word, so the samples per pixel are checked here: 1 (grey or palette), 3 (RGB), or an
+    alpha channel (grey+alpha, RGBA) that is dropped. Unparseable files are left to the
+    readers, which report them.
+
+    Returns:
+        The samples per pixel, ``None`` when tifffile cannot parse the file.
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            samples = int(page.samplesperpixel)
+            photometric = int(page.photometric)
+            extras = [int(e) for e in (page.extrasamples or ())]
+            shape = tuple(int(d) for d in tif.series[0].shape)
+    except Exception:
+        return None
+    check_decoded_size(path, shape, 1, max_pixels, what="values")
+    colour = samples - len(extras)
+    alpha_only = all(e in _ALPHA_EXTRASAMPLES for e in extras) and len(extras) <= 1
+    ok = ((samples == 1)
+          or (samples == 3 and photometric in _COLOUR_PHOTOMETRIC)
+          or (samples == 4 and photometric in _COLOUR_PHOTOMETRIC and colour == 3 and alpha_only)
+          or (samples == 2 and photometric in _GREY_PHOTOMETRIC and colour == 1 and alpha_only))
+    if not ok:
+        kind = _PHOTOMETRIC_NAMES.get(photometric, f"photometric {photometric}")
+        raise InputError(
+            f"cannot read {path}: the TIFF has {samples} samples per pixel ({kind}"
+            + (f", {len(extras)} extra sample(s) not marked as alpha" if extras and not alpha_only else "")
+            + "); medsam3 reads grey (1 sample), RGB (3) and grey+alpha / RGBA (alpha dropped): "
+            "save each channel as its own grey file"
+        )
+    return samples
 
 
 def _read_with_tifffile(path: Path) -> Image:
@@ -61,6 +109,7 @@ def _read_with_tifffile(path: Path) -> Image:
         array = array[..., 0] if components == 2 else array[..., :3]
         components = 1 if components == 2 else 3
         has_channels = components > 1
+        warn_alpha_dropped(path)
     spatial_ndim = array.ndim - (1 if has_channels else 0)
     if has_channels and (components != 3 or spatial_ndim != 2):
         raise InputError(f"cannot read {path}: the TIFF holds {components}-component pixels in "
@@ -75,14 +124,17 @@ def _read_with_tifffile(path: Path) -> Image:
                  meta={"format": TIFF.name, "rgb": rgb})
 
 
-def read_tiff(path: Path) -> Image:
+def read_tiff(path: Path, max_pixels: int | None = None) -> Image:
     """A TIFF file as a 2D image, an RGB image, or a 3D volume (one page per slice).
 
     Raises:
-        InputError: neither reader can read it, or it is not a 2D/3D/RGB image.
+        InputError: neither reader can read it, it is over the size limit, its pixels have
+            channels other than grey / RGB / alpha, or it is not a 2D/3D/RGB image.
     """
+    if _check_layout(path, max_pixels) == 2:
+        return _read_with_tifffile(path)  # ITK reads grey+alpha samples interleaved as grey
     try:
-        return read_with_simpleitk(path, TIFF)
+        return read_with_simpleitk(path, TIFF, max_pixels=max_pixels)
     except InputError as itk_error:
         try:
             return _read_with_tifffile(path)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medsam3.errors import ArgumentError
+from medsam3.errors import ArgumentError, MedSAM3Error
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "medsam3" / "data" / "samples" / "colin27_t1_2mm.nii.gz"
 
@@ -56,13 +56,19 @@ def test_upload_is_copied_under_a_fixed_name(tmp_path):
     from medsam3.app.uploads import SessionFiles
 
     files = SessionFiles(tmp_path / "root", max_upload_bytes=10**8)
+    assert files.root.parent == tmp_path / "root" and files.root.name.startswith("medsam3-app-")
     got = files.accept_upload("session-1", SAMPLE, "../../evil name.nii.gz")
-    assert got.name == "input.nii.gz" and got.parent.parent == files.directory("session-1")
-    assert got.read_bytes() == SAMPLE.read_bytes()
+    assert got.path.name == "input.nii.gz" and got.path.parent.parent == files.directory("session-1")
+    assert got.name == "evil name.nii.gz"  # what messages call it: the name only, no folders
+    assert got.path.read_bytes() == SAMPLE.read_bytes()
     assert files.directory("session-1") != files.directory("session-2")
-    assert files.directory("../..").parent == files.root  # a session id is hashed, never a path
+    assert files.directory("../..").parent == files.sessions  # a session id is hashed, never a path
     files.remove("session-1")
-    assert not files.directory("session-1").joinpath("upload").exists()
+    assert not got.folder.exists() and not (files.sessions / got.folder.parent.name).exists()
+    with pytest.raises(ArgumentError, match="session has ended"):  # a late event cannot refill it
+        files.directory("session-1")
+    files.remove_all()
+    assert not files.root.exists() and (tmp_path / "root").exists()
 
 
 def test_upload_size_limit_has_a_clear_message(tmp_path):
@@ -92,7 +98,8 @@ def test_zipped_series_is_unpacked_under_numbered_names(tmp_path):
         zf.writestr("dir/", b"")
     files = SessionFiles(tmp_path / "root")
     series = files.accept_upload("s", archive, "series.zip")
-    assert sorted(p.name for p in series.iterdir()) == ["00000.dcm", "00001.dcm"]
+    assert sorted(p.name for p in series.path.iterdir()) == ["00000.dcm", "00001.dcm"]
+    assert series.members == {"00000.dcm": "../../outside.dcm", "00001.dcm": "/abs/path.dcm"}
     assert not (tmp_path / "outside.dcm").exists() and not Path("/abs/path.dcm").exists()
 
 
@@ -103,9 +110,9 @@ def test_zip_bomb_is_refused(tmp_path):
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("a.dcm", b"\0" * 50_000)
     files = SessionFiles(tmp_path / "root", max_upload_bytes=10_000)
-    with pytest.raises(ArgumentError, match="unpacks to"):
+    with pytest.raises(MedSAM3Error, match="unpacks to"):
         files.accept_upload("s", archive, "bomb.zip")
-    with pytest.raises(ArgumentError, match="not a readable zip"):
+    with pytest.raises(MedSAM3Error, match="not a readable zip"):
         (tmp_path / "bad.zip").write_bytes(b"not a zip")
         files.accept_upload("s", tmp_path / "bad.zip", "bad.zip")
 

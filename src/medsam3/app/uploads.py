@@ -49,7 +49,10 @@ _ABSOLUTE_PATH = re.compile(r"(?:[A-Za-z]:\\|(?<![\w.~])/)(?:[^\s/\\'\"<>:,;()]+
 
 
 def format_megabytes(n_bytes: int) -> str:
-    return f"{n_bytes / 1e6:.0f} MB" if n_bytes >= 1e6 else f"{n_bytes / 1e3:.0f} kB"
+    """``512 MB``, ``1.6 MB``, ``20 kB``: whole numbers from 10 up, one decimal below."""
+    value, unit = (n_bytes / 1e6, "MB") if n_bytes >= 1e6 else (n_bytes / 1e3, "kB")
+    text = f"{value:.0f}" if value >= 10 else f"{value:.1f}".removesuffix(".0")
+    return f"{text} {unit}"
 
 
 def strip_paths(text: str) -> str:
@@ -227,6 +230,9 @@ class SessionFiles:
             for i, member in enumerate(members):
                 number = f"{i:05d}.dcm"  # numbered names: the member's own path is never used
                 members_of[number] = member.filename
+                if member.flag_bits & 0x1:
+                    raise InputError(f"{shown_name}: member {member.filename!r} is encrypted; password-protected "
+                                     "zips are not accepted")
                 try:
                     with zf.open(member) as src, open(target / number, "wb") as dst:
                         # decompressed bytes are counted as they come: the headers' sizes can lie

@@ -321,6 +321,7 @@ def server(tmp_path, tiny_model_dir):
         yield srv
     finally:
         srv.stop()
+        print("---- server log (tail) ----\n" + srv.log_path.read_text()[-6000:])  # shown when the test fails
 
 
 @pytest.fixture
@@ -380,7 +381,7 @@ def test_app_in_browser_matches_the_cli(server, browser, tmp_path, tiny_model_di
     assert "90 × 108 × 90 px, 2 × 2 × 2 mm" in d.find_element(By.ID, "medsam3-info").text
     d.find_element(By.CSS_SELECTOR, "#medsam3-prompts textarea").send_keys("brain, ventricles")
     d.find_element(By.ID, "medsam3-segment").click()
-    rows = _wait(d, lambda drv: drv.find_elements(By.CSS_SELECTOR, "#medsam3-legend .medsam3-legend-row"), 150,
+    rows = _wait(d, lambda drv: drv.find_elements(By.CSS_SELECTOR, "#medsam3-legend .medsam3-legend-row"), 300,
                  "the legend after segmenting")
     assert len(rows) == 2 and "brain" in rows[0].text and "ventricles" in rows[1].text
     _wait(d, ec.presence_of_element_located((By.CSS_SELECTOR, "#medsam3-views img")), 30, "the three views")

@@ -323,8 +323,10 @@ def build_app(settings: AppSettings | None = None, model=None):
         session = getattr(request, "session_hash", None) or "anonymous"
         try:
             out_dir = files.new_folder(session, "result")  # a folder per run: concurrent runs never collide
-        except (MedSAM3Error, OSError):
-            raise gr.Error("This session has ended; reload the page.", print_exception=False) from None
+        except MedSAM3Error as exc:  # the session has ended
+            raise fail(str(exc)) from None
+        except OSError as exc:
+            raise fail(f"the result cannot be stored on the server: {strip_paths(str(exc))}") from None
         output = out_dir / (safe_stem(state.name) + ("_labels.nii.gz" if state.is_volume else "_labels.png"))
         interactive = state.has_clicks
         try:
@@ -343,7 +345,6 @@ def build_app(settings: AppSettings | None = None, model=None):
         from medsam3.io import sidecar_path
 
         previous = {Path(p).parent for p in state.outputs}
-
         state.labels = np.asarray(seg.labels.array)
         state.names = list(seg.prompts)
         counts = np.bincount(state.labels.ravel().astype(np.int64), minlength=len(state.names) + 1)

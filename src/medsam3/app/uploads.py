@@ -45,7 +45,7 @@ MAX_ZIP_MEMBERS = 5000
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError)
 
 #: An absolute path (POSIX or Windows) inside a message: a run of ``/name`` parts.
-_ABSOLUTE_PATH = re.compile(r"(?:[A-Za-z]:\\|(?<![\w.~])/)(?:[^\s/\\'\"<>:,;()]+[/\\])*[^\s/\\'\"<>:,;()]*")
+_ABSOLUTE_PATH = re.compile(r"(?:(?<![\w])[A-Za-z]:\\|(?<![\w.~:/])/)(?:[^\s/\\'\"<>:,;()]+[/\\])*[^\s/\\'\"<>:,;()]+")
 
 
 def format_megabytes(n_bytes: int) -> str:

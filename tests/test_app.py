@@ -15,8 +15,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import sys
 import time
 import urllib.request
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medsam3.errors import ArgumentError
+from medsam3.errors import ArgumentError, MedSAM3Error
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "medsam3" / "data" / "samples" / "colin27_t1_2mm.nii.gz"
 
@@ -56,13 +58,19 @@ def test_upload_is_copied_under_a_fixed_name(tmp_path):
     from medsam3.app.uploads import SessionFiles
 
     files = SessionFiles(tmp_path / "root", max_upload_bytes=10**8)
+    assert files.root.parent == tmp_path / "root" and files.root.name.startswith("medsam3-app-")
     got = files.accept_upload("session-1", SAMPLE, "../../evil name.nii.gz")
-    assert got.name == "input.nii.gz" and got.parent.parent == files.directory("session-1")
-    assert got.read_bytes() == SAMPLE.read_bytes()
+    assert got.path.name == "input.nii.gz" and got.path.parent.parent == files.directory("session-1")
+    assert got.name == "evil name.nii.gz"  # what messages call it: the name only, no folders
+    assert got.path.read_bytes() == SAMPLE.read_bytes()
     assert files.directory("session-1") != files.directory("session-2")
-    assert files.directory("../..").parent == files.root  # a session id is hashed, never a path
+    assert files.directory("../..").parent == files.sessions  # a session id is hashed, never a path
     files.remove("session-1")
-    assert not files.directory("session-1").joinpath("upload").exists()
+    assert not got.folder.exists() and not (files.sessions / got.folder.parent.name).exists()
+    with pytest.raises(ArgumentError, match="session has ended"):  # a late event cannot refill it
+        files.directory("session-1")
+    files.remove_all()
+    assert not files.root.exists() and (tmp_path / "root").exists()
 
 
 def test_upload_size_limit_has_a_clear_message(tmp_path):
@@ -92,7 +100,8 @@ def test_zipped_series_is_unpacked_under_numbered_names(tmp_path):
         zf.writestr("dir/", b"")
     files = SessionFiles(tmp_path / "root")
     series = files.accept_upload("s", archive, "series.zip")
-    assert sorted(p.name for p in series.iterdir()) == ["00000.dcm", "00001.dcm"]
+    assert sorted(p.name for p in series.path.iterdir()) == ["00000.dcm", "00001.dcm"]
+    assert series.members == {"00000.dcm": "../../outside.dcm", "00001.dcm": "/abs/path.dcm"}
     assert not (tmp_path / "outside.dcm").exists() and not Path("/abs/path.dcm").exists()
 
 
@@ -103,11 +112,70 @@ def test_zip_bomb_is_refused(tmp_path):
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("a.dcm", b"\0" * 50_000)
     files = SessionFiles(tmp_path / "root", max_upload_bytes=10_000)
-    with pytest.raises(ArgumentError, match="unpacks to"):
+    with pytest.raises(MedSAM3Error, match="unpacks to"):
         files.accept_upload("s", archive, "bomb.zip")
-    with pytest.raises(ArgumentError, match="not a readable zip"):
+    with pytest.raises(MedSAM3Error, match="not a readable zip"):
         (tmp_path / "bad.zip").write_bytes(b"not a zip")
         files.accept_upload("s", tmp_path / "bad.zip", "bad.zip")
+
+
+def test_two_uploads_at_once_in_one_session_do_not_collide(tmp_path):
+    """Each upload gets a fresh folder: a second upload neither fails nor removes the first one
+    while the first is still being read; many at once all read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medsam3.app.uploads import SessionFiles, read_upload
+
+    files = SessionFiles(tmp_path, max_upload_bytes=10**8)
+    first = files.accept_upload("s", SAMPLE, "a.nii.gz")
+    second = files.accept_upload("s", SAMPLE, "b.nii.gz")
+    assert first.folder != second.folder and first.path.read_bytes() == SAMPLE.read_bytes()
+    barrier = threading.Barrier(6)
+
+    def upload(k):
+        barrier.wait()
+        return read_upload(files, "s", SAMPLE, f"scan{k}.nii.gz")
+
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(upload, range(6)))
+    assert [name for _, name in got] == [f"scan{k}.nii.gz" for k in range(6)]
+    assert all(image.shape == (90, 108, 90) for image, _ in got)
+
+
+def test_error_messages_name_the_users_file_not_server_paths(tmp_path):
+    from medsam3.app.uploads import SessionFiles, Upload, strip_paths, user_message
+
+    files = SessionFiles(tmp_path)
+    folder = files.new_folder("s", "upload")
+    upload = Upload(folder / "series", "CT head.zip", folder, {"00001.dcm": "dir/IM0002"})
+    text = (f"cannot read {folder}/series/00001.dcm: bad (in {folder}/series); "
+            "thrown in /build/ITK/Modules/IO/PNG/src/itkPNGImageIO.cxx:101: see C:\\tmp\\x\\y.dcm")
+    words = upload.user_words(text)
+    assert words == ("cannot read CT head.zip: dir/IM0002: bad (in CT head.zip); thrown in itkPNGImageIO.cxx:101: "
+                     "see y.dcm"), words
+    assert strip_paths("no paths here: 2/3 of DICOM/NIfTI, ratio 1/2") == "no paths here: 2/3 of DICOM/NIfTI, ratio 1/2"
+    stored = tmp_path / "gradio" / "abc123" / "knee.png"
+    assert user_message(OSError(f"[Errno 5] I/O error: '{stored}'"), None, "knee.png", stored) == \
+        "[Errno 5] I/O error: 'knee.png'"
+    assert user_message(ValueError(""), None, "knee.png") == "ValueError"
+
+
+def test_png_bomb_is_refused_from_its_header(tmp_path):
+    """An image is refused from what its header declares, before any pixel is decoded."""
+    from bad_inputs.test_app_cases import _png_header_only
+
+    from medsam3.app.uploads import SessionFiles, read_upload
+
+    stored = tmp_path / "cache" / "h" / "x.png"
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(_png_header_only(2000, 1000, 0))  # 2 MB grey
+    files = SessionFiles(tmp_path / "srv", max_upload_bytes=400_000)  # 1.6 MB decoded at most
+    with pytest.raises(MedSAM3Error, match=r"x\.png declares 2 MB of pixel data; at most 1.6 MB \(4 x"):
+        read_upload(files, "s", stored)
+    files = SessionFiles(tmp_path / "srv", max_upload_bytes=600_000)  # 2.4 MB: the header passes, the
+    with pytest.raises(MedSAM3Error, match=r"x\.png") as info:  # pixels are missing: the reader says so
+        read_upload(files, "s", stored)
+    assert "declares" not in str(info.value) and str(tmp_path) not in str(info.value)
 
 
 @pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
@@ -179,40 +247,81 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path, tiny_model_dir):
-    """``python -m medsam3.app`` on a free port; yields its URL; always stopped."""
-    port = _free_port()
-    log_path = tmp_path / "server.log"
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "medsam3.app", "--model", str(tiny_model_dir),
-                                 "--device", "cpu", "--port", str(port), "--threshold", "0",
-                                 "--presence-threshold", "0", "--workdir", str(tmp_path / "sessions")],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
+class Server:
+    """A ``python -m medsam3.app`` process (the same code as ``medsam3 serve``) on a free localhost port.
+
+    Attributes:
+        url: where it answers.
+        workdir: its ``--workdir`` (its temporary folder is made in there).
+        systemp: its ``TMPDIR``: nothing of a session may land there either.
+    """
+
+    def __init__(self, tmp_path: Path, model_dir: Path):
+        self.workdir, self.systemp = tmp_path / "workdir", tmp_path / "server-tmp"
+        self.systemp.mkdir()
+        self.log_path = tmp_path / "server.log"
+        port = _free_port()
+        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", TMPDIR=str(self.systemp))
+        env.pop("GRADIO_TEMP_DIR", None)
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "medsam3.app", "--model", str(model_dir),
+                                          "--device", "cpu", "--port", str(port), "--threshold", "0",
+                                          "--presence-threshold", "0", "--workdir", str(self.workdir)],
+                                         stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.url = f"http://127.0.0.1:{port}/"
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
         while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
             try:
-                with urllib.request.urlopen(url, timeout=5) as response:
+                with urllib.request.urlopen(self.url, timeout=5) as response:
                     if response.status == 200:
-                        break
+                        return
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after 180 s:\n{log_path.read_text()}")
+                pytest.fail(f"server not ready after {timeout:g} s:\n{self.log_path.read_text()}")
             time.sleep(0.5)
-        yield url
+
+    @property
+    def root(self) -> Path:
+        """The server's temporary folder (exactly one, made in ``workdir``)."""
+        roots = list(self.workdir.glob("medsam3-app-*"))
+        assert len(roots) == 1, roots
+        return roots[0]
+
+    def files(self, folder: Path | None = None) -> list[Path]:
+        return sorted(p for p in (folder or self.root).rglob("*") if p.is_file())
+
+    def stored(self) -> list[Path]:
+        """Files in the server's folder holding anything: Gradio's File component also leaves an empty
+        ``tmpXXXXXXXX`` for each upload (no content; removed when the server stops)."""
+        return [p for p in self.files() if p.stat().st_size or p.parent != self.root]
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                pytest.fail(f"server did not stop within {timeout:g} s of signal {signum}")
+        return self.proc.returncode
+
+
+@pytest.fixture
+def server(tmp_path, tiny_model_dir):
+    """A started :class:`Server`; always stopped."""
+    srv = Server(tmp_path, tiny_model_dir)
+    try:
+        srv.wait_ready()
+        yield srv
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        srv.stop()
+        print("---- server log (tail) ----\n" + srv.log_path.read_text()[-6000:])  # shown when the test fails
 
 
 @pytest.fixture
@@ -263,7 +372,7 @@ def test_app_in_browser_matches_the_cli(server, browser, tmp_path, tiny_model_di
     from medsam3.segmentation import segment
 
     d = browser
-    d.get(server)
+    d.get(server.url)
     upload = _wait(d, ec.presence_of_element_located((By.CSS_SELECTOR, "#medsam3-upload input[type=file]")), 60,
                    "the upload field")
     upload.send_keys(str(SAMPLE))
@@ -272,7 +381,7 @@ def test_app_in_browser_matches_the_cli(server, browser, tmp_path, tiny_model_di
     assert "90 × 108 × 90 px, 2 × 2 × 2 mm" in d.find_element(By.ID, "medsam3-info").text
     d.find_element(By.CSS_SELECTOR, "#medsam3-prompts textarea").send_keys("brain, ventricles")
     d.find_element(By.ID, "medsam3-segment").click()
-    rows = _wait(d, lambda drv: drv.find_elements(By.CSS_SELECTOR, "#medsam3-legend .medsam3-legend-row"), 150,
+    rows = _wait(d, lambda drv: drv.find_elements(By.CSS_SELECTOR, "#medsam3-legend .medsam3-legend-row"), 300,
                  "the legend after segmenting")
     assert len(rows) == 2 and "brain" in rows[0].text and "ventricles" in rows[1].text
     _wait(d, ec.presence_of_element_located((By.CSS_SELECTOR, "#medsam3-views img")), 30, "the three views")
@@ -314,3 +423,106 @@ def test_app_in_browser_matches_the_cli(server, browser, tmp_path, tiny_model_di
     assert sidecar["labels"] == expected.sidecar["labels"] == {"1": "brain", "2": "ventricles"}
     assert sidecar["geometry"] == expected.sidecar["geometry"]
     assert sidecar["thresholds"] == expected.sidecar["thresholds"]
+    assert sidecar["input"] == SAMPLE.name  # the user's file name, not a path on the server
+
+    # privacy: while the session lives, its files are in the server's own temporary folder ...
+    during = server.stored()
+    assert any(p.name == SAMPLE.name for p in during), during  # Gradio's copy of the upload
+    results = [p for p in during if p.is_relative_to(server.root / "sessions") and p.name.endswith("_labels.nii.gz")]
+    assert len(results) == 1, during
+    session_folder = results[0].parent.parent
+    assert any(p.is_relative_to(session_folder) and p.suffix == ".png" for p in during)  # the pictures shown
+    assert not server.files(server.systemp), "a session's file landed outside the server's folder"
+
+    # a second session, through Gradio's API client, while this one is open
+    _uploads_at_once_and_a_damaged_zip(server, tmp_path)
+
+    # closing the tab ends the session and deletes its folder and Gradio's copy of its upload ...
+    d.get("about:blank")
+    _wait(d, lambda _: not (session_folder.exists() or any(p.name == SAMPLE.name for p in server.stored())) or None,
+          60, "the closed session's files to be deleted")
+    # ... and stopping the server (SIGTERM, as a service manager does) deletes its whole folder
+    root = server.root
+    assert server.stop(signal.SIGTERM) == 0, server.log_path.read_text()
+    assert not root.exists() and not list(server.workdir.iterdir())
+    assert not server.files(server.systemp)
+    assert "Traceback" not in server.log_path.read_text()
+
+
+def _uploads_at_once_and_a_damaged_zip(server: Server, tmp_path: Path) -> None:
+    """Through Gradio's own API client (one session): two uploads at once both load; a damaged zip
+    is refused naming the user's file and member, no server path."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+    from PIL import Image as PILImage
+
+    png = tmp_path / "upload" / "photo.png"
+    png.parent.mkdir()
+    PILImage.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64), dtype=np.uint8)).save(png)
+    damaged = tmp_path / "upload" / "series-1.zip"
+    with zipfile.ZipFile(damaged, "w") as zf:
+        zf.writestr("slice1.dcm", b"x" * 500)
+    data = bytearray(damaged.read_bytes())
+    data[30 + len("slice1.dcm") + 3] ^= 0xFF  # a stored byte changed: the CRC no longer matches
+    damaged.write_bytes(bytes(data))
+
+    client = Client(server.url, verbose=False, download_files=False)
+    window = "auto (from modality)"
+    try:
+        for _ in range(2):  # the same session twice over, each pair of uploads released at once
+            barrier = threading.Barrier(2)
+
+            def upload(path, barrier=barrier):
+                barrier.wait()
+                return client.predict(handle_file(str(path)), window, api_name="/on_upload")
+
+            with ThreadPoolExecutor(2) as pool:
+                got = list(pool.map(upload, [SAMPLE, png]))
+            assert "colin27_t1_2mm.nii.gz" in str(got[0]) and "90 × 108 × 90" in str(got[0])
+            assert "photo.png" in str(got[1]) and "2D image" in str(got[1])
+        with pytest.raises(Exception) as info:
+            client.predict(handle_file(str(damaged)), window, api_name="/on_upload")
+        message = str(info.value)
+        assert "series-1.zip" in message and "slice1.dcm" in message and "damaged zip" in message, message
+        assert str(server.root) not in message and str(tmp_path) not in message, message
+    finally:
+        client.close()
+
+
+def test_stopping_the_server_removes_its_folder(tmp_path, monkeypatch):
+    """``medsam3 serve`` deletes its temporary folder however it stops: a normal return, Ctrl-C, or
+    SIGTERM / SIGHUP (turned into Ctrl-C while it serves, so Gradio closes and the folder goes)."""
+    from medsam3.app import cli, ui
+    from medsam3.app.uploads import SessionFiles
+
+    made = []
+
+    class FakeDemo:
+        def __init__(self, how):
+            self.how = how
+
+        def queue(self, **kwargs):
+            return self
+
+        def launch(self, **kwargs):
+            (made[-1].sessions / "abc" / "upload-1").mkdir(parents=True)
+            (made[-1].sessions / "abc" / "upload-1" / "input.png").write_bytes(b"patient")
+            if self.how == "ctrl-c":
+                raise KeyboardInterrupt
+            if self.how in ("SIGTERM", "SIGHUP"):
+                os.kill(os.getpid(), getattr(signal, self.how))
+                time.sleep(5)  # the handler interrupts this
+                raise AssertionError(f"{self.how} did not interrupt the server")
+
+    for how in ("return", "ctrl-c", "SIGTERM", "SIGHUP"):
+        def fake_build(settings, how=how):
+            made.append(SessionFiles(settings.workdir))
+            return FakeDemo(how), made[-1]
+
+        monkeypatch.setattr(ui, "build_app", fake_build)
+        before = signal.getsignal(signal.SIGTERM)
+        code = cli.main(["--model", "random:tiny", "--workdir", str(tmp_path / how)])
+        assert code == (0 if how == "return" else 130), how
+        assert not made[-1].root.exists() and not list((tmp_path / how).iterdir()), how
+        assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back

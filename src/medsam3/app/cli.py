@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 
@@ -22,8 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=1,
                    help="segmentations run at once; further requests wait in the queue")
     p.add_argument("--workdir", default=None,
-                   help="where per-session upload directories are made (default: a new temporary directory, "
-                        "removed when the server stops)")
+                   help="where the server makes its temporary folder (default: the system's temporary folder); "
+                        "uploads, results and Gradio's cache live there, each session's files are deleted "
+                        "when its browser tab closes, the whole folder when the server stops")
 
 
 def register(subparsers) -> None:
@@ -52,15 +54,36 @@ def run(args) -> int:
                            max_upload_mb=args.max_upload_mb, workdir=args.workdir, concurrency=args.concurrency)
     print(f"medsam3 serve: loading model {args.model or 'facebook/sam3'} ...", flush=True)
     demo, files = build_app(settings)
-    demo.queue(default_concurrency_limit=args.concurrency)
-    print(f"medsam3 serve: http://{args.host}:{args.port}", flush=True)
+    previous = _stop_on_termination()
     try:
+        demo.queue(default_concurrency_limit=args.concurrency)
+        print(f"medsam3 serve: http://{args.host}:{args.port}", flush=True)
         demo.launch(server_name=args.host, server_port=args.port, max_file_size=int(args.max_upload_mb * 1e6),
                     show_error=True, inbrowser=False, share=False, quiet=True)
     finally:
-        if args.workdir is None:
-            files.remove_all()
+        # a clinic's images must not outlive the server: every upload, result and cached picture goes
+        files.remove_all()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
+
+
+def _stop_on_termination() -> dict:
+    """Make SIGTERM and SIGHUP stop the server like Ctrl-C (Gradio then closes it and ``run`` cleans up),
+    instead of ending the process on the spot with its temporary folder left behind."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            try:
+                previous[signum] = signal.signal(signum, interrupt)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,12 +8,19 @@ score and an explicit "absent", per-class toggles, and the label map + JSON side
 
 Every segmentation goes through :func:`medsam3.segmentation.segment` with the model loaded once
 per process; events run through Gradio's queue, the model one request at a time, and each
-browser session keeps its own state and its own temporary directory.
+browser session keeps its own state and its own temporary folder
+(:class:`medsam3.app.uploads.SessionFiles`): the session's uploads, results and every picture it
+was shown are files there, served by Gradio from there (the server's temporary folder is
+Gradio's cache, ``GRADIO_TEMP_DIR``), and deleted when the session ends. Error messages shown in
+the browser name the user's file, never a path on the server.
 """
 
 
 import html
+import os
 import re
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +45,8 @@ class AppSettings:
         device: ``auto``, ``cpu``, ``cuda``.
         threshold, presence_threshold, mask_threshold: the UI's starting thresholds.
         max_upload_mb: the largest upload accepted, in MB.
-        workdir: where session directories go (a fresh temporary directory when ``None``).
+        workdir: where the server's temporary folder is made (the system's temporary folder when
+            ``None``); the folder itself is new and removed when the server stops.
         concurrency: how many segmentations run at once (each holds the one model).
     """
 
@@ -57,8 +65,8 @@ class SessionState:
     """One browser session's image, prompts and result (kept server-side by Gradio)."""
 
     image: Image
-    source: Path
     name: str
+    folder: Path
     normalized: np.ndarray
     window: str | None = None
     axis: str | None = None
@@ -74,6 +82,7 @@ class SessionState:
     names: list[str] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    pictures: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
     def is_volume(self) -> bool:
@@ -144,23 +153,41 @@ def build_app(settings: AppSettings | None = None, model=None):
     """
     import gradio as gr
 
-    from medsam3.app.uploads import UPLOAD_EXTENSIONS, SessionFiles
+    from medsam3.app.uploads import UPLOAD_EXTENSIONS, SessionFiles, read_upload, strip_paths
     from medsam3.app.views import (
         colors_for,
         num_slices,
         render_slice,
         render_three_views,
     )
-    from medsam3.io import read_image
     from medsam3.preprocess import normalize_intensity
     from medsam3.segmentation import load_model, segment
 
     settings = settings or AppSettings()
     loaded = model if model is not None else load_model(settings.model, device=settings.device)
     files = SessionFiles(settings.workdir, max_upload_bytes=int(settings.max_upload_mb * 1e6))
+    # Gradio's cache (its copies of uploads, anything it serves) is the server's own temporary folder:
+    # read when components are made and when the app launches, so it is set before both
+    os.environ["GRADIO_TEMP_DIR"] = str(files.root)
 
-    def fail(exc: Exception):
-        return gr.Error(str(exc), print_exception=False)
+    def fail(message: str):
+        return gr.Error(message, print_exception=False)
+
+    def picture(state: SessionState, slot: str, rgb: np.ndarray | None) -> str | None:
+        """``rgb`` as a PNG in the session's folder (Gradio serves it from there, no copy elsewhere)."""
+        if rgb is None:
+            return None
+        from PIL import Image as PILImage
+
+        folder = state.folder / "pictures"
+        folder.mkdir(exist_ok=True)  # never parents: a session that ended has no folder to refill
+        path = folder / f"{slot}-{uuid.uuid4().hex}.png"
+        PILImage.fromarray(rgb).save(path)
+        shown = state.pictures.setdefault(slot, [])
+        shown.append(path)
+        while len(shown) > 2:  # the one shown and the one before (the browser may still be fetching it)
+            shown.pop(0).unlink(missing_ok=True)
+        return str(path)
 
     def visible_colors(state: SessionState, visible_names):
         n = len(state.names)
@@ -171,17 +198,18 @@ def build_app(settings: AppSettings | None = None, model=None):
 
     def draw_main(state: SessionState, visible_names=None):
         marks = state.prompt_axis == state.axis and state.prompt_index == state.index
-        picture, state.frame = render_slice(
+        rgb, state.frame = render_slice(
             state.image, state.normalized, state.labels, visible_colors(state, visible_names),
             axis=state.axis, index=state.index,
             points=state.points if marks else (), point_labels=state.point_labels if marks else (),
             box=state.box if marks else None, corner=state.corner if marks else None)
-        return picture
+        return picture(state, "slice", rgb)
 
     def draw_views(state: SessionState, visible_names=None):
         if not state.is_volume or state.labels is None:
             return None
-        return render_three_views(state.image, state.normalized, state.labels, visible_colors(state, visible_names))
+        return picture(state, "views", render_three_views(state.image, state.normalized, state.labels,
+                                                          visible_colors(state, visible_names)))
 
     def describe(state: SessionState) -> str:
         img = state.image
@@ -210,16 +238,17 @@ def build_app(settings: AppSettings | None = None, model=None):
         if not path:
             return (None, "Upload an image to start.", gr.Slider(visible=False), gr.Radio(visible=False), None,
                     None, legend_html([]), gr.CheckboxGroup(choices=[], value=[]), None, prompt_text(None))
+        session = getattr(request, "session_hash", None) or "anonymous"
+        files.remember(session, path)  # Gradio's own copy goes with the session
         try:
-            session = getattr(request, "session_hash", None) or "anonymous"
-            source = files.accept_upload(session, path, Path(str(path)).name)
-            image = read_image(source)
+            # Gradio keeps the upload as CACHE/<hash>/<the user's file name>
+            image, name = read_upload(files, session, path)
             window = window_value(window_choice)
             normalized = normalize_intensity(image, window=window)
-        except (MedSAM3Error, OSError, ValueError) as exc:
-            raise fail(exc) from None
-        state = SessionState(image=image, source=source, name=Path(str(path)).name, normalized=normalized,
-                             window=window)
+            folder = files.directory(session)
+        except (MedSAM3Error, ValueError) as exc:
+            raise fail(strip_paths(str(exc))) from None
+        state = SessionState(image=image, name=name, folder=folder, normalized=normalized, window=window)
         slider, axis_radio = gr.Slider(visible=False), gr.Radio(visible=False)
         if state.is_volume:
             from medsam3.predict.orientation import choose_orientation
@@ -240,7 +269,7 @@ def build_app(settings: AppSettings | None = None, model=None):
             state.window = window_value(window_choice)
             state.normalized = normalize_intensity(state.image, window=state.window)
         except MedSAM3Error as exc:
-            raise fail(exc) from None
+            raise fail(strip_paths(str(exc))) from None
         return state, draw_main(state, visible), draw_views(state, visible)
 
     def on_axis(state, axis, visible):
@@ -292,10 +321,12 @@ def build_app(settings: AppSettings | None = None, model=None):
                            print_exception=False)
         progress(0, desc="segmenting")
         session = getattr(request, "session_hash", None) or "anonymous"
-        out_dir = files.directory(session) / "result"
-        out_dir.mkdir(exist_ok=True)
-        for old in out_dir.iterdir():
-            old.unlink()
+        try:
+            out_dir = files.new_folder(session, "result")  # a folder per run: concurrent runs never collide
+        except MedSAM3Error as exc:  # the session has ended
+            raise fail(str(exc)) from None
+        except OSError as exc:
+            raise fail(f"the result cannot be stored on the server: {strip_paths(str(exc))}") from None
         output = out_dir / (safe_stem(state.name) + ("_labels.nii.gz" if state.is_volume else "_labels.png"))
         interactive = state.has_clicks
         try:
@@ -306,9 +337,14 @@ def build_app(settings: AppSettings | None = None, model=None):
                           presence_threshold=float(presence), mask_threshold=float(mask_threshold),
                           axis=state.axis if state.is_volume else None, progress=True)
         except MedSAM3Error as exc:
-            raise fail(exc) from None
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise fail(strip_paths(str(exc))) from None
+        except BaseException:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise
         from medsam3.io import sidecar_path
 
+        previous = {Path(p).parent for p in state.outputs}
         state.labels = np.asarray(seg.labels.array)
         state.names = list(seg.prompts)
         counts = np.bincount(state.labels.ravel().astype(np.int64), minlength=len(state.names) + 1)
@@ -317,6 +353,9 @@ def build_app(settings: AppSettings | None = None, model=None):
                        "pixels": int(counts[k]), "color": colors[k]}
                       for k, (name, r) in enumerate(zip(state.names, seg.results), start=1)]
         state.outputs = [str(seg.output), str(sidecar_path(seg.output))]
+        for old in previous - {out_dir}:
+            if old.parent == state.folder:  # only result folders this session made
+                shutil.rmtree(old, ignore_errors=True)
         absent = ", ".join(seg.absent)
         status = (f"Done: {len(state.names)} prompt(s)" + (f"; absent: {absent}" if absent else "") +
                   f". Label map: {Path(state.outputs[0]).name} (+ JSON sidecar).")

@@ -114,7 +114,22 @@ def _uint8_rgb(image):
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def prepare_inputs(work: Path) -> tuple[dict, dict]:
+def reduced_config():
+    """The transformers configuration of Meta's ``reduced`` build (parity_meta_reference.REDUCED):
+    the published SAM3 with a 4-block, 128-wide ViT and a 2-layer, 128-wide text encoder."""
+    from medsam3.model.configs import build_config
+
+    config = build_config("default")
+    for vision in (config.detector_config.vision_config, config.tracker_config.vision_config):
+        vit = vision.backbone_config
+        vit.hidden_size, vit.intermediate_size = 128, int(128 * 4.625)
+        vit.num_hidden_layers, vit.num_attention_heads, vit.global_attn_indexes = 4, 4, [1, 3]
+    text = config.detector_config.text_config
+    text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_hidden_layers = 128, 512, 4, 2
+    return config
+
+
+def prepare_inputs(work: Path, size: str) -> tuple[dict, dict]:
     """The uint8 RGB images (name -> (H, W, 3)) and the spec both sides run."""
     from pydicom.data import get_testdata_file
 
@@ -127,7 +142,8 @@ def prepare_inputs(work: Path) -> tuple[dict, dict]:
     rgb = normalize_intensity(read_image(rgb_source))
     images = {"ct": _uint8_rgb(ct), "rgb": _uint8_rgb(rgb)}
     spec = {
-        "seed": SEED, "score_threshold": 0.5, "images": list(images), "prompts": PROMPTS,
+        "seed": SEED, "size": size, "score_threshold": 0.5, "images": list(images),
+        "prompts": PROMPTS if size == "full" else PROMPTS[:1],
         "sources": {"ct": "pydicom CT_small.dcm", "rgb": rgb_source},
         "box_prompts": {"ct": [["visual", CT_BOX]], "rgb": [["visual", RGB_BOX]]},
         "interactive_boxes": {"ct": [CT_BOX], "rgb": [RGB_BOX]},
@@ -155,7 +171,7 @@ def run_meta(python: Path, work: Path, images: dict, spec: dict, threads: int) -
         return checkpoint, out
     cmd = [str(python), str(META_SCRIPT), "--inputs", str(inputs), "--spec", str(work / "spec.json"),
            "--work", str(work / "meta-work"), "--checkpoint", str(checkpoint), "--out", str(out),
-           "--threads", str(threads)]
+           "--threads", str(threads), "--size", spec["size"]]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("PYTHONPATH", None)  # nothing of ours on Meta's side
     subprocess.run(cmd, check=True, env=env)
@@ -198,11 +214,9 @@ def run_ours(model_dir: Path, images: dict, spec: dict, meta: dict) -> dict:
             rgb = images[name].astype(np.float32) / 255.0
             put(pre + "pixel_values", predictor.preprocess(rgb))
             # every later stage from Meta's pixel tensor
-            predictor.set_image(rgb)
-            predictor._pixel_values = meta[pre + "pixel_values"].clone()
-            predictor._features = detector.get_vision_features(pixel_values=predictor._pixel_values)
+            predictor.set_pixel_values(meta[pre + "pixel_values"], rgb.shape[:2])
             features = predictor._features
-            grid = predictor._pixel_values.shape[-1] // 14
+            grid = meta[pre + "pixel_values"].shape[-1] // 14
             to_map = lambda t: t.reshape(t.shape[0], grid, grid, -1).permute(0, 3, 1, 2)  # noqa: E731
             put(pre + "vit_ln_pre", to_map(captured["ln_pre"]))
             put(pre + "vit", to_map(features.last_hidden_state))
@@ -340,6 +354,9 @@ def main(argv=None) -> int:
                         help="working directory (checkpoint, converted model, Meta's tensors); a temporary one "
                              "by default. Meta's results in it are reused when inputs and scripts are unchanged")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for each side (default: torch's)")
+    parser.add_argument("--size", choices=["full", "reduced"], default="full",
+                        help="full: the published SAM3 (about 20 CPU-minutes); reduced: a 4-block ViT and a "
+                             "2-layer text encoder, the rest as published, one text prompt per image (CI)")
     parser.add_argument("--json", default=None, help="also write the table as JSON here")
     args = parser.parse_args(argv)
 
@@ -353,11 +370,14 @@ def main(argv=None) -> int:
         work = Path(args.work or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
         python = ensure_meta_venv(Path(args.meta_venv).resolve())
-        images, spec = prepare_inputs(work)
+        images, spec = prepare_inputs(work, args.size)
         checkpoint, meta_file = run_meta(python, work, images, spec, args.threads)
         model_dir = work / "converted"
-        subprocess.run([sys.executable, "-m", "medsam3.cli", "convert", "-i", str(checkpoint), "-o", str(model_dir)],
-                       check=True)
+        convert = [sys.executable, "-m", "medsam3.cli", "convert", "-i", str(checkpoint), "-o", str(model_dir)]
+        if args.size == "reduced":  # not a named configuration: give convert the config.json
+            reduced_config().save_pretrained(work / "reduced-config")
+            convert += ["--config", str(work / "reduced-config")]
+        subprocess.run(convert, check=True)
         meta = load_file(str(meta_file))
         ours = run_ours(model_dir, images, spec, meta)
         rows = compare(meta, ours)

@@ -102,13 +102,41 @@ def randomise(model, seed: int) -> None:
                 raise SystemExit(f"buffer {name} holds NaN after building the model")
 
 
-def build(size: str, bpe: str):
-    from sam3.model_builder import build_sam3_image_model
+#: ``reduced``: Meta's own builder with a narrower, shallower ViT and text encoder (the
+#: expensive parts on a CPU); everything else (1008 px input, 24 x 24 position table tiled to
+#: 72 x 72, windowed + global RoPE attention, FPN necks, DETR encoder/decoder, heads, tracker)
+#: is the published model. scripts/parity_meta.py builds the matching transformers config.
+REDUCED = {"vit_dim": 128, "vit_depth": 4, "vit_heads": 4, "vit_global": (1, 3),
+           "text_width": 128, "text_heads": 4, "text_layers": 2}
 
-    if size != "full":
-        raise SystemExit(f"size {size!r}: Meta's builder only builds the published full-size model")
-    return build_sam3_image_model(bpe_path=bpe, device="cpu", eval_mode=True, checkpoint_path=None,
-                                  load_from_HF=False, enable_segmentation=True, enable_inst_interactivity=True)
+
+def build(size: str, bpe: str):
+    import sam3.model_builder as mb
+
+    if size == "reduced":
+        from sam3.model.text_encoder_ve import VETextEncoder
+        from sam3.model.tokenizer_ve import SimpleTokenizer
+        from sam3.model.vitdet import ViT
+
+        def vit(compile_mode=None):  # _create_vit_backbone's arguments, narrower and shallower
+            return ViT(img_size=1008, pretrain_img_size=336, patch_size=14, embed_dim=REDUCED["vit_dim"],
+                       depth=REDUCED["vit_depth"], num_heads=REDUCED["vit_heads"], mlp_ratio=4.625,
+                       norm_layer="LayerNorm", drop_path_rate=0.1, qkv_bias=True, use_abs_pos=True,
+                       tile_abs_pos=True, global_att_blocks=REDUCED["vit_global"], rel_pos_blocks=(),
+                       use_rope=True, use_interp_rope=True, window_size=24, pretrain_use_cls_token=True,
+                       retain_cls_token=False, ln_pre=True, ln_post=False, return_interm_layers=False,
+                       bias_patch_embed=False, compile_mode=compile_mode)
+
+        def text(bpe_path):
+            return VETextEncoder(tokenizer=SimpleTokenizer(bpe_path=bpe_path), d_model=256,
+                                 width=REDUCED["text_width"], heads=REDUCED["text_heads"],
+                                 layers=REDUCED["text_layers"])
+
+        mb._create_vit_backbone, mb._create_text_encoder = vit, text
+    elif size != "full":
+        raise SystemExit(f"unknown size {size!r}: full or reduced")
+    return mb.build_sam3_image_model(bpe_path=bpe, device="cpu", eval_mode=True, checkpoint_path=None,
+                                     load_from_HF=False, enable_segmentation=True, enable_inst_interactivity=True)
 
 
 def sam3_pt_state(model) -> dict:

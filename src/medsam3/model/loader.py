@@ -26,7 +26,7 @@ import torch
 from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3VideoConfig, Sam3VideoModel
 
 from medsam3.errors import ArgumentError, InputError
-from medsam3.model.configs import build_config, config_names
+from medsam3.model.configs import build_config, config_names, set_meta_vit_eps, with_meta_vit_eps
 from medsam3.model.directory import build_processor, directory_has_tracker, is_model_directory
 
 log = logging.getLogger(__name__)
@@ -196,8 +196,9 @@ class MedSAM3:
             return cls(detector.to(device_, dtype_), build_processor(config.image_size), config, name,
                        device_, dtype_, tracker=tracker.to(device_, dtype_))
         directory = model_directory(name)
-        config = Sam3VideoConfig.from_pretrained(directory)
+        config = with_meta_vit_eps(Sam3VideoConfig.from_pretrained(directory))
         detector = Sam3Model.from_pretrained(directory, dtype=dtype_).to(device_)
+        set_meta_vit_eps(detector.vision_encoder.backbone)  # Meta's 1e-5, whatever config.json says
         processor = Sam3Processor.from_pretrained(directory)
         return cls(detector, processor, config, name, device_, dtype_, directory=directory)
 

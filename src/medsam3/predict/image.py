@@ -126,8 +126,14 @@ class ImagePredictor:
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
         """Encode a normalised image (``(H, W)`` grey or ``(H, W, 3)`` RGB, values in [0, 1])."""
-        self.original_size = tuple(np.asarray(image).shape[:2])
-        self._pixel_values = self.preprocess(image)
+        self.set_pixel_values(self.preprocess(image), np.asarray(image).shape[:2])
+
+    @torch.inference_mode()
+    def set_pixel_values(self, pixel_values: torch.Tensor, original_size: tuple[int, int]) -> None:
+        """Encode an already preprocessed ``(1, 3, S, S)`` pixel tensor of an image whose
+        original ``(H, W)`` is ``original_size`` (e.g. another implementation's preprocessing)."""
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self._pixel_values = pixel_values.to(self.model.device, self.model.dtype)
         self._features = self.model.detector.get_vision_features(pixel_values=self._pixel_values)
         self._tracker_embeddings = None
 

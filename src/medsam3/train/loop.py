@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 
 from medsam3.errors import ArgumentError, InputError, MedSAM3Error
+from medsam3.model.configs import set_meta_vit_eps
 from medsam3.train.config import TrainingConfig, save_config
 
 log = logging.getLogger("medsam3.train")
@@ -378,6 +379,7 @@ class Trainer:
         cfg = self.cfg
         lora = cfg.train.mode == "lora"
         detector = Sam3Model.from_pretrained(weights_dir, dtype=torch.float32)
+        set_meta_vit_eps(detector.vision_encoder.backbone)  # Meta's LayerNorm eps (1e-5)
         model_size = int(detector.config.vision_config.backbone_config.image_size)
         self.image_size = cfg.data.image_size or model_size
         if self.image_size != model_size:

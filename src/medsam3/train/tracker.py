@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsam3.errors import ArgumentError
+from medsam3.model.configs import set_meta_vit_eps
 from medsam3.train.losses import LossOutput, dice_loss, sigmoid_focal
 
 
@@ -383,6 +384,7 @@ def build_tracker_for_training(directory, weights: TrackerLossWeights, neck_from
 
     config = Sam3VideoConfig.from_pretrained(directory)
     detector = Sam3Model.from_pretrained(directory, dtype=torch.float32)
+    set_meta_vit_eps(detector.vision_encoder.backbone)  # Meta's LayerNorm eps (1e-5)
     backbone = detector.vision_encoder.backbone
     neck = Sam3VisionNeck(config.detector_config.vision_config)
     _load_strict(neck, _load_prefixed(directory, "tracker_neck."), "tracker neck", directory)

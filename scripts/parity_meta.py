@@ -48,7 +48,9 @@ RGB_BOX = [40, 50, 110, 130]
 #: binary masks the fraction of pixels that differ. Two implementations of the same arithmetic
 #: differ by summation order only: ~1e-6 relative per op, a few 1e-5 after the 32-block ViT.
 TOLERANCES = {
-    "pixel_values": 1e-6,
+    # absolute, in the model's [-1, 1] units: one uint8 step. Meta's processor resizes the uint8
+    # image and rounds to uint8 again; ours resizes in floating point (docs/parity.md).
+    "pixel_values": 2 / 255 + 1e-5,
     "vit_ln_pre": 1e-5,
     "vit": 1e-4,
     "fpn": 1e-4,
@@ -71,6 +73,10 @@ TOLERANCES = {
     "low_res_masks": 1e-4,
     "iou": 1e-4,
 }
+
+
+#: Stages whose tolerance bounds the max abs diff itself (the "relative" column shows it too).
+ABSOLUTE = {"pixel_values"}
 
 
 def log(message: str) -> None:
@@ -241,11 +247,16 @@ def run_ours(model_dir: Path, images: dict, spec: dict, meta: dict) -> dict:
                 feats, mask = predictor.text_embeddings([prompt.text])
                 put(q + "text_features", feats * mask[..., None])
                 put(q + "text_mask", mask)
-                if captured.get("geometry") is not None:
-                    put(q + "geometry_features", captured["geometry"].last_hidden_state)
+                # geometry tokens: drop our padding box (masked everywhere; Meta's prompt has none)
+                geometry = captured["geometry"]
+                valid = geometry.attention_mask[0].bool()
+                put(q + "geometry_features", geometry.last_hidden_state[:, valid])
                 encoder = captured["encoder"]
                 put(q + "detr_encoder", encoder.last_hidden_state)
-                put(q + "detr_encoder_text", encoder.text_features)
+                keep = torch.cat([torch.ones(mask.shape[-1], dtype=torch.bool), valid])
+                prompt = encoder.text_features[:, keep].clone()
+                prompt[:, : mask.shape[-1]] *= mask[..., None]  # padding text tokens: see text_features
+                put(q + "detr_encoder_text", prompt)
                 decoder = captured["decoder"]
                 put(q + "decoder_queries", decoder.intermediate_hidden_states[-1])
                 put(q + "pred_logits", out.pred_logits)
@@ -268,9 +279,9 @@ def run_ours(model_dir: Path, images: dict, spec: dict, meta: dict) -> dict:
                               multimask_output=False)
                 put(q + "low_res_masks", out.pred_masks[0, 0])
                 put(q + "iou", out.iou_scores[0, 0])
-                result = predictor.predict_interactive(box=box)
-                put(q + "masks", torch.from_numpy(result.masks) if result.present
-                    else torch.zeros(1, h, w, dtype=torch.bool))
+                # the mask before medsam3's object-score gate (an "absent" answer when the tracker's
+                # object score is below the presence threshold); Meta's image predictor has no gate
+                put(q + "masks", predictor.mask_probabilities(out.pred_masks[0, 0, :1]) > predictor.mask_threshold)
     return ours
 
 
@@ -309,6 +320,10 @@ def compare(meta: dict, ours: dict) -> list[dict]:
             b = meta[key].float()
         if stage == "pred_boxes":
             b = _cxcywh_to_xyxy(b)
+        if stage == "detr_encoder_text":  # text padding tokens, as below
+            mask = meta[key.replace("detr_encoder_text", "text_mask")]
+            b = b.clone()
+            b[:, : mask.shape[-1]] *= mask[..., None]
         if stage == "text_features":  # padding tokens are masked everywhere; Meta pads with id 0, we with 49407
             mask_key = key.replace("text_features", "text_mask")
             b = b * meta[mask_key][..., None]
@@ -333,6 +348,8 @@ def compare(meta: dict, ours: dict) -> list[dict]:
             scale = float(b.abs().max())
             relative = diff / scale if scale > 0 else diff
         tol = TOLERANCES[stage]
+        if stage in ABSOLUTE:
+            relative = diff
         rows.append({"key": key, "stage": stage, "diff": diff, "scale": scale, "relative": relative,
                      "tolerance": tol, "pass": relative <= tol, "note": note})
     return rows
@@ -343,7 +360,7 @@ def print_table(rows: list[dict]) -> None:
     print(f"{'stage':<{width}}  {'max abs diff':>12}  {'scale':>9}  {'relative':>9}  {'tolerance':>9}  pass")
     for r in rows:
         print(f"{r['key']:<{width}}  {r['diff']:>12.3e}  {r['scale']:>9.3g}  {r['relative']:>9.2e}  "
-              f"{r['tolerance']:>9.0e}  {'yes' if r['pass'] else 'NO'}{'  ' + r['note'] if r['note'] else ''}")
+              f"{r['tolerance']:>9.1e}  {'yes' if r['pass'] else 'NO'}{'  ' + r['note'] if r['note'] else ''}")
 
 
 def main(argv=None) -> int:
@@ -361,7 +378,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -380,6 +397,7 @@ def main(argv=None) -> int:
         subprocess.run(convert, check=True)
         meta = load_file(str(meta_file))
         ours = run_ours(model_dir, images, spec, meta)
+        save_file({k: v.contiguous() for k, v in ours.items()}, str(work / "ours.safetensors"))
         rows = compare(meta, ours)
     print_table(rows)
     failed = [r for r in rows if not r["pass"]]

@@ -118,7 +118,8 @@ class ImagePredictor:
 
     # ------------------------------------------------------------------ image
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """``(1, 3, S, S)`` pixel values exactly as SAM3's processor makes them."""
+        """``(1, 3, S, S)`` pixel values as transformers' ``Sam3ImageProcessor`` makes them (Meta's
+        processor also rounds the resized image to uint8: at most one uint8 step apart, docs/parity.md)."""
         rgb = to_model_rgb(image)
         processed = self.model.processor.image_processor(images=rgb, do_rescale=False, return_tensors="pt")
         return processed["pixel_values"].to(self.model.device, self.model.dtype)

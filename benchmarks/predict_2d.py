@@ -38,12 +38,12 @@ def naive(model: MedSAM3, image: np.ndarray, prompts: list[str], threshold: floa
         with torch.inference_mode():  # as Meta's SAM3 runs a text prompt: with the geometry CLS token
             out = model.detector(**inputs, **no_box_inputs(1, model.device, model.dtype))
         # Meta's post-processing: score = sigmoid(class) x sigmoid(presence); logits resized to
-        # the image, then > 0. The predictor additionally reports "absent" below the presence
+        # the image, then sigmoid > 0.5. The predictor additionally reports "absent" below the presence
         # threshold, which is set to 0 here.
         scores = out.pred_logits[0].sigmoid() * out.presence_logits[0].sigmoid()
         logits = torch.nn.functional.interpolate(out.pred_masks[:, scores > threshold].float(), size=image.shape,
                                                  mode="bilinear", align_corners=False)[0]
-        unions.append((logits > 0).any(0).cpu().numpy() if len(logits) else np.zeros(image.shape, bool))
+        unions.append((logits.sigmoid() > 0.5).any(0).cpu().numpy() if len(logits) else np.zeros(image.shape, bool))
     return unions
 
 

@@ -1,9 +1,9 @@
 """Encode-once predictor vs the naive transformers loop, for K text prompts on one image.
 
 The naive loop is what SAM3's transformers documentation shows: for every prompt,
-``processor(images=..., text=...)`` then ``model(**inputs)`` then
-``post_process_instance_segmentation``. Ours encodes the image once and runs the prompts
-in batches through the detector. Both use the same model and thresholds; the semantic
+``processor(images=..., text=...)`` then ``model(**inputs)`` (with the geometry CLS token, as
+Meta's SAM3 runs a text prompt) then Meta's mask post-processing. Ours encodes the image once
+and runs the prompts in batches through the detector. Both use the same model and thresholds; the semantic
 (union) masks must be identical.
 
     python benchmarks/predict_2d.py --model random:default --prompts 1 4 16
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from medsam3.model import MedSAM3
+from medsam3.model.geometry import no_box_inputs
 from medsam3.predict import ImagePredictor, TextPrompt
 
 PROMPTS = ["liver", "spleen", "left kidney", "right kidney", "pancreas", "aorta", "stomach", "gallbladder",
@@ -34,13 +35,15 @@ def naive(model: MedSAM3, image: np.ndarray, prompts: list[str], threshold: floa
     unions = []
     for text in prompts:
         inputs = model.processor(images=rgb, text=text, do_rescale=False, return_tensors="pt").to(model.device)
-        with torch.inference_mode():
-            out = model.detector(**inputs)
-        # post-processing multiplies by the presence score; the predictor additionally
-        # reports "absent" below the presence threshold, which is set to 0 here
-        res = model.processor.post_process_instance_segmentation(
-            out, threshold=threshold, mask_threshold=0.5, target_sizes=[image.shape])[0]
-        unions.append(res["masks"].bool().any(0).cpu().numpy() if len(res["masks"]) else np.zeros(image.shape, bool))
+        with torch.inference_mode():  # as Meta's SAM3 runs a text prompt: with the geometry CLS token
+            out = model.detector(**inputs, **no_box_inputs(1, model.device, model.dtype))
+        # Meta's post-processing: score = sigmoid(class) x sigmoid(presence); logits resized to
+        # the image, then sigmoid > 0.5. The predictor additionally reports "absent" below the presence
+        # threshold, which is set to 0 here.
+        scores = out.pred_logits[0].sigmoid() * out.presence_logits[0].sigmoid()
+        logits = torch.nn.functional.interpolate(out.pred_masks[:, scores > threshold].float(), size=image.shape,
+                                                 mode="bilinear", align_corners=False)[0]
+        unions.append((logits.sigmoid() > 0.5).any(0).cpu().numpy() if len(logits) else np.zeros(image.shape, bool))
     return unions
 
 

@@ -182,6 +182,15 @@ def test_every_accepted_layout_gives_the_same_model(tiny, tmp_path):
         "image layout with tracker": (image_layout, "image", True),
         "image layout, DDP": ({"module." + k: v for k, v in image_layout.items()}, "image", True),
         "sam3.pt layout, DDP": ({"module." + k: v for k, v in meta.items()}, "video", True),
+        # Medical SAM3's trainer checkpoints: image-model keys under "model" / "state_dict"
+        "trainer dict, image layout": ({"model": image_layout, "epoch": 3}, "image", True),
+        "trainer dict, image layout, DDP": ({"model": {"module." + k: v for k, v in image_layout.items()},
+                                             "epoch": 3}, "image", True),
+        "trainer 'state_dict', image layout, DDP": ({"state_dict": {"module." + k: v
+                                                                    for k, v in image_layout.items()}},
+                                                    "image", True),
+        "trainer dict, sam3.pt layout": ({"model": meta, "epoch": 0}, "video", True),
+        # last: the file checked with --kind video below
         "image layout without tracker": ({k: v for k, v in image_layout.items()
                                           if not k.startswith("inst_interactive_predictor.")
                                           and ".sam2_convs." not in k}, "image", False),

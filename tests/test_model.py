@@ -221,3 +221,26 @@ def test_float16_overflow_is_named_as_such(tiny_model_dir, tmp_path):
     assert MedSAM3.from_pretrained(big, device="cpu").detector is not None  # finite in float32
     with pytest.raises(InputError, match=f"1 finite tensor overflows float16 when loaded \\({key}\\).*float32"):
         MedSAM3.from_pretrained(big, device="cpu", dtype="float16")
+
+
+def test_vit_layer_norms_use_metas_epsilon(tiny_model_dir, tmp_path):
+    """Meta's ViT normalises with LayerNorm(eps=1e-5); transformers' Sam3ViTConfig (and
+    facebook/sam3's config.json) say 1e-6. Every configuration we build says 1e-5, and a
+    directory whose config.json says 1e-6 still loads with Meta's value."""
+    import shutil
+
+    from medsam3.model.configs import VIT_LAYER_NORM_EPS
+
+    assert VIT_LAYER_NORM_EPS == 1e-5
+    for name in config_names():
+        config = build_config(name)
+        for vision in (config.detector_config.vision_config, config.tracker_config.vision_config):
+            assert vision.backbone_config.layer_norm_eps == 1e-5, name
+    hub_like = shutil.copytree(tiny_model_dir, tmp_path / "hub-like")
+    config = json.loads((hub_like / "config.json").read_text())
+    config["detector_config"]["vision_config"]["backbone_config"]["layer_norm_eps"] = 1e-6
+    (hub_like / "config.json").write_text(json.dumps(config))
+    model = MedSAM3.from_pretrained(hub_like, device="cpu")
+    norms = [m for m in model.detector.vision_encoder.backbone.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 1 and {m.eps for m in norms} == {1e-5}  # 2 blocks x 2 + ln_pre
+    assert model.tracker.vision_encoder.backbone is model.detector.vision_encoder.backbone

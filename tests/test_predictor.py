@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from medsam3.errors import ArgumentError
+from medsam3.model.geometry import no_box_inputs
 from medsam3.predict import ImagePredictor, PromptResult, TextPrompt, combine_label_map
+from medsam3.predict.image import upsample_mask_logits
 
 
 @pytest.fixture()
@@ -49,21 +51,67 @@ def test_batched_prompts_equal_one_at_a_time(tiny_model, ct_slice):
         np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
 
 
-def test_predictor_matches_the_transformers_pipeline(tiny_model, ct_slice):
-    """Same masks as processor + model + post_process_instance_segmentation for one prompt."""
+def test_predictor_matches_metas_pipeline(tiny_model, ct_slice):
+    """Same outputs as transformers' processor + model run the way Meta's SAM3 runs a text prompt
+    (the geometry encoder's CLS token joins the prompt) and Meta's post-processing (logits
+    resized to the image, then sigmoid > 0.5; score = sigmoid(class) x sigmoid(presence))."""
     rgb = np.repeat(ct_slice[..., None], 3, -1)
     inputs = tiny_model.processor(images=rgb, text="liver", do_rescale=False, return_tensors="pt")
     with torch.no_grad():
-        out = tiny_model.detector(**inputs)
-    ref = tiny_model.processor.post_process_instance_segmentation(
-        out, threshold=0.0, mask_threshold=0.5, target_sizes=[ct_slice.shape])[0]
+        out = tiny_model.detector(**inputs, **no_box_inputs(1))
+    scores = out.pred_logits[0].sigmoid() * out.presence_logits[0].sigmoid()
+    keep = scores > 0.0
+    logits = torch.nn.functional.interpolate(out.pred_masks[:, keep], size=ct_slice.shape, mode="bilinear",
+                                             align_corners=False)[0]
+    h, w = ct_slice.shape
     predictor = ImagePredictor(tiny_model, score_threshold=0.0, presence_threshold=0.0, batch_size=1)
     predictor.set_image(ct_slice)
     (ours,) = predictor.predict(["liver"])
-    np.testing.assert_array_equal(ours.masks, ref["masks"].bool().numpy())
-    np.testing.assert_allclose(ours.scores, ref["scores"].numpy(), rtol=1e-6)
-    np.testing.assert_allclose(ours.boxes, ref["boxes"].numpy(), rtol=1e-5)
-    np.testing.assert_array_equal(ours.semantic, ref["masks"].bool().numpy().any(0))
+    masks = (logits.sigmoid() > 0.5).numpy()  # Meta's rule (a logit within 3e-8 of 0 gives 0.5)
+    np.testing.assert_array_equal(ours.masks, masks)
+    np.testing.assert_allclose(ours.scores, scores[keep].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(ours.boxes, (out.pred_boxes[0, keep] * torch.tensor([w, h, w, h])).numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(ours.semantic, masks.any(0))
+
+
+def test_text_prompts_carry_the_geometry_cls_token_as_in_metas_sam3(tiny_model, ct_slice, monkeypatch):
+    """Meta's SAM3 appends the geometry encoder's CLS token to every prompt, boxes or not;
+    transformers' Sam3Model leaves it out without boxes. The predictor passes one padding box,
+    which must be inert (its coordinates change nothing) while the CLS token changes the output."""
+    import medsam3.model.geometry as geometry
+
+    predictor = ImagePredictor(tiny_model, score_threshold=0.0, presence_threshold=0.0)
+    predictor.set_image(ct_slice)
+    seen = []
+    hook = tiny_model.detector.detr_encoder.register_forward_hook(
+        lambda m, args, kwargs, out: seen.append(kwargs["text_mask"].sum(1)), with_kwargs=True)
+    try:
+        (_, out), = list(predictor.detect([TextPrompt("liver")]))
+    finally:
+        hook.remove()
+    feats, mask = predictor.text_embeddings(["liver"])
+    assert seen[0].tolist() == [int(mask.sum()) + 1]  # the text tokens and the CLS token
+    monkeypatch.setattr(geometry, "PAD_BOX", (0.2, 0.7, 0.1, 0.3))
+    (_, moved), = list(predictor.detect([TextPrompt("liver")]))
+    for name in ("pred_logits", "presence_logits", "pred_boxes", "pred_masks", "semantic_seg"):
+        torch.testing.assert_close(getattr(moved, name), getattr(out, name), rtol=0, atol=1e-6)
+    with torch.no_grad():  # without the CLS token (transformers' default) the answer differs
+        plain = tiny_model.detector(vision_embeds=predictor._features, text_embeds=SimpleNamespace(pooler_output=feats),
+                                    attention_mask=mask)
+    assert (plain.pred_logits - out.pred_logits).abs().max() > 1e-3
+
+
+def test_masks_resize_logits_before_the_sigmoid_as_meta_does():
+    """Between a logit of -8 and one of 2 Meta's mask ends where the resized logit crosses 0;
+    resizing probabilities instead would move the edge by about a quarter of the interval."""
+    logits = torch.tensor([[[-8.0, 2.0]]])
+    probs = upsample_mask_logits(logits, (1, 40))
+    reference = torch.nn.functional.interpolate(logits[None], size=(1, 40), mode="bilinear",
+                                                align_corners=False)[0]
+    torch.testing.assert_close(probs, reference.sigmoid())
+    probability_first = torch.nn.functional.interpolate(logits[None].sigmoid(), size=(1, 40), mode="bilinear",
+                                                        align_corners=False)[0]
+    assert ((probs > 0.5) != (probability_first > 0.5)).sum() >= 4  # the rule matters
 
 
 def _fake_output(presence_logit, logits, masks_logits):

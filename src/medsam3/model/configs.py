@@ -20,6 +20,12 @@ from medsam3.errors import ArgumentError
 
 PATCH_SIZE = 14
 
+#: The epsilon of every LayerNorm in SAM3's ViT. Meta's ViT builds them as
+#: ``nn.LayerNorm(eps=1e-5)`` (``sam3/model/vitdet.py``: ``norm_layer="LayerNorm"`` with eps 1e-5);
+#: transformers' ``Sam3ViTConfig.layer_norm_eps`` defaults to 1e-6, and ``facebook/sam3``'s
+#: config.json carries that value. Every other SAM3 LayerNorm uses 1e-5 on both sides.
+VIT_LAYER_NORM_EPS = 1e-5
+
 
 @dataclass(frozen=True)
 class SizeSpec:
@@ -72,7 +78,7 @@ def build_config(name: str = "default", image_size: int | None = None) -> Sam3Vi
         if image_size is not None:
             _check_image_size(image_size)
             config.image_size = image_size
-        return config
+        return with_meta_vit_eps(config)
     size = image_size or spec.image_size
     _check_image_size(size)
     grid = size // PATCH_SIZE
@@ -92,6 +98,7 @@ def build_config(name: str = "default", image_size: int | None = None) -> Sam3Vi
             # windowed attention needs the grid to be a multiple of the window
             "window_size": grid // 2 if grid % 2 == 0 else grid,
             "global_attn_indexes": [spec.vit_layers - 1],
+            "layer_norm_eps": VIT_LAYER_NORM_EPS,
         },
     }
     detector = {
@@ -133,6 +140,26 @@ def build_config(name: str = "default", image_size: int | None = None) -> Sam3Vi
         "memory_fuser_num_layers": 1,
     }
     return Sam3VideoConfig(detector_config=detector, tracker_config=tracker, low_res_mask_size=grid * 4)
+
+
+def with_meta_vit_eps(config: Sam3VideoConfig) -> Sam3VideoConfig:
+    """``config`` with Meta's ViT LayerNorm epsilon (:data:`VIT_LAYER_NORM_EPS`) in the detector's
+    and the tracker's ViT configuration (changed in place, and returned)."""
+    for vision in (config.detector_config.vision_config, config.tracker_config.vision_config):
+        vision.backbone_config.layer_norm_eps = VIT_LAYER_NORM_EPS
+    return config
+
+
+def set_meta_vit_eps(backbone) -> int:
+    """Give every LayerNorm of a loaded ViT (``Sam3Model.vision_encoder.backbone``) Meta's epsilon,
+    whatever its config.json says (``facebook/sam3`` says transformers' 1e-6). Returns how many."""
+    import torch
+
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.LayerNorm)]
+    for norm in norms:
+        norm.eps = VIT_LAYER_NORM_EPS
+    backbone.config.layer_norm_eps = VIT_LAYER_NORM_EPS
+    return len(norms)
 
 
 def _check_image_size(size: int) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from medsam3.errors import InputError
+from medsam3.model.configs import set_meta_vit_eps
 
 DETECTOR_PREFIX = "detector_model."
 TRACKER_PREFIXES = ("tracker_model.", "tracker_neck.")
@@ -86,8 +87,10 @@ def load_config(directory):
     an :class:`InputError` naming it."""
     from transformers import Sam3VideoConfig
 
+    from medsam3.model.configs import with_meta_vit_eps
+
     try:
-        return Sam3VideoConfig.from_pretrained(directory)
+        return with_meta_vit_eps(Sam3VideoConfig.from_pretrained(directory))  # Meta's ViT LayerNorm eps
     except (OSError, ValueError, TypeError, KeyError) as exc:
         detail = " ".join(str(exc).split())
         raise InputError(f"{Path(directory) / 'config.json'} is not a usable SAM3 configuration: {detail}") from None
@@ -217,6 +220,7 @@ def load_detector(directory, dtype: torch.dtype = torch.float32, config=None, ch
         check_weights(directory, config)
     model, info = _from_pretrained(Sam3Model, directory, dtype)
     refuse_loading_report(info, directory, "detector")
+    set_meta_vit_eps(model.vision_encoder.backbone)  # Meta's 1e-5, whatever config.json says
     check_finite(((DETECTOR_PREFIX + k, t) for k, t in model.state_dict().items()), _weights_path(directory),
                  dtype)
     return model
@@ -251,6 +255,7 @@ def load_tracker(directory, dtype: torch.dtype = torch.float32, config=None, che
                          "box and point prompts need a model with the SAM3 tracker")
     model, info = _from_pretrained(Sam3TrackerModel, directory, dtype)
     refuse_loading_report(info, directory, "tracker")
+    set_meta_vit_eps(model.vision_encoder.backbone)
     pairs = ((_tracker_file_key(k), t) for k, t in model.state_dict().items())
     check_finite(((k, t) for k, t in pairs if k is not None), _weights_path(directory), dtype)
     return model

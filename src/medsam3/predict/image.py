@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from medsam3.errors import ArgumentError, InputError
+from medsam3.model.geometry import PAD_BOX, PAD_BOX_LABEL, no_box_inputs
 from medsam3.model.loader import MedSAM3
 from medsam3.predict.results import PromptResult
 from medsam3.preprocess import context_offset
@@ -56,6 +57,15 @@ def _as_prompt(p) -> TextPrompt:
     if isinstance(p, str):
         return TextPrompt(p)
     raise ArgumentError(f"a prompt must be a string or TextPrompt, got {type(p).__name__}")
+
+
+def upsample_mask_logits(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(N, h, w)`` mask logits -> ``(N, *size)`` probabilities: bilinearly resized logits, then
+    the sigmoid, in the order of Meta's SAM3 processor (``Sam3Processor._forward_grounding``), so
+    a pixel is in the mask exactly when Meta's is. (transformers' post-processing resizes the
+    probabilities instead, which moves mask edges by a fraction of a low-resolution pixel.)"""
+    return F.interpolate(mask_logits[None].float(), size=tuple(size), mode="bilinear",
+                         align_corners=False)[0].sigmoid()
 
 
 def to_model_rgb(image: np.ndarray) -> np.ndarray:
@@ -120,7 +130,8 @@ class ImagePredictor:
 
     # ------------------------------------------------------------------ image
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """``(1, 3, S, S)`` pixel values exactly as SAM3's processor makes them."""
+        """``(1, 3, S, S)`` pixel values as transformers' ``Sam3ImageProcessor`` makes them (Meta's
+        processor also rounds the resized image to uint8: at most one uint8 step apart, docs/parity.md)."""
         rgb = to_model_rgb(image)
         processed = self.model.processor.image_processor(images=rgb, do_rescale=False, return_tensors="pt")
         return processed["pixel_values"].to(self.model.device, self.model.dtype)
@@ -128,8 +139,14 @@ class ImagePredictor:
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
         """Encode a normalised image (``(H, W)`` grey or ``(H, W, 3)`` RGB, values in [0, 1])."""
-        self.original_size = tuple(np.asarray(image).shape[:2])
-        self._pixel_values = self.preprocess(image)
+        self.set_pixel_values(self.preprocess(image), np.asarray(image).shape[:2])
+
+    @torch.inference_mode()
+    def set_pixel_values(self, pixel_values: torch.Tensor, original_size: tuple[int, int]) -> None:
+        """Encode an already preprocessed ``(1, 3, S, S)`` pixel tensor of an image whose
+        original ``(H, W)`` is ``original_size`` (e.g. another implementation's preprocessing)."""
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self._pixel_values = pixel_values.to(self.model.device, self.model.dtype)
         self._features = self.model.detector.get_vision_features(pixel_values=self._pixel_values)
         self._tracker_embeddings = None
 
@@ -198,11 +215,13 @@ class ImagePredictor:
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start:start + self.batch_size]
             feats, mask = self.text_embeddings([p.text for p in batch])
-            kwargs = {}
+            # Text-only rows still go through the geometry encoder (one padding box): Meta's SAM3
+            # always appends its encoded CLS token to the prompt; transformers skips it without boxes.
+            kwargs = no_box_inputs(len(batch), self.model.device, self.model.dtype)
             n_boxes = max(len(p.exemplar_boxes) for p in batch)
             if n_boxes:
-                boxes = torch.zeros(len(batch), n_boxes, 4)
-                labels = torch.full((len(batch), n_boxes), -10, dtype=torch.long)  # -10 = padding
+                boxes = torch.tensor(PAD_BOX).repeat(len(batch), n_boxes, 1)
+                labels = torch.full((len(batch), n_boxes), PAD_BOX_LABEL, dtype=torch.long)
                 for i, p in enumerate(batch):
                     if p.exemplar_boxes:
                         boxes[i, :len(p.exemplar_boxes)] = self._normalised_boxes(p.exemplar_boxes)
@@ -228,8 +247,8 @@ class ImagePredictor:
         if not prompts:
             raise ArgumentError("no prompts given")
         results: list[PromptResult | None] = [None] * len(prompts)
-        # Prompts with exemplar boxes run apart from text-only ones: in a mixed batch the
-        # text-only rows would get (fully padded) geometry tokens and a different answer.
+        # Prompts with exemplar boxes run apart from text-only ones: text-only batches then
+        # carry one padding box per row instead of as many as the longest exemplar list.
         for with_boxes in (False, True):
             order = [i for i, p in enumerate(prompts) if bool(p.exemplar_boxes) == with_boxes]
             done = 0
@@ -261,7 +280,7 @@ class ImagePredictor:
         keep = (scores > self.score_threshold).nonzero().squeeze(1)
         if presence < self.presence_threshold or keep.numel() == 0:
             return PromptResult.absent(text, presence, self.original_size)
-        probs = self._upsample(mask_logits[keep])
+        probs = self.mask_probabilities(mask_logits[keep])
         masks = probs > self.mask_threshold
         h, w = self.original_size
         if self.mask_source == "semantic":
@@ -279,11 +298,9 @@ class ImagePredictor:
             probability=(probs.max(0).values * semantic).cpu().numpy().astype(np.float32),
         )
 
-    def _upsample(self, mask_logits: torch.Tensor) -> torch.Tensor:
+    def mask_probabilities(self, mask_logits: torch.Tensor) -> torch.Tensor:
         """``(N, h, w)`` low-resolution logits -> ``(N, H, W)`` probabilities on the original grid."""
-        # sigmoid before resizing, as transformers' post-processing does
-        return F.interpolate(mask_logits[None].float().sigmoid(), size=self.original_size, mode="bilinear",
-                             align_corners=False)[0]
+        return upsample_mask_logits(mask_logits, self.original_size)
 
     # ------------------------------------------------------------ interactive
     @torch.inference_mode()
@@ -336,7 +353,7 @@ class ImagePredictor:
         iou = out.iou_scores[0, 0].float()
         best = int(iou.argmax()) if multimask else 0
         presence = float(out.object_score_logits[0, 0].float().sigmoid().squeeze())
-        probs = self._upsample(out.pred_masks[0, 0, best:best + 1])[0]
+        probs = self.mask_probabilities(out.pred_masks[0, 0, best:best + 1])[0]
         semantic = probs > self.mask_threshold
         if presence < self.presence_threshold or not semantic.any():
             return PromptResult.absent(label, presence, self.original_size, kind="interactive")

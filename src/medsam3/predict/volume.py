@@ -64,11 +64,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from medsam3.errors import ArgumentError
-from medsam3.predict.image import ImagePredictor, TextPrompt, _as_prompt
+from medsam3.predict.image import ImagePredictor, TextPrompt, _as_prompt, upsample_mask_logits
 from medsam3.predict.merge import (
     EMPTY,
     SUPPORTED,
@@ -824,7 +823,7 @@ class _VolumeRun:
             return
         entries.sort(key=lambda e: (e[0], e[1]))
         logits = torch.stack([e[2] for e in entries]).float()
-        probs = F.interpolate(logits.sigmoid()[None], size=self.plane_shape, mode="bilinear", align_corners=False)[0]
+        probs = upsample_mask_logits(logits, self.plane_shape)
         label_plane, id_plane = resolve_voxels(probs, [e[0] for e in entries], [e[1] for e in entries],
                                                self.predictor.mask_threshold)
         z = record.index

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medsam3.model.geometry import PAD_BOX, PAD_BOX_LABEL
 from medsam3.train.losses import RowTarget
 
 MAX_TOKENS = 32
@@ -171,8 +172,8 @@ class RowCollator:
                                 return_tensors="pt")
         input_boxes = labels = None
         if any(b is not None for b in boxes):
-            input_boxes = torch.zeros(len(prompts), 1, 4)
-            labels = torch.full((len(prompts), 1), -10, dtype=torch.long)  # -10: padding
+            input_boxes = torch.tensor(PAD_BOX).repeat(len(prompts), 1, 1)
+            labels = torch.full((len(prompts), 1), PAD_BOX_LABEL, dtype=torch.long)
             for r, b in enumerate(boxes):
                 if b is not None:
                     input_boxes[r, 0] = torch.as_tensor(np.asarray(b, dtype=np.float32))

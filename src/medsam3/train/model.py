@@ -23,6 +23,8 @@ from transformers.models.sam3.modeling_sam3 import (
     inverse_sigmoid,
 )
 
+from medsam3.model.geometry import no_box_inputs
+
 
 class DetectorForTraining(nn.Module):
     """``forward(pixel_values, image_index, input_ids, attention_mask, input_boxes=None,
@@ -66,9 +68,10 @@ class DetectorForTraining(nn.Module):
                 fpn_hidden_states=tuple(pick(t) for t in vision.fpn_hidden_states),
                 fpn_position_encoding=tuple(pick(t) for t in vision.fpn_position_encoding))
         self._captured.clear()
-        kwargs = {}
         if input_boxes is not None:
             kwargs = {"input_boxes": input_boxes, "input_boxes_labels": input_boxes_labels}
+        else:  # the geometry encoder's CLS token joins every prompt, as in Meta's SAM3
+            kwargs = no_box_inputs(rows, input_ids.device, pixel_values.dtype)
         out = self.detector(vision_embeds=vision, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         decoder = self._captured.pop("decoder")
         scores = self._captured.pop("scores")

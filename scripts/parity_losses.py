@@ -63,6 +63,8 @@ def make_case(seed: int) -> tuple[dict[str, np.ndarray], dict]:
 
     counts = [n for _, n in ROWS]
     gt_boxes = random_boxes(sum(counts)).astype(np.float32)
+    # two overlapping instances in the last row: a query can serve both in the one-to-many match
+    gt_boxes[-1] = gt_boxes[-2] + np.float32(0.01)
     gt_masks = np.zeros((sum(counts), GT_SIZE, GT_SIZE), dtype=bool)
     yy, xx = (np.mgrid[0:GT_SIZE, 0:GT_SIZE] + 0.5) / GT_SIZE
     for i, (cx, cy, w, h) in enumerate(gt_boxes):  # an ellipse inside each box

@@ -385,4 +385,10 @@ def test_meta_configuration_is_the_paper_config():
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "train-paper-gpu.yaml")
     assert cfg.loss == LossWeights.meta_sam3()
     with pytest.raises(ValueError, match="o2m_rule"):
-        LossWeights(o2m_rule="nearest")
+        SetCriterion(LossWeights(o2m_rule="nearest"))
+    from medsam3.errors import ArgumentError
+    from medsam3.train.config import config_from_dict
+
+    with pytest.raises(ArgumentError, match="loss.o2m_rule 'nearest' is not one of quality, topk_cost"):
+        config_from_dict({"model": "random:tiny", "output_dir": "out", "data": {"manifest": "m.jsonl"},
+                          "loss": {"o2m_rule": "nearest"}})

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medsam3.errors import ArgumentError, InputError
-from medsam3.train.losses import LossWeights
+from medsam3.train.losses import O2M_RULES, LossWeights
 from medsam3.train.tracker import TrackerConfig
 
 #: Parameter groups of the detector (see :mod:`medsam3.train.optim`), and the tracker's one.
@@ -253,6 +253,8 @@ class TrainingConfig:
             raise ArgumentError(f"config: data.near_absent_mm must be > 0 mm, got {d.near_absent_mm}")
         if d.context_mm is not None and not 0 <= d.context_mm <= 100:
             raise ArgumentError(f"config: data.context_mm must be in [0, 100] mm or null, got {d.context_mm}")
+        if self.loss.o2m_rule not in O2M_RULES:
+            raise ArgumentError(f"config: loss.o2m_rule {self.loss.o2m_rule!r} is not one of {', '.join(O2M_RULES)}")
         if self.loss.mask_loss_size is not None and self.loss.mask_loss_size < 8:
             raise ArgumentError(f"config: loss.mask_loss_size must be >= 8 pixels or null, got {self.loss.mask_loss_size}")
         return self

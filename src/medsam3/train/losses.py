@@ -119,10 +119,6 @@ class LossWeights:
     scale_by_rows: bool = False
     mask_loss_size: int | None = None
 
-    def __post_init__(self):
-        if self.o2m_rule not in O2M_RULES:
-            raise ValueError(f"o2m_rule {self.o2m_rule!r} is not one of {', '.join(O2M_RULES)}")
-
     @property
     def match_costs(self) -> MatchCosts:
         return MatchCosts(self.match_class, self.match_l1, self.match_giou, self.focal_alpha, self.focal_gamma)
@@ -240,6 +236,8 @@ class SetCriterion:
 
     def __init__(self, weights: LossWeights | None = None):
         self.w = weights or LossWeights()
+        if self.w.o2m_rule not in O2M_RULES:
+            raise ValueError(f"o2m_rule {self.w.o2m_rule!r} is not one of {', '.join(O2M_RULES)}")
 
     def __call__(self, outputs: dict[str, torch.Tensor], targets: list[RowTarget],
                  num_boxes: float | None = None) -> LossOutput:

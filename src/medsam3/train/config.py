@@ -109,7 +109,9 @@ class TrainConfig:
     row with a non-finite loss or gradient stop the run. ``checkpoint_every`` /
     ``validate_every``: in optimizer steps (0: only at the end). ``best_metric``: the
     validation number that picks ``OUTPUT/best`` (``dice``, ``semantic_dice``, ``top1_dice``;
-    see :mod:`medsam3.train.validate`).
+    see :mod:`medsam3.train.validate`). ``one_to_many_queries``: run SAM3's one-to-many copies of
+    the decoder queries in training (Meta's DAC, :mod:`medsam3.train.dac`) so the loss's
+    ``o2m_*`` terms train them, as Meta does; off, those terms fall on the one-to-one queries.
     """
 
     max_steps: int = 1000
@@ -128,6 +130,7 @@ class TrainConfig:
     log_every: int = 10
     cpu_threads: int | None = None
     find_unused_parameters: bool = True
+    one_to_many_queries: bool = False
 
 
 @dataclass

@@ -248,3 +248,147 @@ def test_gradients_reach_every_output():
     SetCriterion()(out, [gt]).total.backward()
     for name, tensor in out.items():
         assert tensor.grad is not None and tensor.grad.abs().sum() > 0, name
+
+
+# ---------------------------------------------------------------------------- Meta's configuration
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def bce(x, t):
+    return -(t * math.log(sig(x)) + (1 - t) * math.log(1 - sig(x)))
+
+
+ABSENT = RowTarget(torch.zeros(0, 4), torch.zeros(0, S, S, dtype=torch.bool), torch.zeros(S, S, dtype=torch.bool),
+                   False)
+
+
+def meta_only(**weights):
+    """Meta's configuration with every term off except those given."""
+    zero = {k: 0.0 for k in ("class_weight", "presence_weight", "l1_weight", "giou_weight", "mask_focal_weight",
+                             "mask_dice_weight", "semantic_focal_weight", "semantic_dice_weight", "o2m_weight",
+                             "aux_weight")}
+    zero.update(weights)
+    return LossWeights.meta_sam3(**zero)
+
+
+def stack_rows(*outs):
+    """Concatenate one-row criterion inputs into one batch of rows."""
+    return {k: torch.cat([o[k] for o in outs], dim=0 if k in ("pred_masks", "semantic_seg", "pred_masks_o2m") else 1)
+            for k in outs[0]}
+
+
+def test_joint_logits_by_hand():
+    from medsam3.train.losses import joint_logits
+
+    # p = 0.5 * 0.5 = 0.25 -> logit ln(1/3); saturated products stop at eps = 1e-3
+    got = joint_logits(torch.tensor([[0.0, 20.0, -20.0]]), torch.tensor([0.0]))
+    assert got[0, 0].item() == pytest.approx(math.log(1 / 3), rel=1e-6)
+    assert got[0, 2].item() == pytest.approx(math.log(1e-3), rel=1e-5)  # ln(eps / (1 - 0))
+    both = joint_logits(torch.tensor([[20.0]]), torch.tensor([20.0]))
+    assert both.item() == pytest.approx(-math.log(1e-3), rel=1e-5)  # ln(1 / eps)
+
+
+def test_meta_classification_zeroes_absent_rows_and_pads_queries():
+    gt = RowTarget(torch.tensor([box(.5, .5, .2, .2)]), square_mask(6, 10, 6, 10)[None], square_mask(6, 10, 6, 10),
+                   True)
+    boxes = [box(.5, .5, .2, .2), box(.1, .1, .1, .1), box(.9, .9, .1, .1)]
+    out = stack_rows(outputs([1.0, -1.0, 0.5], boxes, 0.0), outputs([2.0, 2.0, 2.0], boxes, 0.0))
+    w = meta_only(class_weight=1.0, joint_scores=False, class_pad_queries=4)
+    got = SetCriterion(w)(out, [gt, ABSENT]).terms["class"].item()
+    t = sig(1.0) ** 0.25 * 1.0 ** 0.75  # IoU-aware target of the matched query (IoU 1)
+    present_row = 10 * bce(1.0, t) + bce(-1.0, 0) * sig(-1.0) ** 2 + bce(0.5, 0) * sig(0.5) ** 2
+    assert got == pytest.approx(present_row / (2 * 4), rel=1e-5)  # absent row: zero, still counted; 4 slots a row
+    # joint scores: the same loss computed on logit(sigmoid(class) sigmoid(presence))
+    presence = 1.5
+    out_p = stack_rows(outputs([1.0, -1.0, 0.5], boxes, presence), outputs([2.0] * 3, boxes, presence))
+    joint = SetCriterion(meta_only(class_weight=1.0, class_pad_queries=4))(out_p, [gt, ABSENT]).terms["class"].item()
+    xs = [math.log(sig(x) * sig(presence) / (1 - sig(x) * sig(presence))) for x in (1.0, -1.0, 0.5)]
+    t = sig(xs[0]) ** 0.25
+    expected = 10 * bce(xs[0], t) + sum(bce(x, 0) * sig(x) ** 2 for x in xs[1:])
+    assert joint == pytest.approx(expected / 8, rel=1e-5)
+
+
+def test_meta_presence_is_half_the_bce_on_every_layer():
+    out = stack_rows(outputs([0.0] * Q, [box(.5, .5, .2, .2)] * Q, 1.0, layers=2),
+                     outputs([0.0] * Q, [box(.5, .5, .2, .2)] * Q, 2.0, layers=2))
+    gt = RowTarget(torch.tensor([box(.5, .5, .2, .2)]), square_mask(6, 10, 6, 10)[None], square_mask(6, 10, 6, 10),
+                   True)
+    terms = SetCriterion(meta_only(presence_weight=20.0, aux_weight=1.0))(out, [gt, ABSENT]).terms
+    expected = 20 * 0.5 * (bce(1.0, 1) + bce(2.0, 0)) / 2
+    assert terms["presence"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["presence_aux0"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_quality_one_to_many_by_hand():
+    from medsam3.train.matcher import quality_one_to_many_match
+
+    # p = 0.5 everywhere: quality = 0.15 + 0.7 IoU = [0.85, 0.3833, 0.15, 0.85, 0.15]
+    boxes = torch.tensor([box(.5, .5, .2, .2), box(.6, .5, .2, .2), box(.1, .1, .05, .05), box(.5, .5, .2, .2),
+                          box(.9, .9, .05, .05)])
+    gt = torch.tensor([box(.5, .5, .2, .2)])
+    # top 2 of 5: the 0.6-quantile is 0.3833 + 0.4 (0.85 - 0.3833) = 0.57
+    q, n = quality_one_to_many_match(torch.zeros(5), boxes, gt, alpha=0.3, threshold=0.4, topk=2)
+    assert q.tolist() == [0, 3] and n.tolist() == [0, 0]
+    # top 3: the 0.4-quantile is 0.15 + 0.6 (0.3833 - 0.15) = 0.29; threshold 0.3 keeps query 1 too
+    q, _ = quality_one_to_many_match(torch.zeros(5), boxes, gt, alpha=0.3, threshold=0.3, topk=3)
+    assert q.tolist() == [0, 1, 3]
+    q, _ = quality_one_to_many_match(torch.zeros(5), boxes, gt, alpha=0.3, threshold=0.4, topk=3)
+    assert q.tolist() == [0, 3]  # 0.3833 is under the threshold
+    assert quality_one_to_many_match(torch.zeros(5), boxes, torch.zeros(0, 4))[0].numel() == 0
+
+
+def test_one_to_many_query_group_is_normalised_by_the_instance_count():
+    gt = RowTarget(torch.tensor([box(.5, .5, .2, .2)]), square_mask(6, 10, 6, 10)[None], square_mask(6, 10, 6, 10),
+                   True)
+    boxes = [box(.5, .5, .2, .2), box(.9, .9, .1, .1), box(.1, .9, .1, .1)]
+    out = outputs([0.0] * Q, boxes, 0.0, layers=2)
+    o2m_boxes = [box(.5, .5, .2, .2), box(.52, .5, .2, .2), box(.1, .1, .05, .05)]
+    out["pred_logits_o2m"] = torch.zeros(2, 1, Q)
+    out["pred_boxes_o2m"] = torch.tensor(o2m_boxes)[None, None].expand(2, 1, -1, -1).clone()
+    w = meta_only(l1_weight=5.0, o2m_weight=2.0, aux_weight=1.0, o2m_topk=2, joint_scores=False)
+    terms = SetCriterion(w)(out, [gt]).terms
+    # last layer, quality rule: queries 0 and 1 (quality 0.85 and 0.72 > the 1/3-quantile 0.53); L1 0.02 / 1 box
+    assert terms["o2m_l1"].item() == pytest.approx(2 * 5 * 0.02, rel=1e-4)
+    # earlier layer: one-to-one on the o2m queries -> the exact box, L1 0
+    assert terms["o2m_l1_aux0"].item() == pytest.approx(0.0, abs=1e-7)
+    assert terms["l1"].item() == pytest.approx(0.0, abs=1e-7)
+    # without the query group the o2m terms fall on the one-to-one queries (last layer only)
+    del out["pred_logits_o2m"], out["pred_boxes_o2m"]
+    fallback = SetCriterion(w)(out, [gt]).terms
+    assert "o2m_l1" in fallback and "o2m_l1_aux0" not in fallback and "o2m_class" not in fallback
+
+
+def test_meta_semantic_terms_skip_empty_rows_and_total_scales_with_rows():
+    sem = square_mask(4, 12, 4, 12)
+    present = RowTarget(torch.tensor([box(.5, .5, .5, .5)]), sem[None], sem, True)
+    out = stack_rows(outputs([0.0] * Q, [box(.5, .5, .5, .5)] * Q, 3.0, semantic=sem),
+                     outputs([0.0] * Q, [box(.5, .5, .5, .5)] * Q, -3.0, semantic=torch.ones(S, S, dtype=torch.bool)))
+    w = meta_only(semantic_focal_weight=20.0, semantic_dice_weight=30.0)
+    res = SetCriterion(w)(out, [present, ABSENT])
+    # the absent row paints everything (wrong) but only the present, perfect row counts
+    assert res.terms["semantic_focal"].item() < 1e-6 and res.terms["semantic_dice"].item() < 1e-6
+    assert "semantic_presence" not in res.terms  # Meta's decoder presence term does this
+    legacy = SetCriterion(only(semantic_focal_weight=20.0))(out, [present, ABSENT]).terms["semantic_focal"]
+    assert legacy.item() == pytest.approx(20 * 0.4 * BIG / 2, rel=1e-4)
+    out["semantic_seg"][0] = -BIG  # the present row misses its mask: dice (1 - 1/(64+1)) / (1 + 1e-6)
+    res = SetCriterion(w)(out, [present, ABSENT])
+    assert res.terms["semantic_dice"].item() == pytest.approx(30 * (1 - 1 / 65) / (1 + 1e-6), rel=1e-5)
+    assert res.total.item() == pytest.approx(math.sqrt(2) * sum(v.item() for v in res.terms.values()), rel=1e-6)
+
+
+def test_meta_configuration_is_the_paper_config():
+    from pathlib import Path
+
+    from medsam3.train.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "train-paper-gpu.yaml")
+    assert cfg.loss == LossWeights.meta_sam3()
+    with pytest.raises(ValueError, match="o2m_rule"):
+        SetCriterion(LossWeights(o2m_rule="nearest"))
+    from medsam3.errors import ArgumentError
+    from medsam3.train.config import config_from_dict
+
+    with pytest.raises(ArgumentError, match="loss.o2m_rule 'nearest' is not one of quality, topk_cost"):
+        config_from_dict({"model": "random:tiny", "output_dir": "out", "data": {"manifest": "m.jsonl"},
+                          "loss": {"o2m_rule": "nearest"}})

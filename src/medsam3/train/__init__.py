@@ -2,8 +2,10 @@
 
 * :func:`train` / :class:`Trainer` - run a :class:`TrainingConfig` (``medsam3 train``);
 * :func:`load_config` - a training YAML -> :class:`TrainingConfig`;
-* :class:`SetCriterion`, :class:`LossWeights`, :class:`RowTarget` - SAM3's losses;
-* :func:`hungarian_match`, :func:`one_to_many_match` - query-to-instance assignment;
+* :class:`SetCriterion`, :class:`LossWeights`, :class:`RowTarget` - SAM3's losses
+  (``LossWeights.meta_sam3()``: Meta's configuration, see docs/losses.md);
+* :func:`hungarian_match`, :func:`one_to_many_match`, :func:`quality_one_to_many_match` -
+  query-to-instance assignment;
 * :func:`build_optimizer`, :func:`build_scheduler` - AdamW groups with layer decay and the
   inverse-square-root schedule;
 * :class:`DetectorForTraining` - ``Sam3Model`` with every decoder layer's outputs.
@@ -28,6 +30,7 @@ _EXPORTS = {
     "RowTarget": "medsam3.train.losses",
     "hungarian_match": "medsam3.train.matcher",
     "one_to_many_match": "medsam3.train.matcher",
+    "quality_one_to_many_match": "medsam3.train.matcher",
     "MatchCosts": "medsam3.train.matcher",
     "build_optimizer": "medsam3.train.optim",
     "build_scheduler": "medsam3.train.optim",

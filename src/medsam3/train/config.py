@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medsam3.errors import ArgumentError, InputError
-from medsam3.train.losses import LossWeights
+from medsam3.train.losses import O2M_RULES, LossWeights
 from medsam3.train.tracker import TrackerConfig
 
 #: Parameter groups of the detector (see :mod:`medsam3.train.optim`), and the tracker's one.
@@ -109,7 +109,9 @@ class TrainConfig:
     row with a non-finite loss or gradient stop the run. ``checkpoint_every`` /
     ``validate_every``: in optimizer steps (0: only at the end). ``best_metric``: the
     validation number that picks ``OUTPUT/best`` (``dice``, ``semantic_dice``, ``top1_dice``;
-    see :mod:`medsam3.train.validate`).
+    see :mod:`medsam3.train.validate`). ``one_to_many_queries``: run SAM3's one-to-many copies of
+    the decoder queries in training (Meta's DAC, :mod:`medsam3.train.dac`) so the loss's
+    ``o2m_*`` terms train them, as Meta does; off, those terms fall on the one-to-one queries.
     """
 
     max_steps: int = 1000
@@ -128,6 +130,7 @@ class TrainConfig:
     log_every: int = 10
     cpu_threads: int | None = None
     find_unused_parameters: bool = True
+    one_to_many_queries: bool = False
 
 
 @dataclass
@@ -253,6 +256,8 @@ class TrainingConfig:
             raise ArgumentError(f"config: data.near_absent_mm must be > 0 mm, got {d.near_absent_mm}")
         if d.context_mm is not None and not 0 <= d.context_mm <= 100:
             raise ArgumentError(f"config: data.context_mm must be in [0, 100] mm or null, got {d.context_mm}")
+        if self.loss.o2m_rule not in O2M_RULES:
+            raise ArgumentError(f"config: loss.o2m_rule {self.loss.o2m_rule!r} is not one of {', '.join(O2M_RULES)}")
         if self.loss.mask_loss_size is not None and self.loss.mask_loss_size < 8:
             raise ArgumentError(f"config: loss.mask_loss_size must be >= 8 pixels or null, got {self.loss.mask_loss_size}")
         return self

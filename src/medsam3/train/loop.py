@@ -493,7 +493,7 @@ class Trainer:
         total = sum(p.numel() for p in detector.parameters())
         log.info("trainable parameters: %d of %d (%s)", trainable, total, cfg.train.mode)
 
-        model = DetectorForTraining(detector)
+        model = DetectorForTraining(detector, one_to_many=cfg.train.one_to_many_queries)
         o = cfg.optim
         optimizer, infos = build_optimizer(model, o.lr, o.layer_decay, o.weight_decay, o.betas, o.eps)
         for info in infos:

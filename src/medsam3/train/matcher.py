@@ -4,7 +4,8 @@ For one prompt the detector proposes ``Q`` queries, each with a class logit and 
 the ground truth is ``N`` instance boxes of the prompted class (``N = 0`` when it is
 absent). :func:`hungarian_match` pairs each instance with exactly one query (DETR's
 one-to-one matching, minimum total cost); :func:`one_to_many_match` pairs each instance
-with its ``k`` cheapest queries (an auxiliary, denser localisation signal).
+with its ``k`` cheapest queries and :func:`quality_one_to_many_match` with the queries of
+highest score-and-IoU quality (SAM3's own one-to-many rule): auxiliary, denser signals.
 
 The cost of pairing query ``i`` with instance ``j`` (SAM3's matcher, weights from the
 paper: class 2, L1 5, GIoU 2)::
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
 
 @dataclass(frozen=True)
@@ -102,3 +103,26 @@ def one_to_many_match(logits: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch
     q = cost.topk(k, dim=0, largest=False).indices  # (k, N)
     n = torch.arange(cost.shape[1]).expand(k, -1)
     return q.t().reshape(-1).long(), n.t().reshape(-1).long()
+
+
+def quality_one_to_many_match(logits: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor,
+                              alpha: float = 0.3, threshold: float = 0.4,
+                              topk: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM3's one-to-many assignment (DAC-DETR style, Meta's ``BinaryOneToManyMatcher``).
+
+    The quality of query ``i`` for instance ``j`` is ``alpha * sigmoid(logit_i) + (1 - alpha)
+    * IoU(b_i, g_j)``; a pair is kept when its quality is above ``threshold`` and strictly above
+    the ``1 - topk / Q`` quantile (linear interpolation) of that instance's column, so about
+    ``topk`` queries per instance. A query may serve several instances.
+
+    Returns ``(query_index, instance_index)`` long tensors on the CPU, ordered by query, then
+    instance.
+    """
+    if gt_boxes.shape[0] == 0 or logits.shape[0] == 0 or topk <= 0:
+        return _empty()
+    p = logits.detach().float().sigmoid()
+    iou = box_iou(cxcywh_to_xyxy(boxes.detach().float()), cxcywh_to_xyxy(gt_boxes.detach().float().to(boxes.device)))
+    quality = alpha * p[:, None] + (1 - alpha) * iou
+    cut = torch.quantile(quality, 1 - topk / quality.shape[0], dim=0, keepdim=True)
+    q, n = torch.nonzero((quality > cut) & (quality > threshold), as_tuple=True)
+    return q.cpu().long(), n.cpu().long()

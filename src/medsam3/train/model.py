@@ -6,7 +6,9 @@ repeats the features for every prompt row of that image (text prompt, negative p
 and returns what :class:`medsam3.train.losses.SetCriterion` needs, including the per-layer
 class logits, boxes and presence logits that ``Sam3Model.forward`` computes but does not
 return (read from its ``detr_decoder`` and ``dot_product_scoring`` submodules by forward
-hooks, so the model's own forward is used unchanged).
+hooks, so the model's own forward is used unchanged). With ``one_to_many`` it also runs, in
+training, SAM3's one-to-many copies of the queries (:mod:`medsam3.train.dac`) and returns their
+outputs as ``*_o2m``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from transformers.models.sam3.modeling_sam3 import (
 )
 
 from medsam3.model.geometry import no_box_inputs
+from medsam3.train.dac import dac_decoder_forward
 
 
 class DetectorForTraining(nn.Module):
@@ -39,12 +42,15 @@ class DetectorForTraining(nn.Module):
 
     Returns ``pred_logits (L, P, Q)``, ``pred_boxes (L, P, Q, 4)`` (cx, cy, w, h),
     ``presence_logits (L, P)``, ``pred_masks (P, Q, h, w)``, ``semantic_seg (P, h, w)``,
-    ``pred_boxes_xyxy (P, Q, 4)`` (the model's own last-layer output).
+    ``pred_boxes_xyxy (P, Q, 4)`` (the model's own last-layer output). With ``one_to_many``, in
+    training mode, also ``pred_logits_o2m (L, P, Q)``, ``pred_boxes_o2m (L, P, Q, 4)`` and
+    ``pred_masks_o2m (P, Q, h, w)`` of the one-to-many query copies (Meta's DAC).
     """
 
-    def __init__(self, detector: Sam3Model):
+    def __init__(self, detector: Sam3Model, one_to_many: bool = False):
         super().__init__()
         self.detector = detector
+        self.one_to_many = one_to_many
         self._captured: dict[str, object] = {}
         core = base_detector(detector)
         core.detr_decoder.register_forward_hook(self._capture("decoder"))
@@ -72,19 +78,31 @@ class DetectorForTraining(nn.Module):
             kwargs = {"input_boxes": input_boxes, "input_boxes_labels": input_boxes_labels}
         else:  # the geometry encoder's CLS token joins every prompt, as in Meta's SAM3
             kwargs = no_box_inputs(rows, input_ids.device, pixel_values.dtype)
-        out = self.detector(vision_embeds=vision, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        dac = self.one_to_many and self.training
+        if dac:  # the model's forward, with the decoder running the query copies too
+            core.detr_decoder.forward = partial(dac_decoder_forward, core.detr_decoder)
+        try:
+            out = self.detector(vision_embeds=vision, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            if dac:
+                del core.detr_decoder.forward
         decoder = self._captured.pop("decoder")
-        scores = self._captured.pop("scores")
+        scores = self._captured.pop("scores").squeeze(-1)
         offsets = core.detr_decoder.box_head(decoder.intermediate_hidden_states)
         boxes = (inverse_sigmoid(decoder.reference_boxes) + offsets).sigmoid()
-        return {
-            "pred_logits": scores.squeeze(-1),
-            "pred_boxes": boxes,
+        q = scores.shape[-1] // 2 if dac else scores.shape[-1]  # one-to-one queries first
+        result = {
+            "pred_logits": scores[..., :q],
+            "pred_boxes": boxes[..., :q, :],
             "presence_logits": decoder.presence_logits.reshape(decoder.presence_logits.shape[0], rows),
-            "pred_masks": out.pred_masks,
+            "pred_masks": out.pred_masks[:, :q],
             "semantic_seg": out.semantic_seg.reshape(rows, *out.semantic_seg.shape[-2:]),
-            "pred_boxes_xyxy": out.pred_boxes,
+            "pred_boxes_xyxy": out.pred_boxes[:, :q],
         }
+        if dac:
+            result.update(pred_logits_o2m=scores[..., q:], pred_boxes_o2m=boxes[..., q:, :],
+                          pred_masks_o2m=out.pred_masks[:, q:])
+        return result
 
 
 def base_detector(model: nn.Module) -> Sam3Model:

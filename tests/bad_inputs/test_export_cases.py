@@ -39,3 +39,25 @@ CASES = [
 @pytest.mark.parametrize("case", params(CASES))
 def test_export_bad_input(case, run):
     run(case)
+
+
+def _checkpoint(tmp, ctx):
+    """A Meta-layout checkpoint file (any bytes: the output check comes before reading it)."""
+    (tmp / "sam3.pt").write_bytes(b"not read: the output check comes first")
+    (tmp / "models").mkdir()
+    return {"ckpt": str(tmp / "sam3.pt")}
+
+
+CONVERT_CASES = [
+    Case("convert-output-is-the-checkpoint", build=_checkpoint,
+         argv=("convert", "-i", "{ckpt}", "-o", "{ckpt}"),
+         message=("sam3.pt", "checkpoint"), unchanged=("{ckpt}",)),
+    Case("convert-output-holds-the-checkpoint", build=_checkpoint,
+         argv=("convert", "-i", "{ckpt}", "-o", "{tmp}"),
+         message=("checkpoint",), unchanged=("{ckpt}",)),
+]
+
+
+@pytest.mark.parametrize("case", params(CONVERT_CASES))
+def test_convert_bad_output(case, run):
+    run(case)

@@ -546,6 +546,16 @@ def convert_checkpoint(path, out_dir, kind: str = "auto", config=None, nan_fallb
         The :class:`ConversionReport`; raises :class:`CheckpointMismatchError` (an
         :class:`~medsam3.errors.InputError`) listing the offending keys on any mismatch.
     """
+    from medsam3.io.outputs import OutputPlan
+
+    plan = OutputPlan()  # the output directory is replaced whole: it must not be or hold an input
+    plan.add_input(path, "checkpoint")
+    if nan_fallback is not None and os.path.exists(nan_fallback):
+        plan.add_input(nan_fallback, "NaN fallback")
+    if isinstance(config, (str, os.PathLike)) and os.path.exists(config):
+        plan.add_input(config, "configuration")
+    plan.add_directory(out_dir, "converted model directory")
+    plan.check()
     from medsam3.model.directory import is_model_directory, save_model_directory
 
     start = time.monotonic()

@@ -171,24 +171,24 @@ def _dicom_series_dup_copy(tmp, ctx):
     return {"input": str(tmp / "series")}
 
 
-def _dicom_series_dup_uid(tmp, ctx):
+def _series_with_edited_copy(tmp, index, name, **tags):
+    """A real DICOM series plus a copy of slice ``index`` with some tags changed."""
     import pydicom
 
     paths = ri.dicom_series(tmp / "series")
-    ds = pydicom.dcmread(paths[1])
-    ds.PatientName = "Someone^Else"
-    ds.save_as(tmp / "series" / "slice1_edited.dcm")
+    ds = pydicom.dcmread(paths[index])
+    for tag, value in tags.items():
+        setattr(ds, tag, value)
+    ds.save_as(tmp / "series" / name)
     return {"input": str(tmp / "series")}
 
 
-def _dicom_series_same_position(tmp, ctx):
-    import pydicom
+def _dicom_series_dup_uid(tmp, ctx):  # same SOPInstanceUID, other content
+    return _series_with_edited_copy(tmp, 1, "slice1_edited.dcm", PatientName="Someone^Else")
 
-    paths = ri.dicom_series(tmp / "series")
-    ds = pydicom.dcmread(paths[2])
-    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.99"
-    ds.save_as(tmp / "series" / "slice2_again.dcm")
-    return {"input": str(tmp / "series")}
+
+def _dicom_series_same_position(tmp, ctx):  # another instance at the same position
+    return _series_with_edited_copy(tmp, 2, "slice2_again.dcm", SOPInstanceUID="1.2.826.0.1.3680043.8.498.99")
 
 
 def _dicom_series_bomb(tmp, ctx):

@@ -50,6 +50,11 @@ class DatasetInfo:
         paper_dice: Dice % text-only (vanilla SAM3, Medical SAM3) from the paper, if reported.
         uncertain: names of the fields above that we could not verify.
         default_root: where the data lies when a system package installs it.
+        prompts: class (as ``classes`` names it) -> the text prompt the paper's model was
+            trained and evaluated with (``data merge --prompts paper`` renames to it).
+        paper_name: the dataset's name in the paper's public run (its evaluation tables).
+        verified_from: where the verified facts were read (URLs, ``repo:path``).
+        doubts: what remains open, in words (the fields named in ``uncertain``, and why).
     """
 
     name: str
@@ -68,15 +73,37 @@ class DatasetInfo:
     paper_dice: tuple[float, float] | None = None
     uncertain: tuple[str, ...] = ()
     default_root: str | None = None
+    prompts: tuple[tuple[str, str], ...] = ()
+    paper_name: str = ""
+    verified_from: tuple[str, ...] = ()
+    doubts: str = ""
+
+    @property
+    def paper_prompts(self) -> dict[str, str]:
+        """Class -> the paper's prompt for it (only the classes whose prompt is known)."""
+        return dict(self.prompts)
+
+    @property
+    def ready(self) -> bool:
+        """A converter reads the download and the layout facts it relies on are verified."""
+        return self.layout is not None and not ({"layout", "conversions"} & set(self.uncertain))
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        out["prompts"] = self.paper_prompts
+        out["ready"] = self.ready
+        return out
 
 
 def _d(name, title, role, modality, image_modality, dim, classes, layout=None, conversions=(),
-       **kw) -> DatasetInfo:
+       prompts=None, verified_from=(), **kw) -> DatasetInfo:
+    prompts = dict(prompts or {})
+    unknown = sorted(set(prompts) - set(classes))
+    if unknown:  # a prompt for a class the entry does not list would never apply
+        raise ValueError(f"registry entry {name}: prompts for unlisted classes {unknown}")
     return DatasetInfo(name, title, role, modality, image_modality, dim, tuple(classes), layout,
-                       tuple(conversions), **kw)
+                       tuple(conversions), prompts=tuple(prompts.items()),
+                       verified_from=tuple(verified_from), **kw)
 
 
 _UNKNOWN_ID = ("title", "modality", "classes", "licence", "source", "citation")
@@ -130,7 +157,7 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
              "lesions as '_mask_1.png' (OR-ed); normal images have empty masks (class absent).",
        uncertain=("licence",)),
     _d("breast-cancer-segmentation", "Breast Cancer Segmentation", "train", "unknown", None, 2,
-       ["breast tumor"], None,
+       ["breast cancer tissue"], None,
        notes="The paper names it only as 'Breast Cancer Segmentation' (Dice 16.3 -> 43.8); which "
              "public set this is (a Kaggle breast ultrasound or histology set) is not known to us.",
        paper_dice=(16.3, 43.8), uncertain=_UNKNOWN_ID),
@@ -146,7 +173,7 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        notes="33,920 X-rays with lung masks; 2,913 COVID-19 images also with infection masks; "
              "Train/Val/Test folders set the split.",
        uncertain=("licence",)),
-    _d("coph100", "COph100", "train", "fundus photography", "RGB", 2, ["retinal blood vessel"], None,
+    _d("coph100", "COph100", "train", "fundus photography", "RGB", 2, ["optic disc"], None,
        notes="Listed by the paper (Dice 34.1 -> 63.1); its layout and target classes are not known "
              "to us.", paper_dice=(34.1, 63.1), uncertain=_UNKNOWN_ID),
     _d("ct2us-kidney", "CT2US for kidney segmentation", "train", "kidney ultrasound (synthesised from CT)",
@@ -226,14 +253,20 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        citation="Jha D. et al., Kvasir-SEG: A Segmented Polyp Dataset, MMM 2020",
        notes="1000 JPEG images with same-named JPEG masks (compressed: thresholded at half maximum).",
        uncertain=("licence",)),
-    _d("mmdb", "MMDB", "train", "unknown", None, 2, [], None,
-       notes="Named in the paper's list only; not identified.", uncertain=_UNKNOWN_ID),
-    _d("mucic-colon-tissue", "MUCIC colon tissue", "train", "histopathology", "RGB", 2, [], None,
-       notes="Named in the paper's list only; not identified.", uncertain=_UNKNOWN_ID),
-    _d("hl60-granulocytes", "HL60 / granulocytes", "train", "fluorescence microscopy", "OTHER", 2,
-       ["cell nucleus", "granulocyte"], None,
+    _d("mmdb", "MMDB", "train", "cell microscopy", None, 2, ["cell"], None,
+       notes="Not identified. The public run prompts it with 'Cell', and its per-image results "
+             "there equal PCMMD's image for image (the same images under two names).",
+       uncertain=_UNKNOWN_ID),
+    _d("mucic-colon-tissue", "MUCIC colon tissue", "train", "cell microscopy", None, 2, ["cell"], None,
        source="https://cbia.fi.muni.cz/datasets/",
-       notes="Probably the CBIA simulated HL60 nuclei and granulocyte image sets; not verified.",
+       notes="Probably a set of the Masaryk University CBIA image collections (the public run names "
+             "it 'MUCIC_Colon_Tissue' next to 'MUCI_HL60 / MUCI_Granulocytes'); prompted 'cell'.",
+       uncertain=_UNKNOWN_ID),
+    _d("hl60-granulocytes", "HL60 / granulocytes", "train", "fluorescence microscopy", "OTHER", 2,
+       ["cell"], None,
+       source="https://cbia.fi.muni.cz/datasets/",
+       notes="The public run names it 'MUCI_HL60 / MUCI_Granulocytes' and prompts 'cell': probably "
+             "the CBIA (Masaryk University) simulated HL60 nuclei and granulocyte image sets.",
        uncertain=_UNKNOWN_ID),
     _d("monuseg", "MoNuSeg (Multi-Organ Nucleus Segmentation)", "train", "histopathology (H&E)", "RGB", 2,
        ["cell nucleus"], None,
@@ -255,8 +288,10 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
                 "of the same patient for glaucoma assessment, Scientific Data 9:291 (2022)",
        notes="488 images; disc and cup are contour point lists of two experts: fill them into masks first.",
        paper_dice=(86.2, 99.4), uncertain=("licence", "source")),
-    _d("pcmmd", "PCMMD", "train", "unknown", None, 2, [], None,
-       notes="Named in the paper's list only; not identified.", uncertain=_UNKNOWN_ID),
+    _d("pcmmd", "PCMMD", "train", "cell microscopy", None, 2, ["cell"], None,
+       notes="Not identified. Prompted 'cell' in the public run, where its per-image "
+             "results equal MMDB's image for image: train on one of the two only.",
+       uncertain=_UNKNOWN_ID),
     _d("pannuke", "PanNuke", "train", "histopathology (H&E)", "RGB", 2,
        ["neoplastic cell nucleus", "inflammatory cell nucleus", "connective tissue cell nucleus",
         "dead cell nucleus", "epithelial cell nucleus"], None,
@@ -335,7 +370,8 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        citation="van den Heuvel T.L.A. et al., Automated measurement of fetal head circumference "
                 "using 2D ultrasound images, PLoS One 13(8):e0200412 (2018)",
        notes="1,334 images; '_Annotation.png' holds the head outline (an ellipse line), not a filled "
-             "mask: fill it first.", paper_dice=(23.9, 92.6)),
+             "mask: fill it first (the official evaluation loader reads the outline as the mask as is).",
+       paper_dice=(23.9, 92.6)),
     _d("cvc-clinicdb", "CVC-ClinicDB", "external", "colonoscopy", "RGB", 2, ["polyp"], "folder2d",
        [{"images_dir": "Original", "masks_dir": "Ground Truth", "class_name": "polyp"}],
        licence="research use", source="https://polyp.grand-challenge.org/CVCClinicDB/",
@@ -348,13 +384,15 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        source="https://polyp.grand-challenge.org/EtisLarib/",
        citation="Silva J. et al., Toward embedded detection of polyps in WCE images for early "
                 "diagnosis of colorectal cancer, IJCARS 9(2):283-293 (2014)",
-       notes="196 images with masks (images/ + masks/ in the common redistribution).",
-       paper_dice=(0.0, 86.1), uncertain=("licence", "source", "conversions")),
+       notes="196 images with masks: images/N.png + masks/N.png, as the official evaluation loader "
+             "reads them (the common redistribution).",
+       paper_dice=(0.0, 86.1), uncertain=("licence", "source")),
     _d("ph2", "PH2", "external", "dermoscopy", "RGB", 2, ["skin lesion"], None,
        source="https://www.fc.up.pt/addi/ph2%20database.html",
        citation="Mendonca T. et al., PH2 - A dermoscopic image database for research and "
                 "benchmarking, EMBC 2013",
-       notes="200 BMP images with '_lesion.bmp' masks: save as PNG, then --layout folder2d "
+       notes="200 cases 'PH2 Dataset images/IMDxxx/IMDxxx_Dermoscopic_Image/IMDxxx.bmp' with "
+             "'IMDxxx_lesion/IMDxxx_lesion.bmp' masks: save as PNG, then --layout folder2d "
              "--mask-suffix _lesion --class-name 'skin lesion'.", paper_dice=(18.4, 92.7),
        uncertain=("licence", "source")),
     _d("chase-db1", "CHASE_DB1", "external", "fundus photography", "RGB", 2, ["retinal blood vessel"],
@@ -369,7 +407,8 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        source="https://cecas.clemson.edu/~ahoover/stare/",
        citation="Hoover A. et al., Locating blood vessels in retinal images by piecewise threshold "
                 "probing of a matched filter response, IEEE TMI 19(3):203-210 (2000)",
-       notes="20 PPM images (gzipped) with two observers' vessel masks: save as PNG first.",
+       notes="20 PPM images (gzipped) with two observers' vessel masks, 'imXXXX.ah.ppm' (Hoover, the "
+             "one the official evaluation uses) and 'imXXXX.vk.ppm': save as PNG first.",
        paper_dice=(18.6, 54.4), uncertain=("licence",)),
     # ------------------------------------------------------------------ extras
     _d("cvpr2025-biomedsegfm", "CVPR 2025 BiomedSegFM (text-guided 3D segmentation)", "extra",
@@ -390,6 +429,97 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        notes="181x217x181 1 mm MNI grid; ch2bet.nii.gz > 0 gives the brain mask.",
        default_root="/usr/share/mricron/templates"),
 )
+
+# ------------------------------------------------------------------ the paper's public run
+#: Where the prompts below were read: the per-image text-prompt evaluation of the public
+#: Medical SAM3 run (33 training sets, 50 held-out images each; ``query_text`` is the prompt),
+#: and the official evaluation loaders of the 7 external sets.
+PAPER_RUN_SOURCE = ("github.com/AIM-Research-Lab/Medical-SAM3 @57c2d35: experiments/"
+                    "medsam3_stage1_train_all_unified/2d_eval_text_ckpt5/results_per_sample.csv")
+PAPER_LOADERS_SOURCE = "github.com/AIM-Research-Lab/Medical-SAM3: inference/dataset_loaders.py (DATASET_PROMPTS)"
+
+#: registry name -> (name in the public run, {class: prompt}). A class missing from a
+#: multi-class entry had no prompt in that evaluation (it shows one prompt per image).
+_PAPER_RUN: dict[str, tuple[str, dict[str, str]]] = {
+    "arcade": ("ARCADE", {"coronary artery": "coronary artery segment"}),
+    "bkai-igh-neopolyp": ("BKAI-IGH NeoPolyp", {"neoplastic polyp": "Polyp", "non-neoplastic polyp": "Polyp"}),
+    "btxrd": ("BTXRD", {"bone tumor": "Bone Tumor"}),
+    "bus-uclm": ("BUS-UCLM", {"breast tumor": "Breast Ultrasound Lesion"}),
+    "busi": ("BUSI", {"breast tumor": "Breast Ultrasound Lesion"}),
+    "breast-cancer-segmentation": ("Breast_Cancer_Segmentation", {"breast cancer tissue": "Breast Cancer Tissue"}),
+    "covid-qu-ex": ("COVID-QU-Ex", {"lungs": "Lung"}),
+    "coph100": ("COph100", {"optic disc": "Optic Disc"}),
+    "ct2us-kidney": ("CT2USforKidneySeg", {"kidney": "Kidney"}),
+    "chest-xray-pneumothorax": ("Chest_X-Ray_Pneumothorax", {"pneumothorax": "Pneumothorax"}),
+    "chest-xray-masks-and-labels": ("Chest_Xray_Masks_and_Labels", {"lungs": "Lung"}),
+    "cholecseg8k": ("CholecSeg8k", {"liver": "liver"}),
+    "drive": ("DRIVE", {"retinal blood vessel": "Retinal Blood Vessel"}),
+    "fetoplac": ("FetoPlac", {"placental vessel": "Placental Vessel"}),
+    "glas": ("GlaS@MICCAI'2015", {"gland": "Gland"}),
+    "isic-2018": ("ISIC_2018", {"skin lesion": "Skin Lesion"}),
+    "intraretinal-cystoid-fluid": ("Intraretinal_Cystoid_Fluid", {"intraretinal cystoid fluid": "Cystoid Macular Edema"}),
+    "kvasir-seg": ("Kvasir-SEG", {"polyp": "Polyp"}),
+    "mmdb": ("MMDB", {"cell": "Cell"}),
+    "mucic-colon-tissue": ("MUCIC_Colon_Tissue", {"cell": "cell"}),
+    "hl60-granulocytes": ("MUCI_HL60 / MUCI_Granulocytes", {"cell": "cell"}),
+    "monuseg": ("MonuSeg", {"cell nucleus": "cell nucleus"}),
+    "nucmm-z": ("NucMM-Z", {"cell nucleus": "cell nucleus"}),
+    "papila": ("PAPILA", {"optic disc": "optic disc and cup", "optic cup": "optic disc and cup"}),
+    "pcmmd": ("PCMMD", {"cell": "cell"}),
+    "pannuke": ("PanNuke", {c: "cell" for c in ("neoplastic cell nucleus", "inflammatory cell nucleus",
+                                               "connective tissue cell nucleus", "dead cell nucleus",
+                                               "epithelial cell nucleus")}),
+    "polypgen": ("PolypGen", {"polyp": "polyp"}),
+    "ravir": ("RAVIR Dataset", {"retinal artery": "retinal artery and vein", "retinal vein": "retinal artery and vein"}),
+    "segthy": ("SegThy", {"thyroid gland": "thyroid nodule"}),
+    "us-nerve": ("US-Nerve", {"brachial plexus nerve": "nerve"}),
+    "urocell": ("UroCell", {c: "cell organelle" for c in ("mitochondrion", "endolysosome", "fusiform vesicle")}),
+    "m2caiseg": ("m2caiSeg", {}),
+    "ps-fh-aop-2023": ("ps-fh-aop-2023", {"fetal head": "fetal head"}),
+    # external sets: the official evaluation loaders
+    "tn3k": ("TN3K", {"thyroid nodule": "thyroid nodule"}),
+    "hc18": ("HC18", {"fetal head": "fetal head"}),
+    "cvc-clinicdb": ("CVC-ClinicDB", {"polyp": "Polyp"}),
+    "etis-laribpolypdb": ("ETIS-Larib", {"polyp": "Polyp"}),
+    "ph2": ("PH2", {"skin lesion": "Skin Lesion"}),
+    "chase-db1": ("CHASE_DB1", {"retinal blood vessel": "Retinal Blood Vessel"}),
+    "stare": ("STARE", {"retinal blood vessel": "Retinal Blood Vessel"}),
+}
+
+#: What the public run leaves open, per entry (shown by ``data list -v``).
+_PAPER_DOUBTS: dict[str, str] = {
+    "arcade": "the stenosis task's prompt (the run shows 'coronary artery segment' only)",
+    "covid-qu-ex": "the infection masks' prompt (the run shows 'Lung' only)",
+    "cholecseg8k": "the prompts of the 11 other classes (the run shows 'liver' only)",
+    "m2caiseg": "the prompts: the run shows 'Tissue' for every image, the class table is not public",
+    "ps-fh-aop-2023": "the pubic symphysis prompt (the run shows 'fetal head' only)",
+    "segthy": "the run prompts 'thyroid nodule' for SegThy's thyroid label; which label it used is not public",
+    "papila": "the run segments disc and cup as one target, 'optic disc and cup'",
+    "ravir": "the run segments artery and vein as one target, 'retinal artery and vein'",
+    "pannuke": "the run prompts every nucleus type as 'cell'",
+    "urocell": "the run prompts every organelle as 'cell organelle'",
+    "bkai-igh-neopolyp": "the run prompts both polyp kinds as 'Polyp'",
+}
+
+
+def _with_paper_run(info: DatasetInfo) -> DatasetInfo:
+    import dataclasses
+
+    if info.name not in _PAPER_RUN:
+        return info
+    paper_name, prompts = _PAPER_RUN[info.name]
+    unknown = sorted(set(prompts) - set(info.classes))
+    if unknown:  # a prompt for a class the entry does not list would never apply
+        raise ValueError(f"registry entry {info.name}: prompts for unlisted classes {unknown}")
+    source = PAPER_LOADERS_SOURCE if info.role == "external" else PAPER_RUN_SOURCE
+    doubts = "; ".join(d for d in (info.doubts, _PAPER_DOUBTS.get(info.name, "")) if d)
+    uncertain = info.uncertain + (("prompts",) if info.name in _PAPER_DOUBTS else ())
+    return dataclasses.replace(info, paper_name=paper_name, prompts=tuple(prompts.items()),
+                               verified_from=info.verified_from + (source,), doubts=doubts,
+                               uncertain=uncertain)
+
+
+REGISTRY_LIST = tuple(_with_paper_run(d) for d in REGISTRY_LIST)
 
 REGISTRY: dict[str, DatasetInfo] = {d.name: d for d in REGISTRY_LIST}
 

@@ -89,13 +89,14 @@ def _run_list(args) -> int:
         if not group:
             continue
         print(f"{titles[role]} ({len(group)}):")
-        print(f"    {'name':28s} {'dim':3s} {'modality':34s} {'layout':9s} classes")
+        print(f"    {'name':28s} {'dim':3s} {'modality':34s} {'layout':9s} {'ready':5s} classes")
         for d in group:
             layout = d.layout or "-"
             classes = ", ".join(d.classes) if d.classes else "?"
             classes = classes if len(classes) <= 60 else classes[:57] + "..."
             mark = "?" if d.uncertain else " "
-            print(f"  {mark} {d.name:28s} {d.dim}D  {d.modality[:34]:34s} {layout:9s} {classes}")
+            ready = "yes" if d.ready else "no"
+            print(f"  {mark} {d.name:28s} {d.dim}D  {d.modality[:34]:34s} {layout:9s} {ready:5s} {classes}")
             if args.verbose:
                 for label, value in (("title", d.title), ("licence", d.licence), ("source", d.source),
                                      ("cite", d.citation), ("notes", d.notes)):
@@ -106,10 +107,18 @@ def _run_list(args) -> int:
                         print(text)
                 if d.uncertain:
                     print(f"      {'unverified:':9s} {', '.join(d.uncertain)}")
+                if d.prompts:
+                    print(f"      {'prompts:':9s}" + ", ".join(f"{c} -> {p!r}" for c, p in d.prompts)
+                          + f" (paper run: {d.paper_name})")
+                for label, value in (("doubts", d.doubts), ("sources", "; ".join(d.verified_from))):
+                    if value:
+                        print(textwrap.fill(value, 100, initial_indent=f"      {label + ':':9s}",
+                                            subsequent_indent=" " * 15))
                 if d.paper_dice:
                     print(f"      {'dice:':9s}SAM3 {d.paper_dice[0]} -> Medical SAM3 {d.paper_dice[1]} (paper, text only)")
         print()
-    print("layout '-': the download needs a step first (`medsam3 data list -v` says which)\n"
+    print("ready: a converter reads the download as it unpacks and its layout facts are verified\n"
+          "layout '-': the download needs a step first (`medsam3 data list -v` says which)\n"
           "?: some facts of the entry could not be verified (`-v` marks them); check the licence "
           "on the provider's page before use")
     return 0
@@ -237,6 +246,10 @@ def register(subparsers) -> None:
     p.add_argument("--no-geometry-check", action="store_true")
     quiet(p)
     p.set_defaults(func=_run_prepare)
+
+    from medsam3.data.mix import add_merge_parser
+
+    add_merge_parser(sub, fmt)
 
     b = sub.add_parser("build-demo", help="build the demo model's training and held-out data (real images "
                                           "from Debian and PyPI packages)",

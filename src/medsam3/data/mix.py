@@ -270,3 +270,71 @@ def describe_mix(mix: Mix, split: str = "train") -> str:
 
 def sources_summary(sources: Iterable[MixSource]) -> list[dict[str, Any]]:
     return [{"dataset": s.dataset, "manifest": s.manifest, "weight": s.weight} for s in sources]
+
+
+def mix_from_config(mix_config, split: str = "train") -> Mix:
+    """The :class:`Mix` of a training config's ``mix:`` section (:class:`medsam3.train.config.MixConfig`)."""
+    return build_mix(sources_from_mapping(mix_config.datasets, "mix.datasets"), mix_config.prompts, split)
+
+
+# ------------------------------------------------------------------------ medsam3 data merge
+def add_merge_parser(sub, formatter_class) -> None:
+    """The ``merge`` subcommand of ``medsam3 data``."""
+    m = sub.add_parser(
+        "merge", help="merge per-dataset manifests into the training mix (weights, paper prompts)",
+        formatter_class=formatter_class,
+        description="Merge per-dataset manifests into one, renaming classes to the paper's prompts, and "
+                    "print the mix (items, cases, weights, shares, prompts). Training draws each dataset "
+                    "with its weight through the config's mix: section (printed at the end).")
+    m.add_argument("-o", "--output", required=True, help="the merged manifest (.jsonl)")
+    m.add_argument("--add", action="append", default=[], metavar="NAME=MANIFEST[@WEIGHT]",
+                   help="one dataset: registry name (or any name), its manifest, its weight (a number, or "
+                        "'size': its training items; default size); repeatable")
+    m.add_argument("--mix", default=None, metavar="YAML",
+                   help="datasets from a YAML file: a training config's mix: section, or the section itself")
+    m.add_argument("--prompts", choices=PROMPT_MODES, default=None,
+                   help="paper: the registry's paper prompt per class; as-is: the manifests' names "
+                        "(default: the YAML's, else paper)")
+    m.add_argument("--split", default="train", help="the split that 'size' weights and shares count")
+    m.set_defaults(func=run_merge)
+
+
+def _sources_from_yaml(path: str) -> tuple[list[MixSource], str | None]:
+    import yaml
+
+    from medsam3.errors import InputError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise InputError(f"cannot read --mix {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"--mix {path} is not valid YAML: {exc}") from None
+    section = data.get("mix", data) if isinstance(data, dict) else None
+    if not isinstance(section, dict) or "datasets" not in section:
+        raise InputError(f"--mix {path}: expected a 'datasets:' mapping (or a config with a 'mix:' section)")
+    return sources_from_mapping(section["datasets"], f"{path}: datasets"), section.get("prompts")
+
+
+def run_merge(args) -> int:
+    sources = [parse_source(text) for text in args.add]
+    prompts = args.prompts
+    if args.mix:
+        more, yaml_prompts = _sources_from_yaml(args.mix)
+        sources = more + sources
+        prompts = prompts or yaml_prompts
+    if not sources:
+        raise ArgumentError("give the datasets with --add NAME=MANIFEST[@WEIGHT] or --mix YAML")
+    if not str(args.output).endswith(".jsonl"):
+        raise ArgumentError(f"--output {args.output} must end in .jsonl (JSON Lines)")
+    mix = build_mix(sources, prompts or "paper", args.split)
+    path = write_mix(mix, args.output)
+    print(describe_mix(mix, args.split))
+    print(f"wrote {len(mix.items)} items to {path}")
+    print("to train on this mix, put in the training config:")
+    print("mix:")
+    print(f"  prompts: {mix.prompt_mode}")
+    print("  datasets:")
+    for source in sources:
+        print(f"    {source.dataset}: {{manifest: {source.manifest}, weight: {source.weight}}}")
+    return 0

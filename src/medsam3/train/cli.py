@@ -3,6 +3,7 @@
     medsam3 train --config configs/train-tiny-cpu.yaml
     medsam3 train --config run.yaml --resume                 # continue from the newest checkpoint
     medsam3 train --config run.yaml --set train.max_steps=50 --set data.batch_size=2
+    medsam3 train --config configs/train-paper-gpu.yaml --dry-run --processes 4   # mix, steps, memory
     accelerate launch --config_file configs/accelerate/ddp-4gpu.yaml $(which medsam3) train --config run.yaml
     torchrun --nproc_per_node 2 -m medsam3.train.cli --config run.yaml
 
@@ -26,6 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                    help="override one config key, e.g. --set train.max_steps=100 (repeatable; VALUE is YAML)")
     p.add_argument("-o", "--output-dir", default=None, help="override output_dir")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the data mix, the step budget and a memory estimate, then stop (no data "
+                        "or model is loaded, nothing is written; any machine)")
+    p.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="with --dry-run: processes (GPUs) the run will use (default: $WORLD_SIZE or 1)")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -48,6 +54,15 @@ def run(args) -> int:
     if getattr(args, "output_dir", None):
         overrides.append(f"output_dir={args.output_dir}")
     config = load_config(args.config, overrides)
+    if getattr(args, "dry_run", False):
+        from medsam3.train.dryrun import dry_run
+
+        if args.processes is not None and args.processes < 1:
+            from medsam3.errors import ArgumentError
+
+            raise ArgumentError(f"--processes must be at least 1, got {args.processes}")
+        print(dry_run(config, args.processes))
+        return 0
     result = train(config, resume=args.resume)
     from accelerate import PartialState
 

@@ -13,6 +13,7 @@ overrides single keys (the value is read as YAML). See ``configs/`` for complete
     optim:    {lr: {decoder: 3.0e-4, ...}, layer_decay: {...}}     # OptimConfig
     loss:     {class_weight: 20, ...}                              # medsam3.train.losses.LossWeights
     lora:     {r: 16, ...}                                         # LoraConfig (mode: lora)
+    mix:      {datasets: {busi: {manifest: m.jsonl, weight: 2}}}   # MixConfig (replaces data.manifest)
     logging:  {tensorboard: true, csv: true, progress: true}       # LoggingConfig
 """
 
@@ -180,6 +181,22 @@ class LoggingConfig:
 
 
 @dataclass
+class MixConfig:
+    """The training mix (:mod:`medsam3.data.mix`): per-dataset manifests merged at the start
+    of the run into ``data.manifest`` (default ``OUTPUT_DIR/mix.jsonl``).
+
+    ``datasets``: ``{NAME: {manifest: PATH, weight: W}}``; NAME is a registry name (``medsam3
+    data list``) or any name; W a number > 0 (the dataset's share of the draws is W / sum W)
+    or ``size`` (its number of training items: every item equally often, as the paper's run).
+    ``prompts``: ``paper`` renames classes to the paper's prompts (registry), ``as-is`` keeps
+    the manifests' names. With a mix, its weights replace ``data.balanced``.
+    """
+
+    datasets: dict[str, Any] | None = None
+    prompts: str = "paper"
+
+
+@dataclass
 class TrainingConfig:
     model: str | None = None
     output_dir: str | None = None
@@ -191,6 +208,7 @@ class TrainingConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
 
     def validate(self) -> TrainingConfig:
         """Check values; raise :class:`ArgumentError` naming the key and what is accepted."""
@@ -198,8 +216,17 @@ class TrainingConfig:
             raise ArgumentError("config: 'model' is required (a model directory, hub id or random:NAME)")
         if not self.output_dir:
             raise ArgumentError("config: 'output_dir' is required")
+        if self.mix.datasets:
+            from medsam3.data.mix import PROMPT_MODES, sources_from_mapping
+
+            sources_from_mapping(self.mix.datasets, "config: mix.datasets")  # names, paths, weights
+            if self.mix.prompts not in PROMPT_MODES:
+                raise ArgumentError(f"config: mix.prompts {self.mix.prompts!r} is not one of {', '.join(PROMPT_MODES)}")
+            if not self.data.manifest:  # where the merged manifest is written
+                self.data.manifest = str(Path(self.output_dir) / "mix.jsonl")
         if not self.data.manifest:
-            raise ArgumentError("config: 'data.manifest' is required (a medsam3 manifest, see `medsam3 data`)")
+            raise ArgumentError("config: 'data.manifest' is required (a medsam3 manifest, see `medsam3 data`), "
+                                "or a 'mix:' section of per-dataset manifests")
         t, d, o = self.train, self.data, self.optim
         if t.target not in TARGETS:
             raise ArgumentError(f"config: train.target {t.target!r} is not one of {', '.join(TARGETS)}")

@@ -543,9 +543,20 @@ class Trainer:
         if self.target == "tracker":
             self._build_clip_data()
             return
+        mix = None
+        if self.cfg.mix.datasets:  # merge the per-dataset manifests into data.manifest (medsam3.data.mix)
+            from medsam3.data.mix import mix_from_config, mix_sampling_weights, write_mix
+
+            mix = mix_from_config(self.cfg.mix, d.train_split)
+            if acc.is_main_process:
+                write_mix(mix, d.manifest)
+            acc.wait_for_everyone()
         self.train_set = self._dataset(d.train_split, train=True)
         weights = None
-        if d.balanced:
+        if mix is not None:  # the mix's dataset shares replace the modality/dataset balance
+            datasets = [key[0] for key in self.train_set.group_keys(("dataset",))]
+            weights = torch.as_tensor(mix_sampling_weights(datasets, mix.weights), dtype=torch.float64)
+        elif d.balanced:
             weights = torch.as_tensor(balanced_weights(self.train_set.group_keys(), d.modality_weights),
                                       dtype=torch.float64)
         if d.class_weights:

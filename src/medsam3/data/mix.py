@@ -184,7 +184,7 @@ def build_mix(sources: Sequence[MixSource], prompts: str = "paper", split: str =
             item.image = _rebase(item.image, manifest)
             item.label = _rebase(item.label, manifest)
             own.append(item)
-        classes = sorted({n for it in own for n in it.class_names()})
+        classes = sorted({n for it in own for n in it.class_names})
         rename = {c: paper[c] for c in classes if prompts == "paper" and c in paper}
         if rename:
             apply_class_map(own, rename)

@@ -166,3 +166,29 @@ def test_registry_records_the_paper_prompts_and_what_is_ready():
     assert "prompts" in get_dataset("cholecseg8k").uncertain and "liver" in get_dataset("cholecseg8k").doubts
     assert get_dataset("kvasir-seg").ready and not get_dataset("drive").ready
     assert all(d.verified_from for d in list_datasets() if d.paper_prompts)
+
+
+@pytest.mark.slow  # ~35 s on 2 busy cores: one real training step
+def test_a_training_run_merges_its_mix_and_draws_by_its_weights(manifests, tmp_path):
+    """mix: in a config: the run writes the merged manifest (paper prompts) to data.manifest and
+    its sampler draws the datasets with the mix's shares (one step on a tiny model, CPU)."""
+    from test_train_helpers import tiny_config
+
+    from medsam3.model import create_random_model
+    from medsam3.train.config import config_from_dict
+    from medsam3.train.loop import Trainer
+
+    busi, kvasir = manifests
+    model = create_random_model("tiny", tmp_path / "tiny112", seed=0, image_size=112)
+    cfg = tiny_config(model, None, tmp_path / "run", train={"max_steps": 1, "checkpoint_every": 0},
+                      data={"val_samples": 0},
+                      mix={"datasets": {"busi": {"manifest": str(busi), "weight": 1},
+                                        "kvasir-seg": {"manifest": str(kvasir), "weight": 9}}})
+    del cfg["data"]["manifest"]  # the mix is the data
+    trainer = Trainer(config_from_dict(cfg))
+    assert trainer.run().steps == 1
+    merged = read_manifest(tmp_path / "run" / "mix.jsonl")
+    assert {n for it in merged for n in it.class_names} == {"Breast Ultrasound Lesion", "Polyp"}
+    keys = [k[0] for k in trainer.train_set.group_keys(("dataset",))]
+    weights = np.asarray(trainer.sampler.weights, dtype=float)
+    assert weights[[k == "kvasir-seg" for k in keys]].sum() == pytest.approx(0.9)

@@ -21,8 +21,10 @@ def _converters() -> dict[str, Callable[..., list[ManifestItem]]]:
     from medsam3.data.layouts.nnunet import convert_nnunet
     from medsam3.data.layouts.npz import convert_npz
 
+    from medsam3.data.layouts.derived import CONVERTERS as DERIVED
+
     return {"nnunet": convert_nnunet, "msd": convert_msd, "folder2d": convert_folder2d,
-            "coco": convert_coco, "npz": convert_npz, "atlas": convert_atlas}
+            "coco": convert_coco, "npz": convert_npz, "atlas": convert_atlas, **DERIVED}
 
 
 #: The layouts :func:`convert_dataset` reads, with what each expects.
@@ -33,6 +35,13 @@ LAYOUTS: dict[str, str] = {
     "coco": "COCO JSON with polygon or RLE segmentations, images next to it or in images/",
     "npz": "CVPR-2025 BiomedSegFM .npz files (imgs, gts, spacing, text_prompts)",
     "atlas": "one image + one label map + a label names file (image=, label=, names=, mask=)",
+    # these write readable copies of the labels under work_dir (medsam3.data.layouts.derived)
+    "pannuke": "PanNuke folds: Fold N/images/foldN/images.npy + Fold N/masks/foldN/masks.npy (work_dir=)",
+    "drive": "DRIVE: training|test/images/NN_*.tif + 1st_manual/NN_manual1.gif (work_dir=)",
+    "glas": "GlaS: train_N.bmp + train_N_anno.bmp instance maps (work_dir=)",
+    "hc18": "HC18: NNN_HC.png + NNN_HC_Annotation.png head outlines, filled (work_dir=)",
+    "labelme": "LabelMe JSON per image: images/ + Annotations/ (BTXRD; work_dir=, class_name= or labels=)",
+    "pictures": "BMP/GIF/PPM(.gz) pairs X.* + X<mask_marker>.* (PH2, STARE; work_dir=, class_name=)",
 }
 
 # Options every converter takes; the others are layout-specific.

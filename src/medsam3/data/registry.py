@@ -132,13 +132,18 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
              "non-neoplastic), read with nearest-colour matching.",
        uncertain=("licence", "citation")),
     _d("btxrd", "BTXRD (Bone Tumor X-ray Radiograph Dataset)", "train", "X-ray radiography", "XR", 2,
-       ["bone tumor"], None,
-       licence="CC BY 4.0", source="https://doi.org/10.6084/m9.figshare.27865398",
+       ["bone tumor"], "labelme", [{"class_name": "bone tumor"}],
+       licence="CC BY-NC-ND 4.0 per the paper's usage notes (figshare lists CC BY 4.0)",
+       source="https://doi.org/10.6084/m9.figshare.27865398",
        citation="Yao S. et al., A radiograph dataset for the classification, localization, and "
                 "segmentation of primary bone tumors, Scientific Data 12:88 (2025)",
-       notes="Tumour outlines are LabelMe JSON polygons: rasterise them to masks/ first, then "
-             "convert with --layout folder2d --class-name 'bone tumor'.",
-       uncertain=("licence", "source")),
+       notes="3,746 radiographs (1,867 with tumours) as images/*.jpeg with one LabelMe JSON per "
+             "annotated image in Annotations/ (tumour polygons, labelled by subtype, plus boxes): "
+             "the polygons are rasterised, all subtypes read as 'bone tumor'; normal images have "
+             "no JSON and are left out.",
+       uncertain=("licence", "conversions"),
+       doubts="the JSON schema (LabelMe shapes with 'points' and 'shape_type') is read from public "
+              "BTXRD loaders, not from the release itself; some loaders call it COCO-style"),
     _d("bus-uclm", "BUS-UCLM breast ultrasound lesion segmentation", "train", "breast ultrasound", "US", 2,
        ["breast tumor"], "folder2d",
        [{"images_dir": "images", "masks_dir": "masks",
@@ -212,12 +217,12 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
              "--mask-suffix _endo_watershed_mask --labels '{code: name}' after checking the codes.",
        uncertain=("licence",)),
     _d("drive", "DRIVE (Digital Retinal Images for Vessel Extraction)", "train", "fundus photography",
-       "RGB", 2, ["retinal blood vessel"], None,
+       "RGB", 2, ["retinal blood vessel"], "drive",
        licence="research use after registration", source="https://drive.grand-challenge.org/",
        citation="Staal J. et al., Ridge-based vessel segmentation in color images of the retina, "
                 "IEEE TMI 23(4):501-509 (2004)",
-       notes="40 images (TIFF); manual vessel masks are GIF (1st_manual/), which medsam3 does not "
-             "read: save them as PNG, then --layout folder2d --mask-suffix _manual1.",
+       notes="40 images training|test/images/NN_training.tif with first-observer vessel masks "
+             "1st_manual/NN_manual1.gif (written as PNG); mask/ holds field-of-view masks, not labels.",
        paper_dice=(24.8, 55.8), uncertain=("licence",)),
     _d("fetoplac", "FetoPlac (fetoscopy placental vessels)", "train", "fetoscopy", "RGB", 2,
        ["placental vessel"], "folder2d", [{"class_name": "placental vessel"}],
@@ -227,12 +232,12 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        notes="Frames of 6 in-vivo fetoscopy videos with vessel masks (images/ + masks_gt/ per video).",
        paper_dice=(56.6, 77.0), uncertain=("title", "licence", "conversions")),
     _d("glas", "GlaS (Gland Segmentation in Colon Histology)", "train", "histopathology (H&E)", "RGB", 2,
-       ["gland"], None,
+       ["gland"], "glas",
        licence="research use", source="https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/",
        citation="Sirinukunwattana K. et al., Gland segmentation in colon histology images: The GlaS "
                 "challenge contest, Medical Image Analysis 35:489-502 (2017)",
-       notes="165 BMP images with '_anno.bmp' instance maps; medsam3 does not read BMP: save both as "
-             "PNG, then --layout folder2d --mask-suffix _anno --class-name gland.",
+       notes="165 BMP images train_N / testA_N / testB_N with '_anno.bmp' gland instance maps "
+             "(written as PNG; each gland an instance of 'gland'; testA and testB are test).",
        paper_dice=(68.9, 88.2), uncertain=("licence",)),
     _d("isic-2018", "ISIC 2018 Task 1 (lesion boundary segmentation)", "train", "dermoscopy", "RGB", 2,
        ["skin lesion"], "folder2d",
@@ -294,12 +299,14 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        uncertain=_UNKNOWN_ID),
     _d("pannuke", "PanNuke", "train", "histopathology (H&E)", "RGB", 2,
        ["neoplastic cell nucleus", "inflammatory cell nucleus", "connective tissue cell nucleus",
-        "dead cell nucleus", "epithelial cell nucleus"], None,
+        "dead cell nucleus", "epithelial cell nucleus"], "pannuke",
        licence="CC BY-NC-SA 4.0", source="https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke",
        citation="Gamper J. et al., PanNuke: An Open Pan-Cancer Histology Dataset for Nuclei Instance "
                 "Segmentation and Classification, ECDP 2019",
-       notes="7,904 256x256 patches in three folds as .npy arrays (images, 6-channel instance masks): "
-             "write them out as images + label maps first."),
+       notes="7,904 256x256 patches in three folds: Fold N/images/foldN/images.npy and Fold N/masks/"
+             "foldN/masks.npy (6 channels of instance ids: neoplastic, inflammatory, connective/soft "
+             "tissue, dead, epithelial, background), written as PNG patches + class label maps; "
+             "folds 1/2/3 -> train/val/test."),
     _d("polypgen", "PolypGen", "train", "colonoscopy", "RGB", 2, ["polyp"], "folder2d",
        [{"class_name": "polyp", "mask_suffix": "_mask"}],
        licence="CC BY 4.0", source="https://www.synapse.org/#!Synapse:syn26376615",
@@ -366,11 +373,11 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        notes="3,493 images: trainval-image/ + trainval-mask/, test-image/ + test-mask/.",
        paper_dice=(4.2, 40.8), uncertain=("licence",)),
     _d("hc18", "HC18 (fetal head circumference)", "external", "obstetric ultrasound", "US", 2,
-       ["fetal head"], None, licence="CC BY 4.0", source="https://zenodo.org/records/1327317",
+       ["fetal head"], "hc18", licence="CC BY 4.0", source="https://zenodo.org/records/1327317",
        citation="van den Heuvel T.L.A. et al., Automated measurement of fetal head circumference "
                 "using 2D ultrasound images, PLoS One 13(8):e0200412 (2018)",
-       notes="1,334 images; '_Annotation.png' holds the head outline (an ellipse line), not a filled "
-             "mask: fill it first (the official evaluation loader reads the outline as the mask as is).",
+       notes="1,334 images; '_Annotation.png' holds the head outline (an ellipse line): the converter "
+             "fills it into the head's mask (the official evaluation loader reads the outline as is).",
        paper_dice=(23.9, 92.6)),
     _d("cvc-clinicdb", "CVC-ClinicDB", "external", "colonoscopy", "RGB", 2, ["polyp"], "folder2d",
        [{"images_dir": "Original", "masks_dir": "Ground Truth", "class_name": "polyp"}],
@@ -387,13 +394,13 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        notes="196 images with masks: images/N.png + masks/N.png, as the official evaluation loader "
              "reads them (the common redistribution).",
        paper_dice=(0.0, 86.1), uncertain=("licence", "source")),
-    _d("ph2", "PH2", "external", "dermoscopy", "RGB", 2, ["skin lesion"], None,
+    _d("ph2", "PH2", "external", "dermoscopy", "RGB", 2, ["skin lesion"], "pictures",
+       [{"class_name": "skin lesion", "mask_marker": "_lesion"}],
        source="https://www.fc.up.pt/addi/ph2%20database.html",
        citation="Mendonca T. et al., PH2 - A dermoscopic image database for research and "
                 "benchmarking, EMBC 2013",
        notes="200 cases 'PH2 Dataset images/IMDxxx/IMDxxx_Dermoscopic_Image/IMDxxx.bmp' with "
-             "'IMDxxx_lesion/IMDxxx_lesion.bmp' masks: save as PNG, then --layout folder2d "
-             "--mask-suffix _lesion --class-name 'skin lesion'.", paper_dice=(18.4, 92.7),
+             "'IMDxxx_lesion/IMDxxx_lesion.bmp' masks (both written as PNG).", paper_dice=(18.4, 92.7),
        uncertain=("licence", "source")),
     _d("chase-db1", "CHASE_DB1", "external", "fundus photography", "RGB", 2, ["retinal blood vessel"],
        "folder2d", [{"mask_suffix": "_1stHO", "class_name": "retinal blood vessel", "unpaired": "skip"}],
@@ -403,12 +410,13 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        notes="28 images 'Image_01L.jpg' with first-observer masks 'Image_01L_1stHO.png' (the "
              "second observer's '_2ndHO.png' are skipped).", paper_dice=(17.9, 62.6),
        uncertain=("licence",)),
-    _d("stare", "STARE", "external", "fundus photography", "RGB", 2, ["retinal blood vessel"], None,
+    _d("stare", "STARE", "external", "fundus photography", "RGB", 2, ["retinal blood vessel"], "pictures",
+       [{"class_name": "retinal blood vessel", "mask_marker": ".ah"}],
        source="https://cecas.clemson.edu/~ahoover/stare/",
        citation="Hoover A. et al., Locating blood vessels in retinal images by piecewise threshold "
                 "probing of a matched filter response, IEEE TMI 19(3):203-210 (2000)",
        notes="20 PPM images (gzipped) with two observers' vessel masks, 'imXXXX.ah.ppm' (Hoover, the "
-             "one the official evaluation uses) and 'imXXXX.vk.ppm': save as PNG first.",
+             "one the official evaluation uses, read here) and 'imXXXX.vk.ppm', written as PNG.",
        paper_dice=(18.6, 54.4), uncertain=("licence",)),
     # ------------------------------------------------------------------ extras
     _d("cvpr2025-biomedsegfm", "CVPR 2025 BiomedSegFM (text-guided 3D segmentation)", "extra",
@@ -566,9 +574,19 @@ def prepare_dataset(name: str, root: str | os.PathLike | None, output: str | os.
             raise ArgumentError(f"give the folder of your {info.title} download (--root DIR)")
         root = info.default_root
     root = Path(os.path.expanduser(str(root)))
+    from medsam3.data.layouts.derived import CONVERTERS as DERIVED
+
+    work_dir = None
+    if info.layout in DERIVED:  # labels written as PNG beside the manifest
+        if output is None:
+            raise ArgumentError(f"{info.title}: its labels are written out as PNG beside the manifest: "
+                                "give the manifest to write (-o FILE.jsonl)")
+        work_dir = str(Path(output).with_suffix("")) + "-files"
     items = []
     for conversion in info.conversions or ({},):
         options = dict(conversion)
+        if work_dir:
+            options.setdefault("work_dir", work_dir)
         subdir = options.pop("subdir", None)
         suffix = options.pop("id_suffix", None)
         class_map = options.pop("class_map", None)

@@ -1,0 +1,371 @@
+"""Datasets whose labels medsam3 cannot read as downloaded: written out once, then listed.
+
+Each converter here reads one dataset's own download layout and writes what medsam3 reads
+(PNG pictures and label maps) under ``work_dir``, never next to the inputs, skipping files
+already there from an earlier run; the manifest then lists the written labels (and the
+original images where medsam3 reads them: TIFF, JPEG, PNG).
+
+* ``pannuke``: ``Fold N/images/foldN/images.npy`` (N x 256 x 256 x 3, float 0-255) and
+  ``Fold N/masks/foldN/masks.npy`` (N x 256 x 256 x 6 instance ids per channel: neoplastic,
+  inflammatory, connective/soft tissue, dead, epithelial, background) -> one RGB PNG and one
+  class label map per patch; fold 1 train, 2 val, 3 test (the folds' own split).
+* ``drive``: ``training|test/images/NN_training.tif`` with ``1st_manual/NN_manual1.gif``
+  vessel masks -> PNG masks (the FOV masks in ``mask/`` are not labels).
+* ``glas``: Warwick QU ``train_N.bmp`` + ``train_N_anno.bmp`` (``testA_``, ``testB_``):
+  BMP pictures and gland instance maps -> PNG; every gland an instance of ``gland``.
+* ``hc18``: ``training_set/NNN_HC.png`` + ``NNN_HC_Annotation.png`` (the head's outline, an
+  ellipse line) -> the filled head as a mask.
+* ``labelme``: ``images/X.jpeg`` + ``Annotations/X.json`` (LabelMe shapes, BTXRD):
+  polygons rasterised (COCO pixel convention), rectangles (detection boxes) left out.
+* ``pictures``: BMP / GIF / PPM(.gz) image and mask pairs matched by a mask marker in the
+  name (``_lesion``, ``.ah``): PH2's case folders, STARE's ``imXXXX.ppm(.gz)`` +
+  ``imXXXX.ah.ppm(.gz)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from medsam3.data.headers import read_header
+from medsam3.data.layouts.common import (
+    assign_split,
+    check_modality,
+    is_hidden,
+    listing,
+    progress,
+    relative,
+    require_directory,
+)
+from medsam3.data.manifest import ManifestItem
+from medsam3.errors import ArgumentError, InputError
+
+#: PanNuke's mask channels 0-4 (channel 5 is background), as the dataset's README names them.
+PANNUKE_CLASSES = ("neoplastic cell nucleus", "inflammatory cell nucleus", "connective tissue cell nucleus",
+                   "dead cell nucleus", "epithelial cell nucleus")
+_PANNUKE_SPLITS = {1: "train", 2: "val", 3: "test"}
+
+
+def _need_work_dir(work_dir, layout: str) -> Path:
+    if not work_dir:
+        raise ArgumentError(f"the {layout} layout writes readable copies of its labels: give work_dir "
+                            "(-O work_dir=DIR; `data prepare` puts them beside the manifest)")
+    path = Path(work_dir).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_png(array: np.ndarray, path: Path) -> Path:
+    """Write ``array`` (uint8 grey or RGB, or uint16 grey) as PNG, atomically; an existing file is kept."""
+    from PIL import Image as PILImage
+
+    from medsam3.io import atomic_output
+
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        if array.dtype == np.uint16:
+            PILImage.fromarray(array.astype(np.int32), mode="I").save(tmp, format="PNG")
+        else:
+            PILImage.fromarray(array).save(tmp, format="PNG")
+    return path
+
+
+def _read_picture(path: Path) -> np.ndarray:
+    """Any picture PIL reads (BMP, GIF, PPM, also gzipped ``.ppm.gz``) as an array."""
+    from PIL import Image as PILImage
+
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                data = io.BytesIO(fh.read())
+            with PILImage.open(data) as picture:
+                return np.asarray(picture.convert("RGB") if picture.mode not in ("L", "RGB") else picture)
+        with PILImage.open(path) as picture:
+            if picture.mode in ("P", "1", "LA", "RGBA", "PA"):
+                picture = picture.convert("RGB" if picture.mode in ("RGBA", "PA") else "L")
+            return np.asarray(picture)
+    except Exception as exc:  # PIL raises many kinds; the user needs one line
+        raise InputError(f"cannot read {path}: {exc}") from None
+
+
+def _grey(array: np.ndarray) -> np.ndarray:
+    return array.max(axis=-1) if array.ndim == 3 else array
+
+
+def _item(dataset, key, split, image: Path, label: Path, root: Path, modality, *, labels=None,
+          instance_class=None, label_format="mask") -> ManifestItem:
+    header = read_header(image)
+    rgb = header.components == 3
+    return ManifestItem(
+        id=f"{dataset}/{key}", dataset=dataset, split=split, case=key, image=relative(image, root),
+        label=relative(label, root), label_format=label_format, labels=labels or {},
+        modality=modality or ("RGB" if rgb else None), dim=2, shape=list(header.shape),
+        spacing=list(header.spacing), rgb=rgb, instance_class=instance_class)
+
+
+def _check_size(image: Path, shape, label_name: str) -> None:
+    h = read_header(image)
+    if tuple(h.shape) != tuple(shape[:2]):
+        raise InputError(f"{label_name} is {shape[0]} x {shape[1]} pixels but {image} is "
+                         f"{h.shape[0]} x {h.shape[1]}")
+
+
+# ------------------------------------------------------------------------------- PanNuke
+def convert_pannuke(root: Path, *, work_dir: str | None = None, dataset: str | None = None,
+                    modality: str | None = None, check_geometry: bool = True,
+                    show_progress: bool = True) -> list[ManifestItem]:
+    """PanNuke's three folds of ``.npy`` arrays (see the module docstring)."""
+    root = require_directory(root, "PanNuke")
+    out = _need_work_dir(work_dir, "pannuke")
+    modality = check_modality(modality) or "RGB"
+    dataset = dataset or "pannuke"
+    folds = []
+    for images_npy in sorted(p for p in root.rglob("images.npy") if not is_hidden(p)):
+        fold_name = images_npy.parent.name  # fold1
+        m = re.fullmatch(r"fold\s*(\d+)", fold_name.lower().replace("_", ""))
+        if not m:
+            raise InputError(f"{images_npy}: expected it in a folder named foldN (Fold N/images/foldN/images.npy)")
+        masks = [p for p in root.rglob("masks.npy") if p.parent.name == fold_name]
+        if len(masks) != 1:
+            raise InputError(f"{images_npy}: found {len(masks)} masks.npy for {fold_name} "
+                             f"(expected Fold N/masks/{fold_name}/masks.npy)")
+        folds.append((int(m.group(1)), images_npy, masks[0]))
+    if not folds:
+        raise InputError(f"{root}: no images.npy (PanNuke unpacks as Fold N/images/foldN/images.npy)")
+    labels = {str(k + 1): name for k, name in enumerate(PANNUKE_CLASSES)}
+    items = []
+    for fold, images_npy, masks_npy in folds:
+        images = np.load(images_npy, mmap_mode="r")
+        masks = np.load(masks_npy, mmap_mode="r")
+        if images.ndim != 4 or images.shape[-1] != 3 or masks.ndim != 4 or masks.shape[-1] != 6 \
+                or masks.shape[:3] != images.shape[:3]:
+            raise InputError(f"{images_npy} {tuple(images.shape)} and {masks_npy} {tuple(masks.shape)}: "
+                             "expected N x H x W x 3 images and N x H x W x 6 instance masks")
+        split = _PANNUKE_SPLITS.get(fold, "train")
+        for i in progress(range(images.shape[0]), f"PanNuke fold {fold}", enabled=show_progress):
+            key = f"fold{fold}/{i:05d}"
+            image_png = out / f"fold{fold}" / f"{i:05d}.png"
+            label_png = out / f"fold{fold}" / f"{i:05d}_label.png"
+            if not (image_png.exists() and label_png.exists()):
+                _write_png(np.clip(np.asarray(images[i]), 0, 255).astype(np.uint8), image_png)
+                typed = np.asarray(masks[i][..., :5]) > 0
+                label = np.zeros(typed.shape[:2], dtype=np.uint8)
+                for k in range(5):  # a pixel in two channels (never in the release) keeps the later type
+                    label[typed[..., k]] = k + 1
+                _write_png(label, label_png)
+            items.append(_item(dataset, key, split, image_png, label_png, root, modality,
+                               labels=labels, label_format="map"))
+    return items
+
+
+# --------------------------------------------------------------------------------- DRIVE
+def convert_drive(root: Path, *, work_dir: str | None = None, dataset: str | None = None,
+                  modality: str | None = None, class_name: str = "retinal blood vessel",
+                  check_geometry: bool = True, show_progress: bool = True) -> list[ManifestItem]:
+    """DRIVE's ``training/`` and ``test/`` folders (see the module docstring); images without a
+    first-observer mask are left out (some copies ship the test set without)."""
+    root = require_directory(root, "DRIVE")
+    out = _need_work_dir(work_dir, "drive")
+    modality = check_modality(modality) or "RGB"
+    dataset = dataset or "drive"
+    items = []
+    for images_dir in sorted(p for p in root.rglob("images") if p.is_dir() and not is_hidden(p)):
+        manual_dir = images_dir.parent / "1st_manual"
+        if not manual_dir.is_dir():
+            continue
+        part = images_dir.parent.name.lower()
+        split = "test" if part.startswith("test") else "train"
+        for image in sorted(images_dir.glob("*.tif")):
+            number = image.stem.split("_")[0]
+            gif = manual_dir / f"{number}_manual1.gif"
+            if not gif.exists():
+                continue
+            mask = _grey(_read_picture(gif))
+            _check_size(image, mask.shape, str(gif))
+            png = _write_png(((mask > mask.max() / 2) * 255).astype(np.uint8) if mask.max() else
+                             np.zeros(mask.shape, np.uint8), out / part / f"{number}_manual1.png")
+            items.append(_item(dataset, f"{part}/{number}", split, image, png, root, modality,
+                               labels={"1": class_name}))
+    if not items:
+        raise InputError(f"{root}: no DRIVE pairs (expected training/images/NN_training.tif with "
+                         "training/1st_manual/NN_manual1.gif)")
+    return items
+
+
+# ---------------------------------------------------------------------------------- GlaS
+def convert_glas(root: Path, *, work_dir: str | None = None, dataset: str | None = None,
+                 modality: str | None = None, class_name: str = "gland", check_geometry: bool = True,
+                 show_progress: bool = True) -> list[ManifestItem]:
+    """GlaS (Warwick QU): BMP images with ``_anno.bmp`` instance maps, written as PNG."""
+    root = require_directory(root, "GlaS")
+    out = _need_work_dir(work_dir, "glas")
+    modality = check_modality(modality) or "RGB"
+    dataset = dataset or "glas"
+    annos = sorted(p for p in root.rglob("*_anno.bmp") if not is_hidden(p))
+    if not annos:
+        raise InputError(f"{root}: no '*_anno.bmp' (GlaS ships train_N.bmp with train_N_anno.bmp)")
+    items = []
+    for anno in progress(annos, "GlaS", enabled=show_progress):
+        key = anno.name[: -len("_anno.bmp")]
+        image = anno.with_name(f"{key}.bmp")
+        if not image.exists():
+            raise InputError(f"{anno}: no image {image.name} beside it")
+        picture = _read_picture(image)
+        instances = _grey(_read_picture(anno))
+        if picture.shape[:2] != instances.shape:
+            raise InputError(f"{anno} is {instances.shape} but {image} is {picture.shape[:2]}")
+        image_png = _write_png(picture.astype(np.uint8), out / f"{key}.png")
+        dtype = np.uint8 if instances.max() < 256 else np.uint16
+        label_png = _write_png(instances.astype(dtype), out / f"{key}_anno.png")
+        split = "train" if key.lower().startswith("train") else "test"
+        items.append(_item(dataset, key, split, image_png, label_png, root, modality,
+                           instance_class=class_name, label_format="map"))
+    return items
+
+
+# ---------------------------------------------------------------------------------- HC18
+def convert_hc18(root: Path, *, work_dir: str | None = None, dataset: str | None = None,
+                 modality: str | None = None, class_name: str = "fetal head", check_geometry: bool = True,
+                 show_progress: bool = True) -> list[ManifestItem]:
+    """HC18: each ``_Annotation.png`` outline filled into the head's mask."""
+    from scipy.ndimage import binary_fill_holes
+
+    root = require_directory(root, "HC18")
+    out = _need_work_dir(work_dir, "hc18")
+    modality = check_modality(modality) or "US"
+    dataset = dataset or "hc18"
+    outlines = sorted(p for p in root.rglob("*_Annotation.png") if not is_hidden(p))
+    if not outlines:
+        raise InputError(f"{root}: no '*_Annotation.png' (HC18's training_set/NNN_HC_Annotation.png)")
+    items = []
+    for outline in progress(outlines, "HC18", enabled=show_progress):
+        key = outline.name[: -len("_Annotation.png")]
+        image = outline.with_name(f"{key}.png")
+        if not image.exists():
+            raise InputError(f"{outline}: no image {image.name} beside it")
+        line = _grey(_read_picture(outline)) > 0
+        filled = binary_fill_holes(line)
+        if filled.sum() <= line.sum():  # an open outline fills nothing: say which file
+            raise InputError(f"{outline}: the head outline is not closed, nothing to fill")
+        _check_size(image, filled.shape, str(outline))
+        png = _write_png((filled * 255).astype(np.uint8), out / f"{key}_head.png")
+        items.append(_item(dataset, key, "train", image, png, root, modality, labels={"1": class_name}))
+    return items
+
+
+# ------------------------------------------------------------------------------- LabelMe
+def convert_labelme(root: Path, *, work_dir: str | None = None, dataset: str | None = None,
+                    modality: str | None = None, class_name: str | None = None,
+                    labels: dict | None = None, images_dir: str = "images",
+                    annotations_dir: str = "Annotations", check_geometry: bool = True,
+                    show_progress: bool = True) -> list[ManifestItem]:
+    """LabelMe JSON per image (BTXRD): polygons -> masks. ``class_name`` gives every shape one
+    class; ``labels`` maps shape labels to classes (unlisted shapes are left out)."""
+    from medsam3.data.layouts.coco import polygons_to_mask
+
+    root = require_directory(root, "LabelMe")
+    out = _need_work_dir(work_dir, "labelme")
+    modality = check_modality(modality)
+    dataset = dataset or root.name
+    if bool(class_name) == bool(labels):
+        raise ArgumentError("give class_name (every shape one class) or labels ({shape label: class})")
+    ann_dirs = [p for p in root.rglob(annotations_dir) if p.is_dir()]
+    if not ann_dirs:
+        raise InputError(f"{root}: no {annotations_dir}/ folder of LabelMe JSON files")
+    classes = sorted(set(labels.values())) if labels else [class_name]
+    value = {name: k + 1 for k, name in enumerate(classes)}
+    items = []
+    for ann_dir in ann_dirs:
+        img_dir = ann_dir.parent / images_dir
+        for path in progress(sorted(ann_dir.glob("*.json")), "LabelMe", enabled=show_progress):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                shapes = data["shapes"]
+            except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+                raise InputError(f"{path}: not a LabelMe file ({exc})") from None
+            candidates = [img_dir / Path(str(data.get("imagePath", ""))).name] + \
+                sorted(p for p in img_dir.glob(path.stem + ".*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+            image = next((c for c in candidates if c.is_file()), None)
+            if image is None:
+                raise InputError(f"{path}: no image {path.stem}.* in {img_dir}")
+            h = read_header(image)
+            height, width = h.shape[:2]
+            label = np.zeros((height, width), dtype=np.uint8)
+            for shape in shapes:
+                if shape.get("shape_type", "polygon") != "polygon":
+                    continue  # rectangles are the detection boxes of the same tumours
+                name = class_name or (labels or {}).get(str(shape.get("label")))
+                if name is None:
+                    continue
+                points = np.asarray(shape.get("points", []), dtype=float).reshape(-1)
+                label[polygons_to_mask([points.tolist()], height, width)] = value[name]
+            png = _write_png(label, out / f"{path.stem}.png")
+            items.append(_item(dataset, path.stem, assign_split(path.stem), image, png, root, modality,
+                               labels={str(v): n for n, v in value.items()}, label_format="map"))
+    if not items:
+        raise InputError(f"{root}: no LabelMe JSON files in {listing([str(d) for d in ann_dirs])}")
+    return items
+
+
+# ------------------------------------------------------------------------------ pictures
+def convert_pictures(root: Path, *, work_dir: str | None = None, dataset: str | None = None,
+                     modality: str | None = None, class_name: str | None = None,
+                     mask_marker: str = "_lesion", check_geometry: bool = True,
+                     show_progress: bool = True) -> list[ManifestItem]:
+    """BMP / GIF / PPM(.gz) pairs: a mask's file name is its image's plus ``mask_marker``
+    before the ending (``IMD002_lesion.bmp`` for ``IMD002.bmp``, ``im0001.ah.ppm`` for
+    ``im0001.ppm``), anywhere below the root. Both are written as PNG."""
+    root = require_directory(root, "pictures")
+    out = _need_work_dir(work_dir, "pictures")
+    modality = check_modality(modality)
+    dataset = dataset or root.name
+    if not class_name:
+        raise ArgumentError("the masks carry no class name: give class_name")
+    endings = (".bmp", ".gif", ".ppm", ".ppm.gz", ".pgm", ".pgm.gz")
+
+    def split_name(p: Path):
+        lower = p.name.lower()
+        for ending in sorted(endings, key=len, reverse=True):
+            if lower.endswith(ending):
+                return p.name[: -len(ending)]
+        return None
+
+    files = [p for p in root.rglob("*") if p.is_file() and not is_hidden(p) and split_name(p) is not None]
+    stems: dict[str, Path] = {}
+    masks: dict[str, Path] = {}
+    for p in files:
+        stem = split_name(p)
+        if stem.endswith(mask_marker):
+            masks[stem[: -len(mask_marker)]] = p
+        elif stem not in stems:
+            stems[stem] = p
+    pairs = sorted((s, stems[s], masks[s]) for s in masks if s in stems)
+    if not pairs:
+        raise InputError(f"{root}: no picture pairs X{{.bmp,.gif,.ppm(.gz)}} + X{mask_marker}.* "
+                         f"(set mask_marker)")
+    items = []
+    for stem, image, mask in progress(pairs, "pictures", enabled=show_progress):
+        picture = _read_picture(image)
+        m = _grey(_read_picture(mask))
+        if picture.shape[:2] != m.shape:
+            raise InputError(f"{mask} is {m.shape} but {image} is {picture.shape[:2]}")
+        image_png = _write_png(picture.astype(np.uint8), out / f"{stem}.png")
+        mask_png = _write_png(((m > m.max() / 2) * 255).astype(np.uint8) if m.max() else
+                              np.zeros(m.shape, np.uint8), out / f"{stem}_mask.png")
+        items.append(_item(dataset, stem, assign_split(stem), image_png, mask_png, root, modality,
+                           labels={"1": class_name}))
+    return items
+
+
+CONVERTERS: dict[str, Callable[..., list[ManifestItem]]] = {
+    "pannuke": convert_pannuke, "drive": convert_drive, "glas": convert_glas, "hc18": convert_hc18,
+    "labelme": convert_labelme, "pictures": convert_pictures,
+}

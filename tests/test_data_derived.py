@@ -1,0 +1,177 @@
+"""Converters that write readable labels (medsam3.data.layouts.derived), each on a small
+replica of its dataset's own download layout: file names, nesting and label encoding."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from test_data_helpers import picture
+
+from medsam3.data import convert_dataset
+from medsam3.data.loading import load_item
+from medsam3.data.registry import get_dataset, prepare_dataset
+from medsam3.errors import ArgumentError, InputError
+
+
+def _save(path: Path, array: np.ndarray, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(array).save(path, **kw)
+    return path
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_pannuke_folds_of_npy_arrays(tmp_path):
+    root = tmp_path / "PanNuke"
+    rng = np.random.default_rng(0)
+    expected = {}
+    for fold, n in ((1, 2), (3, 1)):
+        images = rng.uniform(0, 255, (n, 16, 20, 3))  # float64, as released
+        masks = np.zeros((n, 16, 20, 6), dtype=np.float64)
+        masks[..., 5] = 1  # background channel
+        masks[:, 2:5, 3:7, 0] = 7  # a neoplastic nucleus, instance id 7
+        masks[:, 9:12, 10:15, 4] = 3  # an epithelial one
+        for arr, kind in ((images, "images"), (masks, "masks")):
+            path = root / f"Fold {fold}" / kind / f"fold{fold}" / f"{kind}.npy"
+            path.parent.mkdir(parents=True)
+            np.save(path, arr)
+        np.save(root / f"Fold {fold}" / "images" / f"fold{fold}" / "types.npy", np.array(["Breast"] * n))
+        expected[fold] = images
+    before = _tree(root)
+    manifest = prepare_dataset("pannuke", root, tmp_path / "pannuke.jsonl", progress=False)
+    assert [(it.case, it.split) for it in manifest] == [("fold1/00000", "train"), ("fold1/00001", "train"),
+                                                        ("fold3/00000", "test")]
+    item = manifest[0]
+    assert item.label_format == "map" and item.labels["1"] == "neoplastic cell nucleus" \
+        and item.labels["5"] == "epithelial cell nucleus" and item.rgb
+    label = load_item(manifest, item).label
+    assert set(np.unique(label)) == {0, 1, 5}
+    assert (label[2:5, 3:7] == 1).all() and (label[9:12, 10:15] == 5).all() and label.sum() == 12 + 5 * 15
+    written = PILImage.open(tmp_path / "pannuke-files" / "fold1" / "00000.png")
+    assert np.array_equal(np.asarray(written), expected[1][0].astype(np.uint8))
+    assert _tree(root) == before  # nothing written into the download
+
+
+def test_drive_tif_images_with_gif_manual_masks(tmp_path):
+    root = tmp_path / "DRIVE"
+    image, mask = picture(0, shape=(30, 28))
+    _save(root / "training" / "images" / "21_training.tif", image)
+    _save(root / "training" / "1st_manual" / "21_manual1.gif", mask)
+    _save(root / "training" / "mask" / "21_training_mask.gif", np.full((30, 28), 255, np.uint8))  # FOV
+    _save(root / "test" / "images" / "01_test.tif", image)
+    _save(root / "test" / "1st_manual" / "01_manual1.gif", mask)
+    _save(root / "test" / "images" / "02_test.tif", image)  # no manual mask in this copy: left out
+    manifest = prepare_dataset("drive", root, tmp_path / "drive.jsonl", progress=False)
+    assert [(it.case, it.split) for it in manifest] == [("test/01", "test"), ("training/21", "train")]
+    label = load_item(manifest, manifest[1]).label
+    assert np.array_equal(label.astype(bool), mask > 0) and manifest[1].image == "training/images/21_training.tif"
+
+
+def test_glas_bmp_images_with_instance_maps(tmp_path):
+    root = tmp_path / "Warwick QU Dataset (Released 2016_07_08)"
+    image, _ = picture(1, shape=(24, 32))
+    anno = np.zeros((24, 32), np.uint8)
+    anno[2:8, 2:10], anno[12:20, 15:30] = 1, 2  # two glands
+    for name in ("train_1", "testA_1", "testB_2"):
+        _save(root / f"{name}.bmp", image)
+        _save(root / f"{name}_anno.bmp", anno)
+    (root / "Grade.csv").write_text("name,grade\ntrain_1,benign\n")
+    manifest = prepare_dataset("glas", root, tmp_path / "glas.jsonl", progress=False)
+    by_case = {it.case: it for it in manifest}
+    assert {k: v.split for k, v in by_case.items()} == {"train_1": "train", "testA_1": "test", "testB_2": "test"}
+    item = by_case["train_1"]
+    assert item.instance_class == "gland" and item.labels == {}
+    loaded = load_item(manifest, item)
+    assert np.array_equal(loaded.instances, anno)  # the instance ids as drawn
+    assert sorted(np.bincount(loaded.instances.ravel())[1:].tolist()) == [48, 120]
+
+
+def test_hc18_outlines_are_filled(tmp_path):
+    root = tmp_path / "HC18" / "training_set"
+    h, w = 40, 50
+    yy, xx = np.mgrid[:h, :w]
+    r = ((yy - 20) / 12.0) ** 2 + ((xx - 25) / 18.0) ** 2
+    outline = ((r <= 1.0) & (r > 0.8)).astype(np.uint8) * 255  # a closed ellipse line
+    _save(root / "000_HC.png", (np.random.default_rng(0).uniform(0, 255, (h, w))).astype(np.uint8))
+    _save(root / "000_HC_Annotation.png", outline)
+    manifest = prepare_dataset("hc18", root.parent, tmp_path / "hc18.jsonl", progress=False)
+    label = load_item(manifest, manifest[0]).label
+    assert label[20, 25] == 1 and label[0, 0] == 0  # the inside is the head
+    assert label.sum() == int((r <= 1.0).sum())
+    broken = outline.copy()
+    broken[:, 25:] = 0  # half an ellipse: open
+    _save(root / "001_HC.png", np.zeros((h, w), np.uint8))
+    _save(root / "001_HC_Annotation.png", broken)
+    with pytest.raises(InputError, match="001_HC_Annotation.png: the head outline is not closed"):
+        prepare_dataset("hc18", root.parent, tmp_path / "again.jsonl", progress=False)
+
+
+def test_btxrd_labelme_polygons(tmp_path):
+    root = tmp_path / "BTXRD"
+    image, _ = picture(2, shape=(20, 24))
+    _save(root / "images" / "IMG000001.jpeg", image, quality=95)
+    _save(root / "images" / "IMG000002.jpeg", image, quality=95)  # a normal radiograph: no JSON
+    shapes = [{"label": "osteochondroma", "shape_type": "polygon",
+               "points": [[2, 3], [10, 3], [10, 9], [2, 9]]},
+              {"label": "osteochondroma", "shape_type": "rectangle", "points": [[0, 0], [20, 18]]}]
+    (root / "Annotations").mkdir()
+    (root / "Annotations" / "IMG000001.json").write_text(json.dumps(
+        {"version": "5.0.1", "shapes": shapes, "imagePath": "IMG000001.jpeg", "imageHeight": 20,
+         "imageWidth": 24}))
+    manifest = prepare_dataset("btxrd", root, tmp_path / "btxrd.jsonl", progress=False)
+    assert [it.case for it in manifest] == ["IMG000001"]
+    label = load_item(manifest, manifest[0]).label
+    assert label.sum() == 8 * 6 and label[3:9, 2:10].all()  # the polygon only, not the box
+    assert manifest[0].labels == {"1": "bone tumor"}
+    (root / "Annotations" / "IMG000003.json").write_text("{not json")
+    with pytest.raises(InputError, match="IMG000003.json: not a LabelMe file"):
+        prepare_dataset("btxrd", root, tmp_path / "b2.jsonl", progress=False)
+
+
+def test_ph2_case_folders_of_bmp(tmp_path):
+    base = tmp_path / "PH2Dataset" / "PH2 Dataset images"
+    image, mask = picture(3, shape=(22, 26))
+    for case in ("IMD002", "IMD003"):
+        _save(base / case / f"{case}_Dermoscopic_Image" / f"{case}.bmp", image)
+        _save(base / case / f"{case}_lesion" / f"{case}_lesion.bmp", mask)
+        _save(base / case / f"{case}_roi" / f"{case}_R1_Label4.bmp", mask)  # colour ROIs: not labels
+    manifest = prepare_dataset("ph2", tmp_path / "PH2Dataset", tmp_path / "ph2.jsonl", progress=False)
+    assert [it.case for it in manifest] == ["IMD002", "IMD003"]
+    assert np.array_equal(load_item(manifest, manifest[0]).label.astype(bool), mask > 0)
+
+
+def test_stare_gzipped_ppm_first_observer(tmp_path):
+    root = tmp_path / "STARE"
+    image, mask = picture(4, shape=(18, 20))
+    other = np.zeros_like(mask)
+
+    def ppm_gz(path: Path, array: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        PILImage.fromarray(array).save(buffer, format="PPM")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(buffer.getvalue()))
+
+    ppm_gz(root / "stare-images" / "im0001.ppm.gz", image)
+    ppm_gz(root / "labels-ah" / "im0001.ah.ppm.gz", np.stack([mask] * 3, -1))
+    ppm_gz(root / "labels-vk" / "im0001.vk.ppm.gz", np.stack([other] * 3, -1))
+    manifest = prepare_dataset("stare", root, tmp_path / "stare.jsonl", progress=False)
+    assert [it.case for it in manifest] == ["im0001"]
+    assert np.array_equal(load_item(manifest, manifest[0]).label.astype(bool), mask > 0)  # Hoover's
+
+
+def test_derived_layouts_need_a_place_to_write(tmp_path):
+    with pytest.raises(ArgumentError, match="work_dir"):
+        convert_dataset("drive", tmp_path, progress=False)
+    with pytest.raises(ArgumentError, match="-o FILE.jsonl"):
+        prepare_dataset("pannuke", tmp_path, None, progress=False)
+    with pytest.raises(InputError, match="no images.npy"):
+        convert_dataset("pannuke", tmp_path, work_dir=str(tmp_path / "w"), progress=False)
+    assert get_dataset("pannuke").ready and get_dataset("drive").ready and not get_dataset("btxrd").ready

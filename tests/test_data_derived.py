@@ -175,3 +175,57 @@ def test_derived_layouts_need_a_place_to_write(tmp_path):
     with pytest.raises(InputError, match="no images.npy"):
         convert_dataset("pannuke", tmp_path, work_dir=str(tmp_path / "w"), progress=False)
     assert get_dataset("pannuke").ready and get_dataset("drive").ready and not get_dataset("btxrd").ready
+
+
+def test_cholecseg8k_watershed_codes(tmp_path):
+    root = tmp_path / "CholecSeg8k"
+    frame = root / "video01" / "video01_00080"
+    image, _ = picture(5, shape=(20, 24))
+    codes = np.full((20, 24), 50, np.uint8)  # background
+    codes[2:8, 2:12] = 21  # liver
+    codes[10:16, 4:20] = 31  # grasper
+    codes[8, :] = 255  # a 1-pixel edge
+    codes[19, :] = 0  # unannotated
+    _save(frame / "frame_80_endo.png", image)
+    _save(frame / "frame_80_endo_watershed_mask.png", np.stack([codes] * 3, -1))  # grey codes in RGB
+    _save(frame / "frame_80_endo_mask.png", codes)  # the annotation mask: not read
+    _save(frame / "frame_80_endo_color_mask.png", image)
+    manifest = prepare_dataset("cholecseg8k", root, tmp_path / "c.jsonl", progress=False)
+    (item,) = list(manifest)
+    assert item.case == "video01" and item.id == "cholecseg8k/video01/video01_00080/frame_80"
+    assert item.labels["21"] == "liver" and item.labels["31"] == "grasper" and "50" not in item.labels
+    assert item.ignore_value == 255
+    label = load_item(manifest, item).label
+    assert (label[2:8, 2:12] == 21).all() and (label[10:16, 4:20] == 31).all()
+    assert (label[8] == 255).all() and (label[19] == 255).all()  # edges and gaps are ignored
+    codes[0, 0] = 77
+    _save(frame / "frame_81_endo.png", image)
+    _save(frame / "frame_81_endo_watershed_mask.png", np.stack([codes] * 3, -1))
+    with pytest.raises(InputError, match=r"grey values \[77\] are not CholecSeg8k codes"):
+        prepare_dataset("cholecseg8k", root, tmp_path / "c2.jsonl", progress=False)
+
+
+def test_monuseg_aperio_xml_instances(tmp_path):
+    root = tmp_path / "MoNuSeg"
+    image, _ = picture(6, shape=(30, 40))
+    name = "TCGA-18-5592-01Z-00-DX1"
+
+    def xml(regions) -> str:
+        body = "".join(f'<Region Id="{k}"><Vertices>' + "".join(f'<Vertex X="{x}" Y="{y}" Z="0"/>' for x, y in r)
+                       + "</Vertices></Region>" for k, r in enumerate(regions, 1))
+        return f'<Annotations><Annotation Id="1"><Regions>{body}</Regions></Annotation></Annotations>'
+
+    squares = [[(2, 3), (10, 3), (10, 9), (2, 9)], [(20, 10), (30, 10), (30, 20), (20, 20)]]
+    _save(root / "MoNuSeg 2018 Training Data" / "Tissue Images" / f"{name}.tif", image)
+    (root / "MoNuSeg 2018 Training Data" / "Annotations").mkdir(parents=True)
+    (root / "MoNuSeg 2018 Training Data" / "Annotations" / f"{name}.xml").write_text(xml(squares))
+    many = [[(x, y), (x + 1, y), (x + 1, y + 1), (x, y + 1)] for y in range(0, 30, 2) for x in range(0, 40, 2)]
+    _save(root / "MoNuSegTestData" / "TCGA-2Z-A9J9-01A-01-TS1.tif", image)
+    (root / "MoNuSegTestData" / "TCGA-2Z-A9J9-01A-01-TS1.xml").write_text(xml(many[:300]))
+    manifest = prepare_dataset("monuseg", root, tmp_path / "m.jsonl", progress=False)
+    by_case = {it.case: it for it in manifest}
+    assert {k: v.split for k, v in by_case.items()} == {name: "train", "TCGA-2Z-A9J9-01A-01-TS1": "test"}
+    train = load_item(manifest, by_case[name])
+    assert sorted(np.bincount(train.instances.ravel())[1:].tolist()) == [48, 100]
+    test = load_item(manifest, by_case["TCGA-2Z-A9J9-01A-01-TS1"])
+    assert test.instances.max() == 300  # more than 255 nuclei: 16-bit instance ids survive

@@ -42,6 +42,8 @@ LAYOUTS: dict[str, str] = {
     "hc18": "HC18: NNN_HC.png + NNN_HC_Annotation.png head outlines, filled (work_dir=)",
     "labelme": "LabelMe JSON per image: images/ + Annotations/ (BTXRD; work_dir=, class_name= or labels=)",
     "pictures": "BMP/GIF/PPM(.gz) pairs X.* + X<mask_marker>.* (PH2, STARE; work_dir=, class_name=)",
+    "cholecseg8k": "CholecSeg8k: videoNN/videoNN_F/frame_N_endo.png + _endo_watershed_mask.png (work_dir=)",
+    "monuseg": "MoNuSeg: Tissue Images/X.tif + Annotations/X.xml Aperio polygons (work_dir=)",
 }
 
 # Options every converter takes; the others are layout-specific.

@@ -209,13 +209,17 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
     _d("cholecseg8k", "CholecSeg8k", "train", "laparoscopic surgery video", "RGB", 2,
        ["abdominal wall", "liver", "gastrointestinal tract", "fat", "grasper", "connective tissue",
         "blood", "cystic duct", "electrocautery hook", "gallbladder", "hepatic vein", "liver ligament"],
-       None, licence="CC BY-NC-SA 4.0", source="https://www.kaggle.com/datasets/newslab/cholecseg8k",
+       "cholecseg8k", licence="CC BY-NC-SA 4.0", source="https://www.kaggle.com/datasets/newslab/cholecseg8k",
        citation="Hong W.-Y. et al., CholecSeg8k: A Semantic Segmentation Dataset for Laparoscopic "
                 "Cholecystectomy Based on Cholec80, arXiv:2012.12453 (2020)",
-       notes="8,080 frames of 17 Cholec80 videos, 13 classes (with black background); the "
-             "'_watershed_mask.png' files hold class codes: convert with --layout folder2d "
-             "--mask-suffix _endo_watershed_mask --labels '{code: name}' after checking the codes.",
-       uncertain=("licence",)),
+       notes="8,080 frames of 17 Cholec80 videos (videoNN/videoNN_FFFFF/frame_N_endo.png), 13 classes "
+             "with background; '_endo_watershed_mask.png' holds grey codes (50 background, 11 abdominal "
+             "wall, 21 liver, 13 GI tract, 12 fat, 31 grasper, 23 connective tissue, 24 blood, 25 cystic "
+             "duct, 32 L-hook electrocautery, 22 gallbladder, 33 hepatic vein, 5 liver ligament; 255 "
+             "edges and 0 unannotated pixels are ignored). Frames of one video share a split.",
+       uncertain=("licence",),
+       verified_from=("Kaggle page's code table as quoted by public CholecSeg8k loaders (e.g. "
+                      "watershed_to_class: '#505050' background ... '#050505' liver ligament)",)),
     _d("drive", "DRIVE (Digital Retinal Images for Vessel Extraction)", "train", "fundus photography",
        "RGB", 2, ["retinal blood vessel"], "drive",
        licence="research use after registration", source="https://drive.grand-challenge.org/",
@@ -274,12 +278,13 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
              "the CBIA (Masaryk University) simulated HL60 nuclei and granulocyte image sets.",
        uncertain=_UNKNOWN_ID),
     _d("monuseg", "MoNuSeg (Multi-Organ Nucleus Segmentation)", "train", "histopathology (H&E)", "RGB", 2,
-       ["cell nucleus"], None,
+       ["cell nucleus"], "monuseg",
        licence="CC BY-NC-SA 4.0", source="https://monuseg.grand-challenge.org/",
        citation="Kumar N. et al., A Dataset and a Technique for Generalized Nuclear Segmentation for "
                 "Computational Pathology, IEEE TMI 36(7):1550-1560 (2017)",
-       notes="1000x1000 TIFF tiles with nucleus outlines in Aperio XML: rasterise to instance maps "
-             "first, then --layout folder2d --class-name 'cell nucleus'.",
+       notes="1000x1000 TIFF tiles ('Tissue Images/X.tif') with nucleus outlines in Aperio XML "
+             "('Annotations/X.xml'; the test set keeps both in one folder): each region is rasterised "
+             "as one instance of 'cell nucleus'.",
        uncertain=("licence",)),
     _d("nucmm-z", "NucMM-Z (zebrafish EM nuclei)", "train", "electron microscopy", "OTHER", 3,
        ["cell nucleus"], None, source="https://nucmm.github.io/",

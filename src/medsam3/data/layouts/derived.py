@@ -17,6 +17,12 @@ original images where medsam3 reads them: TIFF, JPEG, PNG).
   ellipse line) -> the filled head as a mask.
 * ``labelme``: ``images/X.jpeg`` + ``Annotations/X.json`` (LabelMe shapes, BTXRD):
   polygons rasterised (COCO pixel convention), rectangles (detection boxes) left out.
+* ``cholecseg8k``: ``videoNN/videoNN_FFFFF/frame_N_endo.png`` with
+  ``frame_N_endo_watershed_mask.png`` (grey codes in RGB: 50 background, 11 abdominal wall,
+  21 liver, ...; 255 the 1-pixel edges and 0 unannotated pixels) -> one-channel label maps
+  keeping the codes, 0 and 255 both written as 255 (``ignore_value``).
+* ``monuseg``: ``Tissue Images/X.tif`` + ``Annotations/X.xml`` (Aperio XML, one polygon per
+  nucleus; the test set has both in one folder) -> instance maps (16-bit PNG).
 * ``pictures``: BMP / GIF / PPM(.gz) image and mask pairs matched by a mask marker in the
   name (``_lesion``, ``.ah``): PH2's case folders, STARE's ``imXXXX.ppm(.gz)`` +
   ``imXXXX.ah.ppm(.gz)``.
@@ -71,10 +77,7 @@ def _write_png(array: np.ndarray, path: Path) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
-        if array.dtype == np.uint16:
-            PILImage.fromarray(array.astype(np.int32), mode="I").save(tmp, format="PNG")
-        else:
-            PILImage.fromarray(array).save(tmp, format="PNG")
+        PILImage.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")  # uint16 -> 16-bit PNG
     return path
 
 
@@ -365,7 +368,102 @@ def convert_pictures(root: Path, *, work_dir: str | None = None, dataset: str | 
     return items
 
 
+# --------------------------------------------------------------------------- CholecSeg8k
+#: Watershed-mask grey codes -> classes (the dataset's Kaggle page; 50 is background).
+CHOLECSEG8K_CODES = {11: "abdominal wall", 21: "liver", 13: "gastrointestinal tract", 12: "fat", 31: "grasper",
+                     23: "connective tissue", 24: "blood", 25: "cystic duct", 32: "electrocautery hook",
+                     22: "gallbladder", 33: "hepatic vein", 5: "liver ligament"}
+_UNANNOTATED = 255
+
+
+def convert_cholecseg8k(root: Path, *, work_dir: str | None = None, dataset: str | None = None,
+                        modality: str | None = None, check_geometry: bool = True,
+                        show_progress: bool = True) -> list[ManifestItem]:
+    """CholecSeg8k's watershed masks as one-channel label maps (see the module docstring);
+    each video is one case, so a video's frames share a split."""
+    root = require_directory(root, "CholecSeg8k")
+    out = _need_work_dir(work_dir, "cholecseg8k")
+    modality = check_modality(modality) or "RGB"
+    dataset = dataset or "cholecseg8k"
+    masks = sorted(p for p in root.rglob("*_endo_watershed_mask.png") if not is_hidden(p))
+    if not masks:
+        raise InputError(f"{root}: no '*_endo_watershed_mask.png' (CholecSeg8k: videoNN/videoNN_FFFFF/"
+                         "frame_N_endo_watershed_mask.png)")
+    labels = {str(code): name for code, name in CHOLECSEG8K_CODES.items()}
+    items = []
+    for mask in progress(masks, "CholecSeg8k", enabled=show_progress):
+        image = mask.with_name(mask.name.replace("_endo_watershed_mask.png", "_endo.png"))
+        if not image.exists():
+            raise InputError(f"{mask}: no frame {image.name} beside it")
+        codes = _read_picture(mask)
+        codes = codes[..., 0] if codes.ndim == 3 else codes  # grey codes: R = G = B
+        unknown = sorted(set(np.unique(codes).tolist()) - set(CHOLECSEG8K_CODES) - {0, 50, 255})
+        if unknown:
+            raise InputError(f"{mask}: grey values {unknown} are not CholecSeg8k codes "
+                             f"(50 background, {', '.join(str(c) for c in CHOLECSEG8K_CODES)}, 0/255 unannotated)")
+        label = codes.astype(np.uint8).copy()
+        label[codes == 0] = _UNANNOTATED
+        _check_size(image, label.shape, str(mask))
+        rel = mask.relative_to(root)
+        key = rel.with_name(mask.name.replace("_endo_watershed_mask.png", "")).as_posix()
+        png = _write_png(label, out / rel.with_name(mask.name.replace(".png", "_labels.png")))
+        video = rel.parts[0]
+        item = _item(dataset, key, assign_split(video), image, png, root, modality, labels=labels,
+                     label_format="map")
+        item.case, item.ignore_value = video, _UNANNOTATED
+        items.append(item)
+    return items
+
+
+# ------------------------------------------------------------------------------- MoNuSeg
+def _aperio_polygons(path: Path) -> list[np.ndarray]:
+    import xml.etree.ElementTree as ET
+
+    try:
+        tree = ET.parse(path)
+    except ET.ParseError as exc:
+        raise InputError(f"{path}: not an Aperio XML file ({exc})") from None
+    polygons = []
+    for region in tree.iter("Region"):
+        points = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
+        if len(points) >= 3:
+            polygons.append(np.asarray(points))
+    return polygons
+
+
+def convert_monuseg(root: Path, *, work_dir: str | None = None, dataset: str | None = None,
+                    modality: str | None = None, class_name: str = "cell nucleus", check_geometry: bool = True,
+                    show_progress: bool = True) -> list[ManifestItem]:
+    """MoNuSeg: every Aperio XML region one nucleus instance (later regions drawn over earlier)."""
+    from medsam3.data.layouts.coco import polygons_to_mask
+
+    root = require_directory(root, "MoNuSeg")
+    out = _need_work_dir(work_dir, "monuseg")
+    modality = check_modality(modality) or "RGB"
+    dataset = dataset or "monuseg"
+    xmls = sorted(p for p in root.rglob("*.xml") if not is_hidden(p))
+    if not xmls:
+        raise InputError(f"{root}: no Aperio .xml annotations (MoNuSeg: Annotations/X.xml)")
+    items = []
+    for xml in progress(xmls, "MoNuSeg", enabled=show_progress):
+        places = [xml.with_suffix(".tif"), xml.parent.parent / "Tissue Images" / f"{xml.stem}.tif"]
+        image = next((p for p in places if p.exists()), None)
+        if image is None:
+            raise InputError(f"{xml}: no image {xml.stem}.tif beside it or in ../Tissue Images/")
+        h = read_header(image)
+        height, width = h.shape[:2]
+        instances = np.zeros((height, width), dtype=np.uint16)
+        for k, polygon in enumerate(_aperio_polygons(xml), start=1):
+            instances[polygons_to_mask([polygon.reshape(-1).tolist()], height, width)] = k
+        png = _write_png(instances, out / f"{xml.stem}_instances.png")
+        split = "test" if "test" in xml.relative_to(root).as_posix().lower() else "train"
+        items.append(_item(dataset, xml.stem, split, image, png, root, modality,
+                           instance_class=class_name, label_format="map"))
+    return items
+
+
 CONVERTERS: dict[str, Callable[..., list[ManifestItem]]] = {
     "pannuke": convert_pannuke, "drive": convert_drive, "glas": convert_glas, "hc18": convert_hc18,
-    "labelme": convert_labelme, "pictures": convert_pictures,
+    "labelme": convert_labelme, "pictures": convert_pictures, "cholecseg8k": convert_cholecseg8k,
+    "monuseg": convert_monuseg,
 }

@@ -192,3 +192,11 @@ def test_a_training_run_merges_its_mix_and_draws_by_its_weights(manifests, tmp_p
     keys = [k[0] for k in trainer.train_set.group_keys(("dataset",))]
     weights = np.asarray(trainer.sampler.weights, dtype=float)
     assert weights[[k == "kvasir-seg" for k in keys]].sum() == pytest.approx(0.9)
+
+
+def test_docs_registry_table_is_current():
+    """docs/datasets.md carries the registry table as registry_table() writes it."""
+    from medsam3.data.registry import registry_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text(encoding="utf-8")
+    assert registry_table() in doc

@@ -621,3 +621,14 @@ def _under(subdir: str, path):
     if isinstance(path, list):
         return [_under(subdir, p) for p in path]
     return f"{Path(subdir).as_posix()}/{path}"
+
+
+def registry_table() -> str:
+    """The registry as a Markdown table (docs/datasets.md holds this text; a test keeps it current)."""
+    rows = ["| name | role | dim | modality | converter | ready | paper prompts | unverified |",
+            "|---|---|---|---|---|---|---|---|"]
+    for d in REGISTRY_LIST:
+        prompts = "; ".join(f"{c} → {p}" for c, p in d.prompts) or "–"
+        rows.append(f"| {d.name} | {d.role} | {d.dim}D | {d.modality} | {d.layout or '–'} | "
+                    f"{'yes' if d.ready else 'no'} | {prompts} | {', '.join(d.uncertain) or '–'} |")
+    return "\n".join(rows)

@@ -68,8 +68,8 @@ def test_get_dataset_and_unpreparable_sets(tmp_path):
         get_dataset("kvasir")
     with pytest.raises(ArgumentError, match="unknown dataset 'imagenet'"):
         get_dataset("imagenet")
-    with pytest.raises(ArgumentError, match="GIF"):
-        prepare_dataset("drive", tmp_path)
+    with pytest.raises(ArgumentError, match="contour point lists"):
+        prepare_dataset("papila", tmp_path)
     with pytest.raises(ArgumentError, match="--root"):
         prepare_dataset("kvasir-seg", None)
 

@@ -229,3 +229,47 @@ def test_monuseg_aperio_xml_instances(tmp_path):
     assert sorted(np.bincount(train.instances.ravel())[1:].tolist()) == [48, 100]
     test = load_item(manifest, by_case["TCGA-2Z-A9J9-01A-01-TS1"])
     assert test.instances.max() == 300  # more than 255 nuclei: 16-bit instance ids survive
+
+
+def test_urocell_one_item_per_class_mask(tmp_path):
+    from test_data_helpers import write_volume
+
+    root = tmp_path / "UroCell"
+    rng = np.random.default_rng(0)
+    spacing = (0.016, 0.016, 0.015)  # um-scale voxels as stored; any consistent geometry works
+    for case in ("fib1-0-0-0", "fib1-1-0-3"):
+        write_volume(root / "data" / f"{case}.nii.gz", rng.integers(0, 255, (6, 8, 10)).astype(np.uint8),
+                     spacing=spacing)
+    masks = {}
+    for folder, k in (("mito", 1), ("lyso", 2), ("fv", 3)):
+        m = np.zeros((6, 8, 10), np.uint8)
+        m[k:k + 2, 1:4, 2:6] = 1
+        masks[folder] = m
+        write_volume(root / folder / "binary" / "fib1-0-0-0.nii.gz", m, spacing=spacing)
+        write_volume(root / folder / "instance" / "fib1-0-0-0.nii.gz", m * 7, spacing=spacing)  # not read
+    write_volume(root / "mito" / "fib1-1-0-3.nii.gz", masks["mito"], spacing=spacing)  # the older layout
+    write_volume(root / "golgi" / "approximate" / "fib1-1-0-3.nii.gz", masks["fv"], spacing=spacing)
+    manifest = prepare_dataset("urocell", root, tmp_path / "u.jsonl", progress=False)
+    assert [it.id for it in manifest] == ["urocell/fib1-0-0-0/mito", "urocell/fib1-0-0-0/lyso",
+                                          "urocell/fib1-0-0-0/fv", "urocell/fib1-1-0-3/mito"]
+    assert {it.case for it in manifest} == {"fib1-0-0-0", "fib1-1-0-3"} and manifest[0].dim == 3
+    lyso = load_item(manifest, manifest[1]).label
+    assert manifest[1].labels == {"1": "endolysosome"} and int(lyso.sum()) == int(masks["lyso"].sum())
+    write_volume(root / "lyso" / "binary" / "fib1-1-0-3.nii.gz", np.zeros((6, 8, 9), np.uint8), spacing=spacing)
+    with pytest.raises(InputError, match="shape"):
+        prepare_dataset("urocell", root, tmp_path / "u2.jsonl", progress=False)
+
+
+def test_ravir_grey_value_masks(tmp_path):
+    root = tmp_path / "RAVIR Dataset" / "train"
+    image = np.random.default_rng(1).integers(0, 255, (24, 24)).astype(np.uint8)
+    mask = np.zeros((24, 24), np.uint8)
+    mask[2:6, :] = 128  # artery
+    mask[10:13, :] = 255  # vein
+    _save(root / "training_images" / "IR_Case_011.png", image)
+    _save(root / "training_masks" / "IR_Case_011.png", mask)
+    manifest = prepare_dataset("ravir", tmp_path / "RAVIR Dataset", tmp_path / "r.jsonl", progress=False)
+    (item,) = list(manifest)
+    assert item.labels == {"128": "retinal artery", "255": "retinal vein"}
+    label = load_item(manifest, item).label
+    assert (label[2:6] == 128).all() and (label[10:13] == 255).all() and (label[6:10] == 0).all()

@@ -320,14 +320,18 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        notes="1,537 frames from 6 centres: data_Cn/images_Cn + masks_Cn ('_mask.jpg').",
        uncertain=("licence", "source")),
     _d("ravir", "RAVIR (Retinal Arteries and Veins in Infrared Reflectance)", "train",
-       "infrared reflectance retina (SLO)", "OTHER", 2, ["retinal artery", "retinal vein"], None,
-       source="https://ravir.grand-challenge.org/",
+       "infrared reflectance retina (SLO)", "OTHER", 2, ["retinal artery", "retinal vein"], "folder2d",
+       [{"labels": {"128": "retinal artery", "255": "retinal vein"}}],
+       licence="CC BY-NC-SA 4.0", source="https://ravir.grand-challenge.org/",
        citation="Hatamizadeh A. et al., RAVIR: A Dataset and Methodology for the Semantic Segmentation "
                 "and Quantitative Analysis of Retinal Arteries and Veins in Infrared Reflectance "
                 "Imaging, IEEE JBHI 26(7) (2022)",
-       notes="Masks hold two grey values for artery and vein; check which is which, then "
-             "--layout folder2d --labels '{\"VALUE\": \"retinal artery\", ...}'.",
-       uncertain=("licence",)),
+       notes="768 x 768 infrared SLO images IR_Case_NNN.png (12.5 um pixels) with masks of the same "
+             "name: artery 128, vein 255 (the challenge page names 256 for veins, which an 8-bit PNG "
+             "cannot hold); training_images/ + training_masks/.",
+       uncertain=("conversions",),
+       doubts="the folder names and the vein value 255 are read from challenge pages and public "
+              "loaders, not from the download itself: check one mask's values"),
     _d("segthy", "SegThy (thyroid 3D ultrasound and MRI)", "train", "thyroid ultrasound", "US", 3,
        ["thyroid gland", "carotid artery", "jugular vein"], None,
        source="https://www.cs.cit.tum.de/camp/publications/segthy-dataset/",
@@ -343,13 +347,16 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        citation="Ultrasound Nerve Segmentation (Kaggle, 2016)",
        notes="5,635 training TIFFs with 'X_mask.tif' beside them; ~60 % of the masks are empty."),
     _d("urocell", "UroCell", "train", "FIB-SEM electron microscopy", "OTHER", 3,
-       ["mitochondrion", "endolysosome", "fusiform vesicle"], None,
-       source="https://github.com/MancaZerovnikMekuc/UroCell",
+       ["mitochondrion", "endolysosome", "fusiform vesicle"], "urocell",
+       licence="CC BY-NC-SA 4.0", source="https://github.com/MancaZerovnikMekuc/UroCell",
        citation="Zerovnik Mekuc M. et al., Automatic segmentation of mitochondria and endolysosomes "
                 "in volumetric electron microscopy data, Computers in Biology and Medicine "
                 "119:103693 (2020)",
-       notes="Five 256^3 FIB-SEM volumes of urothelial cells with per-organelle label files.",
-       uncertain=("licence", "layout")),
+       notes="256^3 FIB-SEM sub-volumes (data/<case>.nii.gz, ~16 x 16 x 15 nm voxels) with one binary "
+             "mask file per class and case (mito/, lyso/, fv/ with binary/<case>.nii.gz); each mask is "
+             "one item, so a class not annotated in a case is not taken as absent. Golgi (approximate "
+             "outlines) is not read.",
+       verified_from=("github.com/MancaZerovnikMekuc/UroCell: README.md and its file tree",)),
     _d("m2caiseg", "m2caiSeg", "train", "laparoscopic surgery", "RGB", 2,
        ["grasper", "bipolar forceps", "electrocautery hook", "scissors", "clipper", "irrigator",
         "specimen bag", "trocar", "clip", "liver", "gallbladder", "fat", "abdominal wall", "artery",

@@ -98,6 +98,7 @@ def test_bad_mixes_are_refused(manifests, tmp_path):
     with pytest.raises(ArgumentError, match="NAME=MANIFEST"):
         parse_source(str(busi))
     assert parse_source(f"busi={busi}@2.5").weight == 2.5 and parse_source(f"busi={busi}").weight == "size"
+    assert parse_source("busi=/data/a@b/busi.jsonl@size").manifest == "/data/a@b/busi.jsonl"
 
 
 def test_data_merge_cli(manifests, tmp_path, capsys):
@@ -113,6 +114,10 @@ def test_data_merge_cli(manifests, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("medsam3: error:") and "missing.jsonl" in err and err.count("\n") == 0
     assert not bad.exists()
+    before = Path(busi).read_bytes()
+    assert main(["data", "merge", "-o", str(busi), "--add", f"busi={busi}", "--add", f"kvasir-seg={kvasir}"]) == 2
+    assert "is one of the manifests being merged" in capsys.readouterr().err
+    assert Path(busi).read_bytes() == before  # an input is never overwritten
 
 
 def _mix_config(tmp_path, busi, kvasir) -> Path:

@@ -26,7 +26,7 @@ import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -92,7 +92,7 @@ def parse_source(text: str) -> MixSource:
         raise ArgumentError(f"--add {text!r} must be NAME=MANIFEST or NAME=MANIFEST@WEIGHT, "
                             "e.g. --add busi=data/busi.jsonl@2")
     name, rest = text.split("=", 1)
-    manifest, weight = (rest.rsplit("@", 1) + [SIZE])[:2] if "@" in rest else (rest, SIZE)
+    manifest, _, weight = rest.rpartition("@") if "@" in rest else (rest, "", SIZE)
     return MixSource(name.strip(), manifest.strip(), _weight(weight.strip(), f"--add {text!r}"))
 
 
@@ -268,9 +268,6 @@ def describe_mix(mix: Mix, split: str = "train") -> str:
     return "\n".join(lines)
 
 
-def sources_summary(sources: Iterable[MixSource]) -> list[dict[str, Any]]:
-    return [{"dataset": s.dataset, "manifest": s.manifest, "weight": s.weight} for s in sources]
-
 
 def mix_from_config(mix_config, split: str = "train") -> Mix:
     """The :class:`Mix` of a training config's ``mix:`` section (:class:`medsam3.train.config.MixConfig`)."""
@@ -327,6 +324,9 @@ def run_merge(args) -> int:
         raise ArgumentError("give the datasets with --add NAME=MANIFEST[@WEIGHT] or --mix YAML")
     if not str(args.output).endswith(".jsonl"):
         raise ArgumentError(f"--output {args.output} must end in .jsonl (JSON Lines)")
+    inputs = {Path(s.manifest).resolve() for s in sources}
+    if Path(args.output).resolve() in inputs:  # never overwrite an input
+        raise ArgumentError(f"--output {args.output} is one of the manifests being merged; write elsewhere")
     mix = build_mix(sources, prompts or "paper", args.split)
     path = write_mix(mix, args.output)
     print(describe_mix(mix, args.split))

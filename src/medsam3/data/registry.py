@@ -96,14 +96,9 @@ class DatasetInfo:
 
 
 def _d(name, title, role, modality, image_modality, dim, classes, layout=None, conversions=(),
-       prompts=None, verified_from=(), **kw) -> DatasetInfo:
-    prompts = dict(prompts or {})
-    unknown = sorted(set(prompts) - set(classes))
-    if unknown:  # a prompt for a class the entry does not list would never apply
-        raise ValueError(f"registry entry {name}: prompts for unlisted classes {unknown}")
+       verified_from=(), **kw) -> DatasetInfo:
     return DatasetInfo(name, title, role, modality, image_modality, dim, tuple(classes), layout,
-                       tuple(conversions), prompts=tuple(prompts.items()),
-                       verified_from=tuple(verified_from), **kw)
+                       tuple(conversions), verified_from=tuple(verified_from), **kw)
 
 
 _UNKNOWN_ID = ("title", "modality", "classes", "licence", "source", "citation")
@@ -477,7 +472,8 @@ _PAPER_RUN: dict[str, tuple[str, dict[str, str]]] = {
     "fetoplac": ("FetoPlac", {"placental vessel": "Placental Vessel"}),
     "glas": ("GlaS@MICCAI'2015", {"gland": "Gland"}),
     "isic-2018": ("ISIC_2018", {"skin lesion": "Skin Lesion"}),
-    "intraretinal-cystoid-fluid": ("Intraretinal_Cystoid_Fluid", {"intraretinal cystoid fluid": "Cystoid Macular Edema"}),
+    "intraretinal-cystoid-fluid": ("Intraretinal_Cystoid_Fluid",
+                                   {"intraretinal cystoid fluid": "Cystoid Macular Edema"}),
     "kvasir-seg": ("Kvasir-SEG", {"polyp": "Polyp"}),
     "mmdb": ("MMDB", {"cell": "Cell"}),
     "mucic-colon-tissue": ("MUCIC_Colon_Tissue", {"cell": "cell"}),
@@ -490,7 +486,8 @@ _PAPER_RUN: dict[str, tuple[str, dict[str, str]]] = {
                                                "connective tissue cell nucleus", "dead cell nucleus",
                                                "epithelial cell nucleus")}),
     "polypgen": ("PolypGen", {"polyp": "polyp"}),
-    "ravir": ("RAVIR Dataset", {"retinal artery": "retinal artery and vein", "retinal vein": "retinal artery and vein"}),
+    "ravir": ("RAVIR Dataset", {"retinal artery": "retinal artery and vein",
+                                "retinal vein": "retinal artery and vein"}),
     "segthy": ("SegThy", {"thyroid gland": "thyroid nodule"}),
     "us-nerve": ("US-Nerve", {"brachial plexus nerve": "nerve"}),
     "urocell": ("UroCell", {c: "cell organelle" for c in ("mitochondrion", "endolysosome", "fusiform vesicle")}),

@@ -113,9 +113,8 @@ def activation_bytes(config, image_size: int, rows: int, checkpointing: bool) ->
         t_att = t if i in (vision.global_attn_indexes or []) else window
         layers.append(t * w * 34 + 5 * heads * t * t_att)
     vit = (vision.num_hidden_layers * 2 * t * w + max(layers)) if checkpointing else sum(layers)
-    d_model = getattr(detr.detr_encoder_config, "hidden_size", 256) if hasattr(detr, "detr_encoder_config") else 256
-    enc_layers = getattr(getattr(detr, "detr_encoder_config", None), "num_layers", 6) or 6
-    dec_layers = getattr(getattr(detr, "detr_decoder_config", None), "num_layers", 6) or 6
+    d_model = detr.detr_encoder_config.hidden_size
+    enc_layers, dec_layers = detr.detr_encoder_config.num_layers, detr.detr_decoder_config.num_layers
     fusion = (enc_layers + dec_layers) * t * d_model * 34
     mask_head = 10 * (4 * grid) ** 2 * d_model * 2
     per_row = fusion + mask_head

@@ -189,7 +189,8 @@ class MixConfig:
     data list``) or any name; W a number > 0 (the dataset's share of the draws is W / sum W)
     or ``size`` (its number of training items: every item equally often, as the paper's run).
     ``prompts``: ``paper`` renames classes to the paper's prompts (registry), ``as-is`` keeps
-    the manifests' names. With a mix, its weights replace ``data.balanced``.
+    the manifests' names. With a mix, its weights replace ``data.balanced`` (detector runs;
+    a tracker run reads the merged manifest but draws its clips as without a mix).
     """
 
     datasets: dict[str, Any] | None = None

@@ -540,9 +540,6 @@ class Trainer:
         from medsam3.train.batch import EpochIndexedDataset, RowCollator, StreamBatchSampler
 
         d, acc = self.cfg.data, self.accelerator
-        if self.target == "tracker":
-            self._build_clip_data()
-            return
         mix = None
         if self.cfg.mix.datasets:  # merge the per-dataset manifests into data.manifest (medsam3.data.mix)
             from medsam3.data.mix import mix_from_config, mix_sampling_weights, write_mix
@@ -551,11 +548,15 @@ class Trainer:
             if acc.is_main_process:
                 write_mix(mix, d.manifest)
             acc.wait_for_everyone()
+        if self.target == "tracker":
+            self._build_clip_data()
+            return
         self.train_set = self._dataset(d.train_split, train=True)
         weights = None
         if mix is not None:  # the mix's dataset shares replace the modality/dataset balance
             datasets = [key[0] for key in self.train_set.group_keys(("dataset",))]
-            weights = torch.as_tensor(mix_sampling_weights(datasets, mix.weights), dtype=torch.float64)
+            shares = {k: w for k, w in mix.weights.items() if not d.datasets or k in d.datasets}
+            weights = torch.as_tensor(mix_sampling_weights(datasets, shares), dtype=torch.float64)
         elif d.balanced:
             weights = torch.as_tensor(balanced_weights(self.train_set.group_keys(), d.modality_weights),
                                       dtype=torch.float64)

@@ -205,3 +205,22 @@ def test_docs_registry_table_is_current():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text(encoding="utf-8")
     assert registry_table() in doc
+
+
+def test_dry_run_of_a_plain_manifest_and_a_lora_run(manifests, tmp_path):
+    from medsam3.model.configs import build_config
+    from medsam3.train.config import config_from_dict
+    from medsam3.train.dryrun import dry_run, estimate_memory
+
+    busi, _ = manifests
+    cfg = config_from_dict({"model": "random:tiny", "output_dir": str(tmp_path / "run"),
+                            "data": {"manifest": str(busi)}, "train": {"max_steps": 8}})
+    text = dry_run(cfg, processes=1)
+    assert f"data: {busi}: 1 dataset(s), 4 items in 'train'; sampling: balanced by modality, then dataset" in text
+    assert "8 optimizer steps x batch 1 x 1 process(es) = 8 images = 2.00 epochs of 4 training items" in text
+    assert "configuration random:tiny" in text
+    full = estimate_memory(cfg, build_config("tiny"))
+    cfg.train.mode = "lora"
+    lora = estimate_memory(cfg, build_config("tiny"))
+    assert lora.parameters == full.parameters and 0 < lora.trainable < full.trainable
+    assert lora.optimizer == 8 * lora.trainable and lora.weights == full.weights

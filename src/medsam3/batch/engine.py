@@ -145,7 +145,7 @@ def segment_many(inputs, out_dir, prompts=(), *, jobs=None, extension: str = ".n
     try:
         for (case, output, digest), (read, read_seconds) in zip(todo, reader, strict=True):
             bar.set_postfix_str(case.name[-40:])
-            result = _run_case(case, read, read_seconds, output, digest, base, loaded, overlays)
+            result = _run_case(case, read, read_seconds, output, digest, base, loaded, overlays, share)
             results.append(result)
             if result.status == "failed":
                 bar.write(f"medsam3: case {case.name} failed: {result.reason}", file=sys.stderr)
@@ -258,7 +258,7 @@ class _Reader:
 
 
 def _run_case(case: Case, read, read_seconds: float, output: Path, digest: str, base: dict, model,
-              overlays: bool) -> CaseResult:
+              overlays: bool, share: Share) -> CaseResult:
     """Segment one read case and write its outputs; a failure becomes the row's reason."""
     from medsam3.segmentation import segment
 
@@ -274,7 +274,7 @@ def _run_case(case: Case, read, read_seconds: float, output: Path, digest: str, 
         overlay = output.with_name(output.name[: -len(_suffix(output))] + "_overlay.png") if overlays else None
         seg = segment(read, output, model=model, progress=False, overlay=overlay, **kwargs)
         row.seconds = read_seconds + time.perf_counter() - start
-        _record(seg.output or output, case, digest, row.seconds)
+        _record(seg.output or output, case, digest, row.seconds, share)
         row.status, row.output = "ok", str(seg.output or output)
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -297,14 +297,15 @@ def _suffix(output: Path) -> str:
     return image_extension(output) or output.suffix
 
 
-def _record(output: Path, case: Case, digest: str, seconds: float) -> None:
+def _record(output: Path, case: Case, digest: str, seconds: float, share: Share) -> None:
     """Add the case's name, settings hash and time to its sidecar (atomically): the sidecar
     then says which settings made the output, and resuming compares against it."""
     from medsam3.io import atomic_output, sidecar_path
 
     sidecar = sidecar_path(output)
     content = json.loads(sidecar.read_text(encoding="utf-8"))
-    content["batch"] = {"case": case.name, "settings_hash": digest, "seconds": round(seconds, 3)}
+    content["batch"] = {"case": case.name, "settings_hash": digest, "seconds": round(seconds, 3),
+                        "part": [share.index, share.count]}
     with atomic_output(sidecar) as tmp:
         tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 

@@ -119,6 +119,12 @@ def test_text_list_and_manifest_and_jobs(tmp_path):
         find_cases(listing)
 
 
+def test_python_api_is_medsam3_segment_many():
+    import medsam3
+
+    assert medsam3.segment_many is segment_many
+
+
 def test_shares_are_a_deterministic_partition():
     items = list(range(23))
     taken = []

@@ -106,7 +106,7 @@ def _folder_cases(root: Path, exclude: Path | None) -> list[Case]:
             fmt = format_for_extension(path)
             if fmt is DICOM or (fmt is None and looks_like_dicom(path)):
                 dicom[here].append(path)
-            elif fmt is not None and fmt.readable and name.lower().endswith(fmt.extensions):
+            elif fmt is not None and fmt.readable:
                 files.append(path)
     cases = [Case(_name(p, root), p) for p in files]
     for directory, members in sorted(dicom.items()):

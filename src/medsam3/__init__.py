@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "segment": "medsam3.segmentation",
     "Segmentation": "medsam3.segmentation",
+    "segment_many": "medsam3.batch",
     "MedSAM3": "medsam3.model.loader",
     "ImagePredictor": "medsam3.predict.image",
     "TextPrompt": "medsam3.predict.image",

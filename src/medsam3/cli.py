@@ -115,6 +115,9 @@ def _add_segment(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="text prompts run together through the detector")
     p.add_argument("--overlay", default=None, metavar="PNG", help="also write an overlay picture")
     p.add_argument("--json", action="store_true", help="print the per-prompt results as JSON")
+    from medsam3.batch.cli import add_batch_arguments  # -i FOLDER|LIST|MANIFEST -o OUTDIR
+
+    add_batch_arguments(p)
     p.set_defaults(func=_run_segment, points=None, point_labels=None, exemplars=None, exemplar_labels=None)
 
 
@@ -129,6 +132,10 @@ def _run_segment(args) -> int:
             raise ArgumentError(f"--window {args.window!r} is neither a preset nor LEVEL,WIDTH") from None
     else:
         window = args.window
+    from medsam3.batch.cli import is_batch, run_batch
+
+    if is_batch(args):  # many cases, one model load: medsam3.batch
+        return run_batch(args, window)
     seg = segment(args.input, args.output, args.prompts, box=args.box, points=args.points,
                   point_labels=args.point_labels, exemplars=args.exemplars, exemplar_labels=args.exemplar_labels,
                   slice_index=args.slice_index, model=args.model, device=args.device, dtype=args.dtype,

@@ -292,7 +292,9 @@ def _load_rules() -> dict:
     return json.loads((Path(__file__).resolve().parent / "data" / "vocabulary.json").read_text())
 
 
-_RULES = _load_rules()
+#: The contents of ``medsam3/data/vocabulary.json`` (rules and model presets).
+RULES = _load_rules()
+_RULES = RULES
 # Word-by-word rewrites before matching: British -> American spelling, irregular plurals.
 _SPELLING: dict[str, str] = _RULES["spellings"]
 _IRREGULAR_PLURALS: dict[str, str] = _RULES["plurals"]
@@ -348,8 +350,12 @@ def clean_text(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _word_forms(words: Iterable[str], known: set[str], steps: list[str] | None = None) -> list[str]:
-    """Spelling variants and plurals -> the vocabulary's forms; ``steps`` collects which applied."""
+def _word_forms(words: Iterable[str], known: set[str], steps: list[str] | None = None,
+                eager: bool = False) -> list[str]:
+    """Spelling variants and plurals -> the vocabulary's forms; ``steps`` collects which applied.
+
+    A plural that is itself a word of the vocabulary ("lungs", "veins") is kept unless ``eager``.
+    """
     out = []
     for w in words:
         if w in _SPELLING:
@@ -358,7 +364,7 @@ def _word_forms(words: Iterable[str], known: set[str], steps: list[str] | None =
         singular = w
         if w in _IRREGULAR_PLURALS:
             singular = _IRREGULAR_PLURALS[w]
-        elif w not in known:
+        elif eager or w not in known:
             if w.endswith("ies") and w[:-3] + "y" in known:
                 singular = w[:-3] + "y"
             elif w.endswith("es") and w[:-2] in known:
@@ -478,7 +484,10 @@ class Vocabulary:
             steps.append("case/punctuation")
         capitals = {w.lower() for w in re.split(r"[^A-Za-z0-9]+", typed) if len(w) >= 2 and w.isupper()}
         words = _word_forms(cleaned.split(), self._words, steps)
+        eager = _word_forms(cleaned.split(), self._words, eager=True)  # "hepatic veins" -> "hepatic vein"
         splits = self._side_splits(words)
+        if eager != words:
+            splits += [(side, rest, side_steps + ["plural"]) for side, rest, side_steps in self._side_splits(eager)]
         for expand in (False, True):
             for side, rest, side_steps in splits:
                 more: list[str] = []
@@ -490,7 +499,7 @@ class Vocabulary:
                 concept = self._phrases.get(key)
                 if concept is None:
                     continue
-                found = steps + side_steps + more
+                found = list(dict.fromkeys(steps + side_steps + more))
                 if side is not None and not concept.lateral:  # "left liver": the liver has no sides
                     found[found.index("side qualifier")] = "side ignored"
                     side = None

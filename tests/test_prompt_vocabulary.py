@@ -24,7 +24,8 @@ SAM3 = ModelVocabulary.from_info({}, "facebook/sam3")
 MEDSAM3 = ModelVocabulary.from_info({"vocabulary": "medical-sam3"}, "models/medsam3-2d")
 DEMO = ModelVocabulary.from_info(read_model_info(DEMO_DIRECTORY), "demo")
 
-# typed, sent, concept, side, a step the rule must name
+# typed, sent, concept, side, a step the rule must name (the rule ends in "canonical" when the
+# concept's own name is sent, "normalised" when a synonym is sent in normalised form)
 OPEN_VOCABULARY = [
     # adjectives -> the organ's noun
     ("renal", "kidney", "kidney", None, "adjective"),
@@ -36,7 +37,7 @@ OPEN_VOCABULARY = [
     ("cerebellar", "cerebellum", "cerebellum", None, "adjective"),
     ("splenic", "spleen", "spleen", None, "adjective"),
     ("pancreatic", "pancreas", "pancreas", None, "adjective"),
-    ("cardiac", "heart", "heart", None, "synonym"),
+    ("cardiac", "heart", "heart", None, "adjective"),
     ("cerebral", "brain", "brain", None, "adjective"),
     ("gastric", "stomach", "stomach", None, "adjective"),
     ("aortic", "aorta", "aorta", None, "adjective"),
@@ -51,7 +52,7 @@ OPEN_VOCABULARY = [
     ("hippocampi", "hippocampus", "hippocampus", None, "plural"),
     ("Hippocampi", "hippocampus", "hippocampus", None, "plural"),
     ("vertebrae", "vertebra", "vertebra", None, "plural"),
-    ("nuclei", "cell nucleus", "cell nucleus", None, "plural"),
+    ("nuclei", "nucleus", "cell nucleus", None, "plural"),
     ("cell nuclei", "cell nucleus", "cell nucleus", None, "plural"),
     ("mitochondria", "mitochondrion", "mitochondrion", None, "plural"),
     ("kidneys", "kidney", "kidney", None, "plural"),
@@ -59,9 +60,9 @@ OPEN_VOCABULARY = [
     ("thalami", "thalamus", "thalamus", None, "plural"),
     ("caudate nuclei", "caudate nucleus", "caudate nucleus", None, "plural"),
     ("precentral gyri", "precentral gyrus", "precentral gyrus", None, "plural"),
-    ("retinal vessels", "retinal blood vessel", "retinal blood vessel", None, "plural"),
+    ("retinal vessels", "retinal vessel", "retinal blood vessel", None, "plural"),
     ("thyroid nodules", "thyroid nodule", "thyroid nodule", None, "plural"),
-    ("pulmonary nodules", "lung nodule", "lung nodule", None, "plural"),
+    ("pulmonary nodules", "pulmonary nodule", "lung nodule", None, "plural"),
     ("hepatic veins", "hepatic vein", "hepatic vein", None, "plural"),
     ("Skin lesions", "skin lesion", "skin lesion", None, "plural"),
     ("non-neoplastic polyps", "non-neoplastic polyp", "non-neoplastic polyp", None, "plural"),
@@ -73,15 +74,15 @@ OPEN_VOCABULARY = [
     ("liver tumours", "liver tumor", "liver tumor", None, "spelling"),
     ("oesophagus", "esophagus", "esophagus", None, "spelling"),
     ("haemorrhage", "hemorrhage", "hemorrhage", None, "spelling"),
-    ("intracranial haemorrhage", "hemorrhage", "hemorrhage", None, "spelling"),
-    ("oedema", "peritumoral edema", "peritumoral edema", None, "spelling"),
+    ("intracranial haemorrhage", "intracranial hemorrhage", "hemorrhage", None, "spelling"),
+    ("oedema", "edema", "peritumoral edema", None, "spelling"),
     ("foetal head", "fetal head", "fetal head", None, "spelling"),
     ("grey matter", "gray matter", "gray matter", None, "spelling"),
-    ("naevus", "skin lesion", "skin lesion", None, "spelling"),
+    ("naevus", "nevus", "skin lesion", None, "spelling"),
     ("enhancing tumour", "enhancing tumor", "enhancing tumor", None, "spelling"),
     ("bone tumour", "bone tumor", "bone tumor", None, "spelling"),
-    ("renal tumour", "kidney tumor", "kidney tumor", None, "spelling"),
-    ("hepatic tumour", "liver tumor", "liver tumor", None, "spelling"),
+    ("renal tumour", "renal tumor", "kidney tumor", None, "spelling"),
+    ("hepatic tumour", "hepatic tumor", "liver tumor", None, "spelling"),
     ("pancreatic tumour", "pancreatic tumor", "pancreatic tumor", None, "spelling"),
     # abbreviations
     ("LV", "left ventricle", "left ventricle", None, "abbreviation"),
@@ -99,8 +100,8 @@ OPEN_VOCABULARY = [
     ("PA", "pulmonary artery", "pulmonary artery", None, "abbreviation"),
     ("Ao", "aorta", "aorta", None, "abbreviation"),
     ("GB", "gallbladder", "gallbladder", None, "abbreviation"),
-    ("WMH", "brain lesion", "brain lesion", None, "abbreviation"),
-    ("ICH", "hemorrhage", "hemorrhage", None, "abbreviation"),
+    ("WMH", "white matter hyperintensity", "brain lesion", None, "abbreviation"),
+    ("ICH", "intracranial hemorrhage", "hemorrhage", None, "abbreviation"),
     # left/right stay qualifiers of the concept
     ("left kidney", "left kidney", "kidney", "left", "as typed"),
     ("Left Kidney", "left kidney", "kidney", "left", "side qualifier"),
@@ -127,13 +128,17 @@ OPEN_VOCABULARY = [
     ("spleen;", "spleen", "spleen", None, "case/punctuation"),
     ("'pancreas'", "pancreas", "pancreas", None, "case/punctuation"),
     ("liver", "liver", "liver", None, "as typed"),
-    # names as they stand win over adjective rewriting; synonyms
+    # names as they stand win over adjective rewriting; a synonym is kept (normalised), its
+    # concept recorded: the concept may be narrower than what was meant
+    ("nodules", "nodule", "lung nodule", None, "normalised"),
+    ("ventricles", "ventricle", "lateral ventricle", None, "normalised"),
+    ("Coronary Arteries", "coronary artery", "coronary artery", None, "canonical"),
     ("hepatic vein", "hepatic vein", "hepatic vein", None, "as typed"),
     ("pulmonary artery", "pulmonary artery", "pulmonary artery", None, "as typed"),
-    ("renal cyst", "kidney cyst", "kidney cyst", None, "synonym"),
-    ("Gall bladder", "gallbladder", "gallbladder", None, "synonym"),
-    ("brachial plexus", "brachial plexus nerve", "brachial plexus nerve", None, "synonym"),
-    ("optic disk", "optic disc", "optic disc", None, "synonym"),
+    ("renal cyst", "renal cyst", "kidney cyst", None, "as typed"),
+    ("Gall bladder", "gall bladder", "gallbladder", None, "synonym"),
+    ("brachial plexus", "brachial plexus", "brachial plexus nerve", None, "as typed"),
+    ("optic disk", "optic disk", "optic disc", None, "as typed"),
 ]
 
 # typed, sent, a step the rule must name

@@ -16,7 +16,9 @@ differs is what the model was trained on. A model declares that in its ``medsam3
   prompt, with a note.
 * neither (``facebook/sam3``, any model without a list): open vocabulary. Text naming a
   concept is sent as the canonical noun phrase ("renal" -> "kidney", "Hippocampi" ->
-  "hippocampus", "left renal" -> "left kidney").
+  "hippocampus", "left renal" -> "left kidney"); a synonym is normalised but kept, since the
+  concept it belongs to may be narrower than what was meant ("nodules" -> "nodule", not
+  "lung nodule"; rule ``... + normalised``).
 
 Text that names no concept (unknown words, or a sentence that merely mentions one) is sent as
 typed (whitespace tidied) with a note and an :class:`~medsam3.prompts.UnknownConceptWarning`.
@@ -45,8 +47,8 @@ class PromptRecord:
         sent: the text the model receives; ``None`` when it is not run (outside a closed
             model's concepts: answered absent).
         rule: why, as ``" + "``-joined steps (see :attr:`medsam3.prompts.ResolvedPrompt.steps`)
-            ending in what was sent: ``canonical``, ``model prompt``, ``as typed``,
-            ``unmapped``, ``outside the model's concepts``.
+            ending in what was sent: ``canonical``, ``normalised`` (a synonym in normalised
+            form), ``model prompt``, ``as typed``, ``unmapped``, ``outside the model's concepts``.
         concept: the vocabulary concept the text names (``None``: none).
         side: ``"left"``, ``"right"`` or ``None``.
         note: a sentence for people, when something deserves one.
@@ -148,9 +150,13 @@ class ModelVocabulary:
             return PromptRecord(text, named.prompt, _rule(steps + ["canonical"]), *_concept(named),
                                 note=f"{named.prompt!r} is not among the prompts {self._who()} was trained on; "
                                      "the vocabulary's canonical prompt is sent")
-        if named.prompt == typed:
+        # open vocabulary: the typed words in the vocabulary's forms; a synonym is not swapped for
+        # the concept's name, which may be narrower than what was meant ("nodule" vs "lung nodule")
+        sent = named.named
+        if sent == typed:
             return PromptRecord(text, typed, "as typed", *_concept(named))
-        return PromptRecord(text, named.prompt, _rule(steps + ["canonical"]), *_concept(named))
+        return PromptRecord(text, sent, _rule(steps + ["canonical" if sent == named.prompt else "normalised"]),
+                            *_concept(named))
 
     def _closed(self, text: str, typed: str) -> PromptRecord:
         # the same decision as MedSAM3.knows: the concept (or, for unknown text, the text) is listed

@@ -104,7 +104,7 @@ CONCEPTS: tuple[Concept, ...] = (
     # --- chest
     _c("lung", "lung lobe", lateral=True, group="chest"),
     _c("lungs", "both lungs", "lung fields", "lung field", group="chest"),
-    _c("heart", "cardiac", group="chest"),
+    _c("heart", group="chest"),  # "cardiac": an adjective (data/vocabulary.json)
     _c("left ventricle", "lv", "lv blood pool", "left ventricular cavity", group="chest"),
     _c("right ventricle", "rv", "right ventricular cavity", group="chest"),
     _c("left atrium", "la", group="chest"),
@@ -124,7 +124,7 @@ CONCEPTS: tuple[Concept, ...] = (
     _c("brachial plexus nerve", "brachial plexus", group="neck"),
     # --- lesions and findings
     _c("liver tumor", "liver lesion", "liver cancer", "hepatic tumor", "hepatic lesion",
-       "liver tumors", group="lesion"),
+       group="lesion"),
     _c("kidney tumor", "renal tumor", "kidney cancer", "renal mass", "kidney lesion",
        group="lesion"),
     _c("kidney cyst", "renal cyst", group="lesion"),
@@ -328,6 +328,7 @@ class ResolvedPrompt:
             ``spelling``, ``plural``, ``side qualifier``, ``both sides``, ``side ignored`` (a
             side given for a concept without sides), ``abbreviation``, ``adjective``,
             ``synonym``; ``sentence`` for a concept found inside a longer text.
+        form: see :attr:`named`.
     """
 
     text: str
@@ -336,6 +337,13 @@ class ResolvedPrompt:
     side: str | None
     exact: bool
     steps: tuple[str, ...] = ()
+    form: str | None = None
+
+    @property
+    def named(self) -> str:
+        """The text's own words in the vocabulary's forms: the canonical prompt, except that a
+        synonym stays itself ("pulmonary nodules" -> "pulmonary nodule", not "lung nodule")."""
+        return self.form or self.prompt
 
     @property
     def known(self) -> bool:
@@ -503,11 +511,16 @@ class Vocabulary:
                 if side is not None and not concept.lateral:  # "left liver": the liver has no sides
                     found[found.index("side qualifier")] = "side ignored"
                     side = None
+                named = key
                 if not expand and key in _ABBREVIATIONS:
                     _note(found, "abbreviation")
-                elif key != self._key(concept.name):
+                    named = self._key(_ABBREVIATIONS[key])
+                if named != self._key(concept.name):
                     _note(found, "synonym")
-                return ResolvedPrompt(text, concept.prompt(side), concept, side, True, tuple(found))
+                    form = f"{side} {named}" if side else named
+                else:
+                    form = concept.prompt(side)
+                return ResolvedPrompt(text, concept.prompt(side), concept, side, True, tuple(found), form)
         return None
 
     @staticmethod

@@ -12,6 +12,10 @@ and prediction must agree on one short noun phrase per concept, the way SAM3 was
   variants (tumour/tumor, oesophagus/esophagus), plurals and free sentences (the words of
   a synonym found anywhere in the text) all map to the vocabulary; text that matches no
   concept is kept as typed (cleaned) with an :class:`UnknownConceptWarning`;
+* :meth:`Vocabulary.match`: the concept a text *names*, with the steps that got there
+  (plural, spelling, adjective "renal" -> kidney, abbreviation "IVC", side qualifier, synonym);
+  the word rules live in ``medsam3/data/vocabulary.json`` (what each model then receives:
+  :mod:`medsam3.prompt_mapping`);
 * :func:`prompt_variants`: the surface forms of a class ("left kidney", "kidney, left",
   "kidney (left)", "left renal", synonyms) that training samples draw from;
 * :func:`check_prompt_length`: SAM3's CLIP text encoder reads 32 tokens including its
@@ -145,7 +149,7 @@ CONCEPTS: tuple[Concept, ...] = (
     _c("covid-19 infection", "covid 19 infection", "covid infection",
        "lung infection", "ground glass opacity", group="lesion"),
     _c("pneumothorax", group="lesion"),
-    _c("tumor", "neoplasm", "tumor mass", group="lesion"),
+    _c("tumor", "neoplasm", group="lesion"),
     _c("hemorrhage", "intracranial hemorrhage", "brain hemorrhage", "hematoma", group="lesion"),
     _c("gross tumor volume", "gtv", group="lesion"),
     _c("clinical target volume", "ctv", group="lesion"),
@@ -294,15 +298,14 @@ def _load_rules() -> dict:
 
 #: The contents of ``medsam3/data/vocabulary.json`` (rules and model presets).
 RULES = _load_rules()
-_RULES = RULES
 # Word-by-word rewrites before matching: British -> American spelling, irregular plurals.
-_SPELLING: dict[str, str] = _RULES["spellings"]
-_IRREGULAR_PLURALS: dict[str, str] = _RULES["plurals"]
+_SPELLING: dict[str, str] = RULES["spellings"]
+_IRREGULAR_PLURALS: dict[str, str] = RULES["plurals"]
 # Tried only when the text names no concept as it stands ("hepatic vein" is a concept of its
 # own; "hepatic" alone means the liver): adjective -> noun, abbreviation -> full name.
-_ADJECTIVES: dict[str, str] = _RULES["adjectives"]
-_ABBREVIATIONS: dict[str, str] = _RULES["abbreviations"]
-_BOTH_SIDES = tuple(tuple(p.split()) for p in _RULES["both_sides"])
+_ADJECTIVES: dict[str, str] = RULES["adjectives"]
+_ABBREVIATIONS: dict[str, str] = RULES["abbreviations"]
+_BOTH_SIDES = tuple(tuple(p.split()) for p in RULES["both_sides"])
 _SIDE_WORDS = {"left": "left", "l": "left", "lt": "left", "right": "right", "r": "right",
                "rt": "right", "sinister": "left", "dexter": "right"}
 # Words that carry no meaning for matching a sentence to a concept.

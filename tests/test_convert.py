@@ -433,3 +433,25 @@ def test_cli_convert_prints_detection_and_summary(tiny, tmp_path, capsys):
     assert (tmp_path / "notes" / "keep.txt").exists()
     assert main(["convert", "-i", str(tmp_path / "absent.pt"), "-o", str(out)]) == 2
     assert "absent.pt not found" in capsys.readouterr().err
+
+
+def test_cli_convert_writes_the_prompt_vocabulary(tiny, tmp_path, capsys):
+    """``--vocabulary medical-sam3``: medsam3.json says so, and typed text then reaches the
+    converted model as Medical SAM3's own prompts; an unknown name is refused before anything
+    is written."""
+    from medsam3.cli import main
+    from medsam3.model import MedSAM3
+    from medsam3.prompt_mapping import map_prompts
+
+    out = tmp_path / "medsam3-2d"
+    assert main(["convert", "-i", str(tiny["sam3.pt"]), "-o", str(out), "--kind", "image",
+                 "--vocabulary", "medical-sam3"]) == 0
+    assert "prompt vocabulary medical-sam3" in capsys.readouterr().out
+    assert json.loads((out / "medsam3.json").read_text()) == {"vocabulary": "medical-sam3"}
+    sent, _ = map_prompts(["kidneys", "polyps"], MedSAM3.from_pretrained(out, device="cpu"))
+    assert sent == ["Kidney", "Polyp"]
+    assert main(["convert", "-i", str(tiny["sam3.pt"]), "-o", str(tmp_path / "x"), "--vocabulary", "sam9"]) == 2
+    assert "--vocabulary 'sam9' is not a known vocabulary; accepted: medical-sam3, none" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert convert_cli._vocabulary(None, "ChongCong/Medical-SAM3:checkpoint_3D.pt") == "medical-sam3"
+    assert convert_cli._vocabulary(None, "sam3.pt") is None and convert_cli._vocabulary("none", "x") is None

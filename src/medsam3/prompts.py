@@ -12,6 +12,10 @@ and prediction must agree on one short noun phrase per concept, the way SAM3 was
   variants (tumour/tumor, oesophagus/esophagus), plurals and free sentences (the words of
   a synonym found anywhere in the text) all map to the vocabulary; text that matches no
   concept is kept as typed (cleaned) with an :class:`UnknownConceptWarning`;
+* :meth:`Vocabulary.match`: the concept a text *names*, with the steps that got there
+  (plural, spelling, adjective "renal" -> kidney, abbreviation "IVC", side qualifier, synonym);
+  the word rules live in ``medsam3/data/vocabulary.json`` (what each model then receives:
+  :mod:`medsam3.prompt_mapping`);
 * :func:`prompt_variants`: the surface forms of a class ("left kidney", "kidney, left",
   "kidney (left)", "left renal", synonyms) that training samples draw from;
 * :func:`check_prompt_length`: SAM3's CLIP text encoder reads 32 tokens including its
@@ -92,6 +96,7 @@ CONCEPTS: tuple[Concept, ...] = (
     _c("uterus", group="abdomen"),
     _c("aorta", "abdominal aorta", group="vessel"),
     _c("inferior vena cava", "ivc", "vena cava", group="vessel"),
+    _c("superior vena cava", "svc", group="vessel"),
     _c("portal vein and splenic vein", "portal vein", "splenic vein", group="vessel"),
     _c("hepatic vessel", "hepatic vessels", "liver vessel", group="vessel"),
     _c("hepatic vein", group="vessel"),
@@ -103,7 +108,7 @@ CONCEPTS: tuple[Concept, ...] = (
     # --- chest
     _c("lung", "lung lobe", lateral=True, group="chest"),
     _c("lungs", "both lungs", "lung fields", "lung field", group="chest"),
-    _c("heart", "cardiac", group="chest"),
+    _c("heart", group="chest"),  # "cardiac": an adjective (data/vocabulary.json)
     _c("left ventricle", "lv", "lv blood pool", "left ventricular cavity", group="chest"),
     _c("right ventricle", "rv", "right ventricular cavity", group="chest"),
     _c("left atrium", "la", group="chest"),
@@ -123,7 +128,7 @@ CONCEPTS: tuple[Concept, ...] = (
     _c("brachial plexus nerve", "brachial plexus", group="neck"),
     # --- lesions and findings
     _c("liver tumor", "liver lesion", "liver cancer", "hepatic tumor", "hepatic lesion",
-       "liver tumors", group="lesion"),
+       group="lesion"),
     _c("kidney tumor", "renal tumor", "kidney cancer", "renal mass", "kidney lesion",
        group="lesion"),
     _c("kidney cyst", "renal cyst", group="lesion"),
@@ -144,6 +149,11 @@ CONCEPTS: tuple[Concept, ...] = (
     _c("covid-19 infection", "covid 19 infection", "covid infection",
        "lung infection", "ground glass opacity", group="lesion"),
     _c("pneumothorax", group="lesion"),
+    _c("tumor", "neoplasm", group="lesion"),
+    _c("hemorrhage", "intracranial hemorrhage", "brain hemorrhage", "hematoma", group="lesion"),
+    _c("gross tumor volume", "gtv", group="lesion"),
+    _c("clinical target volume", "ctv", group="lesion"),
+    _c("planning target volume", "ptv", group="lesion"),
     _c("pleural effusion", group="lesion"),
     _c("stenosis", "coronary stenosis", group="lesion"),
     _c("bone tumor", "bone lesion", "bone tumour", group="lesion"),
@@ -278,14 +288,24 @@ CONCEPTS: tuple[Concept, ...] = (
     _c("vermis lobule 10", "vermis 10", group="brain"),
 )
 
-# Spelling variants mapped word by word before matching.
-_SPELLING = {
-    "tumour": "tumor", "tumours": "tumors", "oesophagus": "esophagus", "foetal": "fetal",
-    "oedema": "edema", "haemorrhage": "hemorrhage", "grey": "gray", "centre": "center",
-    "naevus": "nevus",
-}
-_IRREGULAR_PLURALS = {"nuclei": "nucleus", "vertebrae": "vertebra", "mitochondria":
-                      "mitochondrion", "vesicles": "vesicle", "lysosomes": "lysosome"}
+def _load_rules() -> dict:
+    """The surface-form rules of ``medsam3/data/vocabulary.json`` (see docs/prompts.md)."""
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(__file__).resolve().parent / "data" / "vocabulary.json").read_text())
+
+
+#: The contents of ``medsam3/data/vocabulary.json`` (rules and model presets).
+RULES = _load_rules()
+# Word-by-word rewrites before matching: British -> American spelling, irregular plurals.
+_SPELLING: dict[str, str] = RULES["spellings"]
+_IRREGULAR_PLURALS: dict[str, str] = RULES["plurals"]
+# Tried only when the text names no concept as it stands ("hepatic vein" is a concept of its
+# own; "hepatic" alone means the liver): adjective -> noun, abbreviation -> full name.
+_ADJECTIVES: dict[str, str] = RULES["adjectives"]
+_ABBREVIATIONS: dict[str, str] = RULES["abbreviations"]
+_BOTH_SIDES = tuple(tuple(p.split()) for p in RULES["both_sides"])
 _SIDE_WORDS = {"left": "left", "l": "left", "lt": "left", "right": "right", "r": "right",
                "rt": "right", "sinister": "left", "dexter": "right"}
 # Words that carry no meaning for matching a sentence to a concept.
@@ -307,6 +327,11 @@ class ResolvedPrompt:
         side: ``"left"``, ``"right"`` or ``None``.
         exact: the text named the concept directly (a name or synonym, with or without a
             side), not a sentence that merely contains it.
+        steps: how the text was brought onto the vocabulary, in order: ``case/punctuation``,
+            ``spelling``, ``plural``, ``side qualifier``, ``both sides``, ``side ignored`` (a
+            side given for a concept without sides), ``abbreviation``, ``adjective``,
+            ``synonym``; ``sentence`` for a concept found inside a longer text.
+        form: see :attr:`named`.
     """
 
     text: str
@@ -314,6 +339,14 @@ class ResolvedPrompt:
     concept: Concept | None
     side: str | None
     exact: bool
+    steps: tuple[str, ...] = ()
+    form: str | None = None
+
+    @property
+    def named(self) -> str:
+        """The text's own words in the vocabulary's forms: the canonical prompt, except that a
+        synonym stays itself ("pulmonary nodules" -> "pulmonary nodule", not "lung nodule")."""
+        return self.form or self.prompt
 
     @property
     def known(self) -> bool:
@@ -328,20 +361,56 @@ def clean_text(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _word_forms(words: Iterable[str], known: set[str]) -> list[str]:
+def _word_forms(words: Iterable[str], known: set[str], steps: list[str] | None = None,
+                eager: bool = False) -> list[str]:
+    """Spelling variants and plurals -> the vocabulary's forms; ``steps`` collects which applied.
+
+    A plural that is itself a word of the vocabulary ("lungs", "veins") is kept unless ``eager``.
+    """
     out = []
     for w in words:
-        w = _SPELLING.get(w, w)
+        if w in _SPELLING:
+            w = _SPELLING[w]
+            _note(steps, "spelling")
+        singular = w
         if w in _IRREGULAR_PLURALS:
-            w = _IRREGULAR_PLURALS[w]
-        elif w not in known:
+            singular = _IRREGULAR_PLURALS[w]
+        elif eager or w not in known:
             if w.endswith("ies") and w[:-3] + "y" in known:
-                w = w[:-3] + "y"
+                singular = w[:-3] + "y"
             elif w.endswith("es") and w[:-2] in known:
-                w = w[:-2]
+                singular = w[:-2]
             elif w.endswith("s") and w[:-1] in known:
-                w = w[:-1]
-        out.append(w)
+                singular = w[:-1]
+        if singular != w:
+            _note(steps, "plural")
+        out.append(singular)
+    return out
+
+
+def _note(steps: list[str] | None, step: str) -> None:
+    if steps is not None and step not in steps:
+        steps.append(step)
+
+
+def _expand(words: list[str], capitals: set[str], steps: list[str]) -> list[str]:
+    """Abbreviations and adjectives -> the concept's words ("svc" -> "superior vena cava",
+    "renal" -> "kidney"). A word inside a longer text counts as an abbreviation only when it
+    was typed in capitals ("la" is also a word)."""
+    key = " ".join(words)
+    if key in _ABBREVIATIONS:
+        steps.append("abbreviation")
+        return _ABBREVIATIONS[key].split()
+    out: list[str] = []
+    for w in words:
+        if w in _ABBREVIATIONS and w in capitals:
+            out.extend(_ABBREVIATIONS[w].split())
+            _note(steps, "abbreviation")
+        elif w in _ADJECTIVES:
+            out.append(_ADJECTIVES[w])
+            _note(steps, "adjective")
+        else:
+            out.append(w)
     return out
 
 
@@ -383,40 +452,95 @@ class Vocabulary:
     def resolve(self, text: str, warn: bool = True) -> ResolvedPrompt:
         """Map a class name, prompt or sentence onto the vocabulary.
 
-        Order: the whole text as a name or synonym; then with a side word removed from
-        either end ("left kidney", "Kidney_L", "kidney, right", "R kidney"); then the
-        concept whose name or synonym has the most words all present in the text
-        (free sentences such as "CT imaging of the spleen within the abdomen"), taking
-        the side from "left"/"right" in the text when the concept is lateral.
-        Unknown text comes back as its cleaned form with ``concept=None`` and, when
-        ``warn``, an :class:`UnknownConceptWarning`.
+        First the concept the text names (:meth:`match`: names, synonyms, side qualifiers,
+        spellings, plurals, abbreviations, adjectives); then the concept whose name or
+        synonym has the most words all present in the text (free sentences such as "CT
+        imaging of the spleen within the abdomen"), taking the side from "left"/"right" in
+        the text when the concept is lateral. Unknown text comes back as its cleaned form
+        with ``concept=None`` and, when ``warn``, an :class:`UnknownConceptWarning`.
         """
-        words = _word_forms(clean_text(text).split(), self._words)
-        if not words:
+        cleaned = " ".join(clean_text(text).split())
+        if not cleaned:
             raise ArgumentError(f"empty prompt {text!r}: give a structure's name, e.g. 'liver'")
-        key = " ".join(words)
-        if key in self._phrases:
-            concept = self._phrases[key]
-            return ResolvedPrompt(text, concept.prompt(), concept, None, True)
-        for side_at in (0, -1):
-            side = _SIDE_WORDS.get(words[side_at])
-            rest = words[1:] if side_at == 0 else words[:-1]
-            if side and rest:
-                concept = self._phrases.get(" ".join(rest))
-                if concept is not None:
-                    side = side if concept.lateral else None
-                    return ResolvedPrompt(text, concept.prompt(side), concept, side, True)
+        named = self.match(text)
+        if named is not None:
+            return named
+        words = _word_forms(cleaned.split(), self._words)
         match = self._best_contained(words)
         if match is not None:
             side = None
             if match.lateral:
                 sides = {_SIDE_WORDS[w] for w in words if w in ("left", "right")}
                 side = sides.pop() if len(sides) == 1 else None
-            return ResolvedPrompt(text, match.prompt(side), match, side, False)
-        cleaned = " ".join(clean_text(text).split())
+            return ResolvedPrompt(text, match.prompt(side), match, side, False, ("sentence",))
         if warn:
             _warn_unknown(cleaned)
         return ResolvedPrompt(text, cleaned, None, None, False)
+
+    def match(self, text: str) -> ResolvedPrompt | None:
+        """The concept a text names, or ``None`` when it names none (a sentence, unknown text).
+
+        Tried in this order, each time on the whole text, then without a side qualifier at
+        its start or end ("left kidney", "Kidney_L", "kidney, right", "R kidney", "left-sided
+        kidney") and without "both"/"bilateral": the text as it stands (case, punctuation,
+        spelling and plurals normalised: "Tumours" -> "tumor", "hippocampi" -> "hippocampus";
+        names and synonyms: "left ventricle" is a concept, not the left of a ventricle); then
+        with abbreviations ("IVC"; a word inside a longer text only when typed in capitals)
+        and adjectives ("renal" -> "kidney") replaced by the concept's noun.
+        """
+        typed = " ".join(str(text).split())
+        cleaned = clean_text(text)
+        steps: list[str] = []
+        if cleaned != typed:
+            steps.append("case/punctuation")
+        capitals = {w.lower() for w in re.split(r"[^A-Za-z0-9]+", typed) if len(w) >= 2 and w.isupper()}
+        words = _word_forms(cleaned.split(), self._words, steps)
+        eager = _word_forms(cleaned.split(), self._words, eager=True)  # "hepatic veins" -> "hepatic vein"
+        splits = self._side_splits(words)
+        if eager != words:
+            splits += [(side, rest, side_steps + ["plural"]) for side, rest, side_steps in self._side_splits(eager)]
+        for expand in (False, True):
+            for side, rest, side_steps in splits:
+                more: list[str] = []
+                if expand:
+                    rest = _expand(rest, capitals, more)
+                    if not more:
+                        continue
+                key = " ".join(rest)
+                concept = self._phrases.get(key)
+                if concept is None:
+                    continue
+                found = list(dict.fromkeys(steps + side_steps + more))
+                if side is not None and not concept.lateral:  # "left liver": the liver has no sides
+                    found[found.index("side qualifier")] = "side ignored"
+                    side = None
+                named = key
+                if not expand and key in _ABBREVIATIONS:
+                    _note(found, "abbreviation")
+                    named = self._key(_ABBREVIATIONS[key])
+                if named != self._key(concept.name):
+                    _note(found, "synonym")
+                    form = f"{side} {named}" if side else named
+                else:
+                    form = concept.prompt(side)
+                return ResolvedPrompt(text, concept.prompt(side), concept, side, True, tuple(found), form)
+        return None
+
+    @staticmethod
+    def _side_splits(words: list[str]) -> list[tuple[str | None, list[str], list[str]]]:
+        """``(side, the other words, steps)``: the whole text, then without a side qualifier."""
+        splits: list[tuple[str | None, list[str], list[str]]] = [(None, words, [])]
+        if len(words) < 2:
+            return splits
+        if words[0] in _SIDE_WORDS:
+            rest = words[2:] if words[1] == "sided" and len(words) > 2 else words[1:]
+            splits.append((_SIDE_WORDS[words[0]], rest, ["side qualifier"]))
+        if words[-1] in _SIDE_WORDS:
+            splits.append((_SIDE_WORDS[words[-1]], words[:-1], ["side qualifier"]))
+        for both in _BOTH_SIDES:
+            if tuple(words[:len(both)]) == both and len(words) > len(both):
+                splits.append((None, words[len(both):], ["both sides"]))
+        return splits
 
     def _best_contained(self, words: list[str]) -> Concept | None:
         present = set(words)

@@ -121,6 +121,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
     from medsam3.io import dicom_label_format, read_image, write_label_map
     from medsam3.io.dicom_derived import source_series
     from medsam3.preprocess import normalize_intensity
+    from medsam3.prompt_mapping import map_prompts
 
     if isinstance(prompts, str):  # one prompt, not one per letter
         prompts = [prompts]
@@ -152,9 +153,11 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
     loaded = load_model(model, device=device, dtype=dtype)
     predictor = ImagePredictor(loaded, score_threshold=threshold, presence_threshold=presence_threshold,
                                mask_threshold=mask_threshold, batch_size=batch_size)
+    sent, prompt_records = map_prompts(prompts, loaded)  # the model's own text for each prompt, and why
+    sent = dict(zip(prompts, sent))
     unknown = _unknown_prompts(loaded, prompts)
     run = [p for p in prompts if p not in unknown]  # what the model is asked, in order
-    text_prompts = [TextPrompt(_model_text(loaded, p), [list(b) for b in exemplars or []],
+    text_prompts = [TextPrompt(sent[p], [list(b) for b in exemplars or []],
                                list(exemplar_labels or [])) for p in run]
     names = prompts + ([("box" if box is not None else "points")] if interactive else [])
 
@@ -197,6 +200,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         "labels": {str(k): name for k, name in enumerate(names, start=1)},
         "absent": absent,
         "unknown_to_model": unknown,
+        "prompts": prompt_records,  # typed, sent, rule (medsam3.prompt_mapping)
         "scores": {r.prompt: round(float(r.presence_score), 6) for r in results},
         "model": loaded.source,
         "input": str(image.path) if image.path else None,
@@ -266,17 +270,6 @@ def _unknown_prompts(model: MedSAM3, prompts: Sequence[str]) -> list[str]:
                       f"({', '.join(model.concepts or [])}): answered absent, not guessed", UnknownConceptWarning,
                       stacklevel=3)
     return unknown
-
-
-def _model_text(model: MedSAM3, prompt: str) -> str:
-    """The text the model sees: a model with a concept list was trained on the vocabulary's
-    canonical prompts, so synonyms and atlas names are mapped ("Hippocampus_L" -> "left
-    hippocampus"); other models get the user's text as typed."""
-    if model.concepts is None:
-        return prompt
-    from medsam3.prompts import resolve_prompt
-
-    return resolve_prompt(prompt, warn=False, check_length=False).prompt
 
 
 def _restore_prompt_order(results, prompts, run, dim, shape):

@@ -525,7 +525,8 @@ def check_checkpoint(path, kind: str = "auto", config=None, nan_fallback=None) -
     return read_converted(path, kind=kind, config=config, nan_fallback=nan_fallback)[1]
 
 
-def convert_checkpoint(path, out_dir, kind: str = "auto", config=None, nan_fallback=None) -> ConversionReport:
+def convert_checkpoint(path, out_dir, kind: str = "auto", config=None, nan_fallback=None,
+                       info: dict | None = None) -> ConversionReport:
     """Convert a Meta-format SAM3 checkpoint into a verified model directory.
 
     Args:
@@ -541,6 +542,8 @@ def convert_checkpoint(path, out_dir, kind: str = "auto", config=None, nan_fallb
             exactly ('default' = the published full-size SAM3).
         nan_fallback: a model directory or Meta checkpoint supplying tensors that hold NaN/Inf
             in ``path``; without it such tensors are an error.
+        info: written as the directory's ``medsam3.json`` (e.g. ``{"vocabulary":
+            "medical-sam3"}``: the prompts the model was trained on, :mod:`medsam3.prompt_mapping`).
 
     Returns:
         The :class:`ConversionReport`; raises :class:`CheckpointMismatchError` (an
@@ -568,8 +571,10 @@ def convert_checkpoint(path, out_dir, kind: str = "auto", config=None, nan_fallb
     del plan  # the loaded checkpoint object (optimizer entries included) is not needed any more
     report.output = str(out_dir)
     report.seconds = round(time.monotonic() - start, 2)
-    save_model_directory(state, config, out_dir,
-                         extra_files={REPORT_NAME: json.dumps(report.to_dict(), indent=1)})
+    extra = {REPORT_NAME: json.dumps(report.to_dict(), indent=1)}
+    if info:
+        extra["medsam3.json"] = json.dumps(info, indent=1)
+    save_model_directory(state, config, out_dir, extra_files=extra)
     return report
 
 

@@ -17,6 +17,7 @@ examples:
   medsam3 convert -i checkpoint_3D.pt -o models/medsam3-3d --kind video
   medsam3 convert -i ChongCong/Medical-SAM3:checkpoint_3D.pt -o models/medsam3-3d
   medsam3 convert -i checkpoint_2D.pt --check        # verify only, write nothing
+  medsam3 convert -i checkpoint_2D.pt -o models/medsam3-2d --vocabulary medical-sam3
 
 Accepted: Meta's sam3.pt ('detector.' / 'tracker.' keys), image-model checkpoints without the
 'detector.' prefix, trainer checkpoints {"model": ..., "optimizer": ...} (the optimizer state is
@@ -46,6 +47,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--nan-fallback", metavar="MODEL", default=None,
                    help="model directory or checkpoint supplying tensors that hold NaN/Inf in the input "
                         "(default: such tensors are an error)")
+    p.add_argument("--vocabulary", metavar="NAME", default=None,
+                   help="the prompts the model was trained on, written to medsam3.json so that typed text reaches "
+                        "it in its own words (docs/prompts.md): medical-sam3, or none; default: medical-sam3 for "
+                        "the ChongCong/Medical-SAM3 hub repository, else none")
     p.add_argument("--check", action="store_true", help="verify the checkpoint and print the report; write nothing")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=run)
@@ -75,16 +80,32 @@ def run(args) -> int:
 
     if not args.check and not args.output:
         raise ArgumentError("give -o DIR (the model directory to write), or --check to verify only")
+    vocabulary = _vocabulary(args.vocabulary, args.input)
     source = _local_input(args.input)
     if args.check:
         report = check_checkpoint(source, kind=args.kind, config=args.config, nan_fallback=args.nan_fallback)
     else:
         report = convert_checkpoint(source, Path(args.output), kind=args.kind, config=args.config,
-                                    nan_fallback=args.nan_fallback)
+                                    nan_fallback=args.nan_fallback,
+                                    info={"vocabulary": vocabulary} if vocabulary else None)
     print(report.detection_line())
     print(report.summary_line())
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     if report.output:
-        print(f"wrote {report.output}")
+        print(f"wrote {report.output}" + (f" (medsam3.json: prompt vocabulary {vocabulary})" if vocabulary else ""))
     return 0
+
+
+def _vocabulary(name: str | None, spec: str) -> str | None:
+    """The ``--vocabulary`` preset (checked before anything is read), ``None`` for none."""
+    from medsam3.prompt_mapping import model_presets
+
+    if name is None:  # Medical SAM3's own hub repository: its published prompts
+        return "medical-sam3" if str(spec).split(":")[0].strip().lower() == "chongcong/medical-sam3" else None
+    if name == "none":
+        return None
+    if name not in model_presets():
+        raise ArgumentError(f"--vocabulary {name!r} is not a known vocabulary; accepted: "
+                            f"{', '.join(sorted(model_presets()))}, none")
+    return name

@@ -33,7 +33,7 @@ from medsam3.predict.merge import (
     mask_iou,
     resolve_voxels,
 )
-from medsam3.predict.orientation import choose_orientation
+from medsam3.orientation import choose_orientation
 from medsam3.predict.propagation import TrackedObject, VolumeTracker, video_tracker
 from medsam3.predict.volume import (
     EmptySliceRule,

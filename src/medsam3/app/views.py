@@ -1,7 +1,7 @@
 """Pictures for the web app: slices of an image with its labels painted on, and prompt marks.
 
 A volume is shown slice by slice in an anatomical plane (radiological orientation, from
-:func:`medsam3.predict.orientation.choose_orientation`, the same slicing the volume
+:func:`medsam3.orientation.choose_orientation`, the same slicing the volume
 predictor uses), each pixel stretched to its physical size. Clicks on the picture are mapped
 back to the input array's plane, the frame :func:`medsam3.segmentation.segment` takes box and
 point prompts in.
@@ -18,7 +18,7 @@ from PIL import ImageDraw
 
 from medsam3.image import Image
 from medsam3.overlay import blend_labels, label_colors, orthogonal_slices
-from medsam3.predict.orientation import SliceOrientation, choose_orientation
+from medsam3.orientation import SliceOrientation, choose_orientation
 
 #: Displayed pictures are scaled so their longer side is about this many screen pixels.
 DISPLAY_SIZE = 512

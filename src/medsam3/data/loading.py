@@ -7,7 +7,7 @@ and colour-coded masks through ``read_image``, COCO annotations through the COCO
 rasteriser. Nothing here is resized: that happens per sample.
 
 Volumes are turned into the slice stack the predictor shows the model
-(:mod:`medsam3.predict.orientation`: axial slices in the radiological display, whatever the
+(:mod:`medsam3.orientation`: axial slices in the radiological display, whatever the
 file's storage order), so that training and inference see the same anatomy the same way up.
 Axis 0 of a loaded volume is the axial slice index, not necessarily the file's ``z``.
 """
@@ -256,7 +256,7 @@ def axial_stack(direction, *arrays):
 
     ``direction``: the volume's ITK direction (9 numbers, row-major; ``None`` = identity).
     """
-    from medsam3.predict.orientation import choose_orientation
+    from medsam3.orientation import choose_orientation
 
     orientation = choose_orientation(np.eye(3).ravel() if direction is None else np.asarray(direction, float),
                                      "axial")

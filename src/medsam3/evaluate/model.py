@@ -118,7 +118,7 @@ def _check_arguments(prompt_mode, threshold, presence_threshold, mask_threshold,
     if volume_mode not in VOLUME_MODES:
         raise ArgumentError(f"unknown volume mode {volume_mode!r}; use one of {', '.join(VOLUME_MODES)}")
     if axis is not None:
-        from medsam3.predict.orientation import AXES
+        from medsam3.orientation import AXES
 
         if str(axis).lower() not in AXES:
             raise ArgumentError(f"unknown slicing axis {axis!r}; use one of {', '.join(AXES)}")
@@ -427,7 +427,7 @@ class _Runner:
 
     def _gt_volume(self, reference, normalised, item, classes, gt_label, layers, answers) -> dict[str, Any]:
         """Ground-truth modes on a volume: slice by slice, prompts from each slice's ground truth."""
-        from medsam3.predict.orientation import choose_orientation
+        from medsam3.orientation import choose_orientation
 
         orientation = choose_orientation(reference.direction, self.run.axis)
         images = orientation.stack(normalised)

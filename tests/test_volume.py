@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import ClassVar
 
 import numpy as np
@@ -257,7 +256,7 @@ class FakePredictor:
 
     def set_image(self, plane):
         self.current = int(plane[0, 0])
-        self._features = SimpleNamespace(last_hidden_state=None)
+        self.vision_hidden_state = None
 
     def context_offset(self, slice_spacing):  # single slices, as a model without 2.5D input
         return 0

@@ -56,10 +56,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from medsam3.errors import ArgumentError, InputError
-from medsam3.evaluate.folder import (
-    CASES_CSV, SETTINGS_JSON, EvaluationSettings, FolderEvaluation, append_case_rows, read_cases_csv, read_sidecar,
-    rows_to_csv_text, score_case,
+from medsam3.evaluate.cases import (
+    CASES_CSV, SETTINGS_JSON, EvaluationSettings, append_case_rows, read_cases_csv, rows_to_csv_text,
 )
+from medsam3.evaluate.folder import FolderEvaluation, read_sidecar, score_case
 from medsam3.image import Image
 
 #: Ending of the prediction files ``evaluate --model`` writes (full geometry, 2D and 3D).
@@ -580,7 +580,7 @@ def evaluate_manifest(predictions: str | os.PathLike, manifest, out: str | os.Pa
     from tqdm.auto import tqdm
 
     manifest = load_manifest(manifest)
-    scoring = _scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances)
+    scoring = scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances)
     items, split_used, notes, labelled, unlabelled = select_labelled_items(manifest, split, datasets, "scored")
     predictions = Path(predictions)
     found = match_manifest_predictions(predictions, labelled)
@@ -604,7 +604,7 @@ def evaluate_manifest(predictions: str | os.PathLike, manifest, out: str | os.Pa
                           scoring)
         append_rows(csv_path, rows)
         scored_now.append(item.id)
-    rows = _ordered_rows(csv_path, labelled)
+    rows = ordered_rows(csv_path, labelled)
     missing = [i for i, p in found.items() if p is None]
     run = {"kind": "predictions", "manifest": settings_json["manifest"], "split": split_used,
            "datasets": settings_json["datasets"], "items": len(items), "scored_items": len(labelled),
@@ -623,7 +623,8 @@ def evaluate_manifest(predictions: str | os.PathLike, manifest, out: str | os.Pa
                               predictions=predictions, notes=notes)
 
 
-def _scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances) -> EvaluationSettings:
+def scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances) -> EvaluationSettings:
+    """The :class:`EvaluationSettings` of the scoring arguments, a bad NSD tolerance named."""
     try:
         tolerance = float(nsd_tolerance)
     except (TypeError, ValueError):
@@ -634,7 +635,8 @@ def _scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances) 
                               instances=bool(instances))
 
 
-def _ordered_rows(csv_path: Path, items: list) -> list[dict[str, Any]]:
+def ordered_rows(csv_path: Path, items: list) -> list[dict[str, Any]]:
+    """The rows of ``csv_path`` in the order of ``items`` (by item id)."""
     rows = read_cases_csv(csv_path) if csv_path.exists() else []
     order = {it.id: i for i, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(r["case"], len(order)))

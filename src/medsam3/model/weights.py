@@ -32,6 +32,7 @@ import torch
 
 from medsam3.errors import InputError
 from medsam3.model.configs import set_meta_vit_eps
+from medsam3.model.directory import WEIGHTS_NAME
 
 DETECTOR_PREFIX = "detector_model."
 TRACKER_PREFIXES = ("tracker_model.", "tracker_neck.")
@@ -47,8 +48,6 @@ RECOMPUTED_BUFFERS = re.compile(r"(^|\.)(rotary_emb\.(inv_freq|original_inv_freq
 
 
 def _weights_path(directory) -> Path:
-    from medsam3.model.directory import WEIGHTS_NAME
-
     return Path(directory) / WEIGHTS_NAME
 
 

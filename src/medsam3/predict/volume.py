@@ -67,6 +67,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medsam3.errors import ArgumentError
+from medsam3.model.loader import check_presence_window
 from medsam3.predict.decode import DetectorRow, confident_queries, query_scores, upsample_mask_logits
 from medsam3.predict.image import ImagePredictor, TextPrompt, as_text_prompt
 from medsam3.predict.merge import (
@@ -291,14 +292,6 @@ class VolumePredictor:
             raise ArgumentError(f"a volume's spacing must be 3 numbers (sx, sy, sz), got {spacing}")
         offset = self.predictor.context_offset(spacing[2 - orientation.slice_axis])
         return _VolumeRun(self, volume, text, objects, orientation, instances, description, offset).execute()
-
-
-def check_presence_window(window) -> int:
-    """``window`` if it is an odd whole number >= 1 (a presence window), else :class:`ArgumentError`."""
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
-        raise ArgumentError(f"the presence window must be an odd whole number of slices >= 1 (1, 3, 5, ...), "
-                            f"got {window!r}")
-    return int(window)
 
 
 def segment_volume(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),

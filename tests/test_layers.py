@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-
 SOURCE = Path(__file__).resolve().parents[1] / "src"
 
 #: What each part of the package may import directly (and, through them, everything below).

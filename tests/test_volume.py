@@ -33,6 +33,7 @@ from medsam3.predict.merge import (
     resolve_voxels,
 )
 from medsam3.orientation import choose_orientation
+from medsam3.predict.decode import DetectorRow
 from medsam3.predict.propagation import TrackedObject, VolumeTracker, video_tracker
 from medsam3.predict.volume import (
     EmptySliceRule,
@@ -355,7 +356,7 @@ def scripted_presence(monkeypatch):
     by the presence), through the real candidate, linking and output code."""
     def rows(run):
         z = run.predictor.current
-        return [volume_module._Row(PRESENCE[z], torch.ones(1), box_logits(A_BOX)[None])]
+        return [DetectorRow(PRESENCE[z], torch.ones(1), box_logits(A_BOX)[None])]
 
     monkeypatch.setattr(_VolumeRun, "_detect", rows)
     volume = np.repeat(np.arange(12, dtype=np.float32)[:, None, None], H, 1).repeat(W, 2)

@@ -17,7 +17,6 @@ from typing import Any, Iterable
 
 from medsam3.errors import ArgumentError, InputError
 from medsam3.evaluate.metrics import EmptyMaskConvention
-from medsam3.io.atomic import atomic_output
 
 #: The columns of ``cases.csv``, in order: the issue's seven first.
 CSV_COLUMNS = (
@@ -203,5 +202,7 @@ def append_case_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_cases_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write ``rows`` as a whole ``cases.csv`` atomically (header first)."""
+    from medsam3.io.atomic import atomic_output  # lazily: medsam3.io loads SimpleITK and pydicom (seconds)
+
     with atomic_output(path) as tmp:
         Path(tmp).write_text(rows_to_csv_text(rows, header=True))

@@ -21,6 +21,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from medsam3 import __version__
 from medsam3.errors import InputError
 from medsam3.image import Image
 from medsam3.io.dicom import plane_of_frame
@@ -53,8 +54,6 @@ def build_dicom_seg(array: np.ndarray, series: SourceSeries, segments: list[Segm
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
-
-    from medsam3 import __version__
 
     frames = array.reshape((-1,) + array.shape[-2:])
     lut = np.zeros(int(array.max(initial=0)) + 1, dtype=np.uint16)

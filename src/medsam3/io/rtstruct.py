@@ -27,6 +27,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
+from medsam3 import __version__
 from medsam3.errors import ArgumentError
 from medsam3.image import Image
 from medsam3.io.dicom_derived import (
@@ -136,8 +137,6 @@ def build_rtstruct(array: np.ndarray, series: SourceSeries, segments: list[Segme
         ArgumentError: source images without patient position / orientation or without a
             Frame of Reference UID.
     """
-    from medsam3 import __version__
-
     first = series.first
     frame_of_reference = str(first.get("FrameOfReferenceUID", "") or "")
     if not frame_of_reference or any(s.plane is None for s in series.slices):

@@ -29,7 +29,6 @@ from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3VideoCo
 from medsam3.errors import ArgumentError, InputError
 from medsam3.model.configs import build_config, config_names
 from medsam3.model.directory import build_processor, is_model_directory
-from medsam3.model.hub import download_model
 from medsam3.model.weights import check_tracker_finite, check_weights, load_config, load_detector, load_tracker
 
 log = logging.getLogger(__name__)
@@ -81,6 +80,8 @@ def model_directory(name_or_dir: str | os.PathLike) -> Path:
     if path.exists():
         raise InputError(f"{path} is not a model directory (needs config.json and model.safetensors)")
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        from medsam3.model.hub import download_model  # hub and conversion code (and medsam3.io) load only for hub ids
+
         return download_model(name)
     raise InputError(f"model {name!r} not found: give a model directory, a hub id such as facebook/sam3, "
                      f"or random:NAME ({', '.join(config_names())})")

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from medsam3 import __version__
 from medsam3.errors import InputError
 from medsam3.evaluate.cases import CSV_COLUMNS, FAILURE_STATUSES, FLOAT_COLUMNS, EvaluationSettings
 from medsam3.evaluate.summary import METRICS, known_values, summarize
@@ -223,7 +224,6 @@ def write_folder_report(out: Path, rows: list[dict[str, Any]], settings: Evaluat
     """
     import monai
 
-    from medsam3 import __version__
     from medsam3.evaluate.plots import plot_boxplots
 
     metrics = [m for m in METRICS if settings.instances or m != "instance_f1"]

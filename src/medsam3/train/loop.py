@@ -52,7 +52,12 @@ from pathlib import Path
 
 import torch
 
+from medsam3.data import PromptSegmentationDataset, balanced_weights, class_weighted
 from medsam3.errors import ArgumentError, InputError, MedSAM3Error
+from medsam3.model.directory import save_model_directory
+from medsam3.model.loader import INFO_NAME, read_model_info
+from medsam3.model.weights import check_finite, check_weights, load_config, load_detector
+from medsam3.train.batch import EpochIndexedDataset, RowCollator, StreamBatchSampler, validation_keys
 from medsam3.train.checkpoints import (
     CHECKPOINTS,
     checkpoint_dirs,
@@ -62,9 +67,15 @@ from medsam3.train.checkpoints import (
     source_tensors,
     weights_digest,
 )
-from medsam3.train.config import TrainingConfig, save_config
+from medsam3.train.config import DEFAULT_TRACKER_LR, TrainingConfig, save_config
+from medsam3.train.lora import apply_lora, merge_lora_state, trainable_state_dict
+from medsam3.train.losses import SetCriterion
 from medsam3.train.metrics_log import MetricsLog
+from medsam3.train.model import DetectorForTraining, enable_activation_checkpointing
+from medsam3.train.optim import build_optimizer, build_scheduler, build_simple_optimizer
 from medsam3.train.source import resolve_source_model
+from medsam3.train.tracker import ClipDataset, build_tracker_for_training, collate_clips
+from medsam3.train.validate import DiceTally
 
 log = logging.getLogger("medsam3.train")
 
@@ -125,10 +136,6 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
         from transformers import Sam3Processor
-
-        from medsam3.model.weights import check_weights, load_config
-        from medsam3.train.losses import SetCriterion
-        from medsam3.train.optim import build_scheduler
 
         cfg = self.cfg
         if cfg.train.cpu_threads:
@@ -212,8 +219,6 @@ class Trainer:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from medsam3.model.weights import check_finite
-
         path = checkpoint / "state" / "adapter.safetensors"
         try:
             adapters = load_file(str(path))
@@ -228,10 +233,6 @@ class Trainer:
 
     def _setup_tracker(self, weights_dir: Path, checkpoint: Path | None):
         """The tracker (neck + video tracker) on the frozen detector ViT, and its optimiser."""
-        from medsam3.train.config import DEFAULT_TRACKER_LR
-        from medsam3.train.optim import build_simple_optimizer
-        from medsam3.train.tracker import build_tracker_for_training
-
         cfg = self.cfg
         # the neck copy is part of the starting weights: a resumed full run has it in its
         # checkpoint; LoRA (neck frozen, weights from the source) makes it again
@@ -246,8 +247,6 @@ class Trainer:
             n = freeze_parameters(module, cfg.train.freeze)
             log.info("froze %d parameter tensors (%s)", n, ", ".join(cfg.train.freeze))
         if cfg.train.mode == "lora":
-            from medsam3.train.lora import apply_lora
-
             l = cfg.lora
             n = apply_lora(module.video, l.r, l.alpha, l.dropout, l.target_modules,
                            [m for m in l.train_modules if m in dict(module.video.named_modules())])
@@ -265,10 +264,6 @@ class Trainer:
         return module, optimizer
 
     def _setup_detector(self, weights_dir: Path, checkpoint: Path | None):
-        from medsam3.model.weights import load_detector
-        from medsam3.train.model import DetectorForTraining, enable_activation_checkpointing
-        from medsam3.train.optim import build_optimizer
-
         cfg = self.cfg
         lora = cfg.train.mode == "lora"
         detector = load_detector(weights_dir, torch.float32)  # strict: a broken checkpoint/model is refused
@@ -282,8 +277,6 @@ class Trainer:
             n = freeze_parameters(detector, cfg.train.freeze)
             log.info("froze %d parameter tensors (%s)", n, ", ".join(cfg.train.freeze))
         if lora:
-            from medsam3.train.lora import apply_lora
-
             l = cfg.lora
             n = apply_lora(detector, l.r, l.alpha, l.dropout, l.target_modules, l.train_modules)
             log.info("LoRA: %d adapted layers (r=%d, alpha=%g)", n, l.r, l.alpha)
@@ -317,8 +310,6 @@ class Trainer:
         self._file_handler = handler
 
     def _dataset(self, split: str, train: bool):
-        from medsam3.data import PromptSegmentationDataset
-
         d = self.cfg.data
         kwargs = {"split": split, "datasets": d.datasets, "cache": d.cache, "window": d.window,
                   "seed": self.cfg.seed, "max_instances": d.max_instances or self.num_queries}
@@ -338,9 +329,6 @@ class Trainer:
 
     def _build_data(self) -> None:
         from torch.utils.data import DataLoader
-
-        from medsam3.data import balanced_weights, class_weighted
-        from medsam3.train.batch import EpochIndexedDataset, RowCollator, StreamBatchSampler
 
         d, acc = self.cfg.data, self.accelerator
         if self.target == "tracker":
@@ -373,9 +361,6 @@ class Trainer:
     def _build_clip_data(self) -> None:
         from torch.utils.data import DataLoader
 
-        from medsam3.train.batch import EpochIndexedDataset, StreamBatchSampler
-        from medsam3.train.tracker import ClipDataset, collate_clips
-
         d, acc = self.cfg.data, self.accelerator
         self.train_set = ClipDataset(d.manifest, self.image_size, self.cfg.tracker, split=d.train_split,
                                      datasets=d.datasets, cache=d.cache, window=d.window, augment=d.augment,
@@ -405,9 +390,6 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         from accelerate.utils import DistributedType
-
-        from medsam3.train.batch import EpochIndexedDataset, validation_keys
-        from medsam3.train.validate import DiceTally
 
         acc = self.accelerator
         keys = validation_keys(len(self.val_set), self.cfg.data.val_samples)
@@ -467,8 +449,6 @@ class Trainer:
         else:
             state = {"detector_model." + k.removeprefix("detector."): v for k, v in state.items()}
         if self.cfg.train.mode == "lora":
-            from medsam3.train.lora import merge_lora_state
-
             state = merge_lora_state(state, self.cfg.lora.alpha / self.cfg.lora.r)
         return state
 
@@ -489,9 +469,6 @@ class Trainer:
 
     def _save_model_directory(self, target: Path, state: dict | None = None, extra: dict | None = None) -> None:
         """Main process: a model directory (detector + the source's tracker tensors), atomically."""
-        from medsam3.model.directory import save_model_directory
-        from medsam3.model.loader import INFO_NAME
-
         state = self._detector_state() if state is None else state
         if not self.is_main:
             return
@@ -524,8 +501,6 @@ class Trainer:
             self._save_model_directory(tmp / "model", state=state)
             if self.cfg.train.mode == "lora":
                 from safetensors.torch import save_file
-
-                from medsam3.train.lora import trainable_state_dict
 
                 adapters = trainable_state_dict(self._trained_module())
                 save_file({k: v.to("cpu").contiguous() for k, v in adapters.items()},
@@ -716,8 +691,6 @@ def train(config: TrainingConfig, resume: bool | str | os.PathLike = False) -> T
 def _inference_info(source_dir, context_mm: float | None) -> dict:
     """What a checkpoint's ``medsam3.json`` must tell inference: the source model's mask source
     and 2.5D context (``data.context_mm`` overrides the context; ``null`` keeps the model's)."""
-    from medsam3.model.loader import read_model_info
-
     source = read_model_info(source_dir)
     info = {k: source[k] for k in ("masks", "context_mm") if k in source}
     if context_mm is not None:

@@ -39,6 +39,11 @@ to extra *layer* files ``ID.layer1.nii.gz``, ... listed in the main sidecar's ``
 Failures are rows, as in folder mode: ``missing_prediction``, ``false_negative``,
 ``absent_answer`` (the sidecar lists the class, or its prompt, as ``absent``) and
 ``false_positive`` rows are listed in the report; nothing is skipped silently.
+
+Length (~640 lines): its sections (classes, items, predictions, resume and output, the
+``--predictions`` run) are the one protocol above, shared with :mod:`medsam3.evaluate.model`;
+the cases table itself is :mod:`medsam3.evaluate.cases`. The prediction-file lookup is the
+seam to cut next, once evaluation runs through the prediction pipeline (issue #29, item 5).
 """
 
 from __future__ import annotations

@@ -18,7 +18,11 @@ Tensors holding NaN or Inf are an error too (the public Medical SAM3 run is know
 corrupted part of its language backbone), unless a ``nan_fallback`` model supplies them.
 
 The output is a model directory (:mod:`medsam3.model.directory`: config, ``model.safetensors``,
-tokenizer, processor) plus ``conversion.json``, the report. Nothing is pickled.
+tokenizer, processor) plus ``conversion.json``, the report. Nothing is pickled. Downloading
+and caching hub checkpoints is :mod:`medsam3.model.hub`; the key tables are
+:mod:`medsam3.model.keymap`. What is left (~570 lines) is one pipeline -- load, detect the
+layout, match keys against candidate configurations, convert with the NaN fallback, verify,
+report -- whose steps share the private :class:`_Plan`.
 """
 
 from __future__ import annotations

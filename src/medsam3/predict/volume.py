@@ -53,6 +53,15 @@ output (tracker features are made from it on demand) and low-resolution masks of
 last ``max(backward_slices, max_unsupported + 1)`` slices (the slices whose answer can
 still change) are held, plus each live object's bounded memory bank. Older slices are
 final and written into the label map (and instance map) right away.
+
+**Why one module of ~800 lines.** :class:`_VolumeRun` is one streaming state machine: the pass
+order, the window of open slices, the tracks and their ledgers, and the output share its
+state, and every mode is a branch of the same per-slice step. Its pieces that stand alone
+already live apart (slicing: :mod:`medsam3.orientation`; the merge rule: :mod:`~medsam3.predict.merge`;
+the tracker: :mod:`~medsam3.predict.propagation`; decoding: :mod:`~medsam3.predict.decode`;
+prompt checks: :mod:`~medsam3.predict.prompt_checks`). The seam left is the public data classes
+(prompts, results, :class:`EmptySliceRule`) versus the run; it is not cut while a new volume mode
+is being added here.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def _resize(rgb: np.ndarray, scale: tuple[float, float]) -> PILImage.Image:
 
 
 def colors_for(n_labels: int, visible: Iterable[int] | None = None) -> dict[int, tuple[int, int, int]]:
-    """Label value -> colour (as in :func:`medsam3.overlay.label_colors`), only for visible labels."""
+    """Label value -> colour (as in :func:`medsam3.palette.label_colors`), only for visible labels."""
     colors = {k + 1: c for k, c in enumerate(label_colors(n_labels))}
     if visible is not None:
         keep = {int(v) for v in visible}

@@ -369,7 +369,7 @@ def find_class(cls: ItemClass, files: list[PredictionFile]) -> ClassPrediction:
 
 def score_item(item, classes: list[ItemClass], gt_label: np.ndarray, reference: Image, gt_path: str,
                files: list[PredictionFile] | None, settings: EvaluationSettings) -> list[dict[str, Any]]:
-    """One row per class of an item (dicts over :data:`~medsam3.evaluate.folder.CSV_COLUMNS`).
+    """One row per class of an item (dicts over :data:`~medsam3.evaluate.cases.CSV_COLUMNS`).
 
     Each class is scored by :func:`~medsam3.evaluate.folder.score_case` on two binary maps
     on the reference grid (the item's image): the class in the ground truth and in the

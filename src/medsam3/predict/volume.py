@@ -32,7 +32,7 @@ only start tracks, a track ends where the tracker loses the object); ``slices``
 presence on a slice is the median of the detector's presence probabilities on the w slices
 centred on it (index clamped at the volume's ends; a skipped empty slice counts 0), and its
 queries are rescored with it (``quality x presence``, see
-:meth:`~medsam3.predict.image.ImagePredictor.row_parts`). With w = 3 a structure is no longer
+:class:`~medsam3.predict.decode.DetectorRow`). With w = 3 a structure is no longer
 called present on one slice between two where it is absent, nor absent on one slice between
 two where it is present; it is still present on a run of two slices. The masks are the
 detector's own on every slice. A slice's answer waits for the r slices after it, so r slices'

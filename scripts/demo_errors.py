@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     from medsam3.data.loading import target_mask
     from medsam3.evaluate.metrics import dice_score as dice
     from medsam3.io import read_image
-    from medsam3.predict.orientation import choose_orientation
+    from medsam3.orientation import choose_orientation
     from medsam3.segmentation import load_model, segment
 
     torch.set_num_threads(args.threads)

@@ -22,10 +22,11 @@ from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3VideoMo
 
 from medsam3.errors import ArgumentError, InputError
 from medsam3.model import convert as cv
-from medsam3.model import convert_cli
+from medsam3.model import convert_cli, hub
 from medsam3.model import keymap as km
 from medsam3.model.configs import build_config
-from medsam3.model.directory import directory_has_tracker, save_model_directory
+from medsam3.model.directory import save_model_directory
+from medsam3.model.weights import directory_has_tracker
 
 KEYS = Path(__file__).parent / "data" / "sam3-keys"
 DTYPES = {"float32": torch.float32, "complex64": torch.complex64}
@@ -371,29 +372,29 @@ def fake_hub(tiny, monkeypatch, tmp_path):
         calls["download"].append((repo, filename, revision))
         return str(tiny["sam3.pt"])
 
-    monkeypatch.setattr(cv, "_hub_file_id", file_id)
-    monkeypatch.setattr(cv, "_hub_list_files", list_files)
-    monkeypatch.setattr(cv, "_hub_download", download)
+    monkeypatch.setattr(hub, "hub_file_id", file_id)
+    monkeypatch.setattr(hub, "hub_list_files", list_files)
+    monkeypatch.setattr(hub, "hub_download", download)
     monkeypatch.setenv("MEDSAM3_CACHE_DIR", str(tmp_path / "cache"))
     return calls
 
 
 def test_hub_repo_is_converted_once_and_cached(fake_hub, tmp_path):
-    first = cv.convert_hub_repo("ChongCong/Medical-SAM3")
+    first = hub.convert_hub_repo("ChongCong/Medical-SAM3")
     assert first == tmp_path / "cache" / "ChongCong--Medical-SAM3" / "checkpoint_2D.pt" / "2d2d2d2d2d2d2d2d"
     assert fake_hub["download"] == [("ChongCong/Medical-SAM3", "checkpoint_2D.pt", None)]
     assert json.loads((first / "conversion.json").read_text())["config_name"] == "tiny"
-    assert cv.convert_hub_repo("ChongCong/Medical-SAM3") == first and len(fake_hub["download"]) == 1
-    three_d = cv.convert_hub_repo("ChongCong/Medical-SAM3:checkpoint_3D.pt")
+    assert hub.convert_hub_repo("ChongCong/Medical-SAM3") == first and len(fake_hub["download"]) == 1
+    three_d = hub.convert_hub_repo("ChongCong/Medical-SAM3:checkpoint_3D.pt")
     assert three_d.parent.name == "checkpoint_3D.pt" and len(fake_hub["download"]) == 2
     fake_hub["online"] = False  # offline: the newest cached conversion
-    assert cv.convert_hub_repo("ChongCong/Medical-SAM3") == first
-    assert cv.cached_conversion("ChongCong/Medical-SAM3:checkpoint_3D.pt") == three_d
+    assert hub.convert_hub_repo("ChongCong/Medical-SAM3") == first
+    assert hub.cached_conversion("ChongCong/Medical-SAM3:checkpoint_3D.pt") == three_d
     with pytest.raises(InputError, match="no converted copy is cached"):
-        cv.convert_hub_repo("someone/other-model")
+        hub.convert_hub_repo("someone/other-model")
     fake_hub["online"] = True
     with pytest.raises(ArgumentError, match="several checkpoints"):  # no known default
-        cv.convert_hub_repo("someone/other-model")
+        hub.convert_hub_repo("someone/other-model")
 
 
 def test_loader_converts_hub_repos_without_transformers_files(fake_hub, monkeypatch):

@@ -80,7 +80,7 @@ def test_absent_concepts_become_negative_prompts(tmp_path):
 def test_volumes_load_as_the_predictors_axial_stack(tmp_path):
     """Training sees a volume's slices exactly as the volume predictor shows them to the model."""
     from medsam3.io import read_image
-    from medsam3.predict.orientation import choose_orientation
+    from medsam3.orientation import choose_orientation
     from medsam3.preprocess import normalize_intensity
 
     rng = np.random.default_rng(0)

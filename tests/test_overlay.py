@@ -119,6 +119,33 @@ def test_orthogonal_slices_undo_flipped_and_permuted_axes():
     np.testing.assert_array_equal(oblique_views[0].image, volume[2])
 
 
+@pytest.mark.parametrize("direction", [
+    np.eye(3),
+    np.diag([-1.0, 1.0, 1.0]),
+    np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], float),
+    # oblique: tilted 40/35/35 degrees (zyx Euler angles); index x's largest cosine is along P and
+    # both y and z lean most to S, so a per-axis argmax has no one-to-one answer (the overlay
+    # once showed it as stored while volumes were sliced along their nearest axes)
+    np.array([[0.6275, -0.5265, 0.5736], [0.7786, 0.4160, -0.4698], [0.0088, 0.7414, 0.6710]]),
+])
+def test_overlay_panels_are_the_slices_volumes_are_cut_into(direction):
+    """One physical-axis rule (medsam3.orientation): each overlay panel through a voxel is the
+    slice of that plane through the voxel that the volume predictor shows the model."""
+    from medsam3.orientation import choose_orientation, physical_axes_unique
+
+    volume = np.random.default_rng(3).random((4, 5, 6)).astype(np.float32)
+    labels = np.zeros(volume.shape, int)
+    voxel = (1, 3, 2)
+    labels[voxel] = 1
+    views = orthogonal_slices(volume, labels, (1, 1, 1), direction.ravel())
+    assert physical_axes_unique(direction) and all(v.sides is not None for v in views)
+    for view in views:
+        cut = choose_orientation(direction.ravel(), view.name)
+        expected = cut.stack(volume)[voxel[cut.slice_axis]]
+        np.testing.assert_array_equal(view.image, expected)
+        np.testing.assert_array_equal(view.labels, cut.stack(labels)[voxel[cut.slice_axis]])
+
+
 # --- PNG files ----------------------------------------------------------------------------
 
 def _read_png(path):

@@ -11,7 +11,7 @@ import torch
 from medsam3.errors import ArgumentError
 from medsam3.model.geometry import no_box_inputs
 from medsam3.predict import ImagePredictor, PromptResult, TextPrompt, combine_label_map
-from medsam3.predict.image import upsample_mask_logits
+from medsam3.predict.decode import upsample_mask_logits
 
 
 @pytest.fixture()

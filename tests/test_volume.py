@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import ClassVar
 
 import numpy as np
@@ -33,7 +32,8 @@ from medsam3.predict.merge import (
     mask_iou,
     resolve_voxels,
 )
-from medsam3.predict.orientation import choose_orientation
+from medsam3.orientation import choose_orientation
+from medsam3.predict.decode import DetectorRow
 from medsam3.predict.propagation import TrackedObject, VolumeTracker, video_tracker
 from medsam3.predict.volume import (
     EmptySliceRule,
@@ -257,7 +257,7 @@ class FakePredictor:
 
     def set_image(self, plane):
         self.current = int(plane[0, 0])
-        self._features = SimpleNamespace(last_hidden_state=None)
+        self.vision_hidden_state = None
 
     def context_offset(self, slice_spacing):  # single slices, as a model without 2.5D input
         return 0
@@ -356,7 +356,7 @@ def scripted_presence(monkeypatch):
     by the presence), through the real candidate, linking and output code."""
     def rows(run):
         z = run.predictor.current
-        return [volume_module._Row(PRESENCE[z], torch.ones(1), box_logits(A_BOX)[None])]
+        return [DetectorRow(PRESENCE[z], torch.ones(1), box_logits(A_BOX)[None])]
 
     monkeypatch.setattr(_VolumeRun, "_detect", rows)
     volume = np.repeat(np.arange(12, dtype=np.float32)[:, None, None], H, 1).repeat(W, 2)

@@ -210,7 +210,8 @@ def _run_model_create(args) -> int:
 
 
 def _run_model_export(args) -> int:
-    from medsam3.model.directory import export_model, manifest_concepts
+    from medsam3.data.manifest import manifest_concepts
+    from medsam3.model.export import export_model
 
     if args.manifest and args.concepts:
         raise ArgumentError("give --manifest or --concepts, not both")

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from medsam3.errors import ArgumentError
+
 #: Modalities the intensity normalisation knows. ``None`` means "unknown": treated as grey.
 MODALITIES = ("CT", "MR", "PT", "XR", "US", "RGB", "OTHER")
 
@@ -27,8 +29,6 @@ def check_modality(modality: str | None) -> str | None:
         return None
     name = str(modality).strip().upper()
     if name not in MODALITIES:
-        from medsam3.errors import ArgumentError
-
         raise ArgumentError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
     return name
 

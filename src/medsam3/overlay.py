@@ -8,7 +8,6 @@ Matplotlib is used through its Agg canvas only (no pyplot, no display, no global
 
 from __future__ import annotations
 
-import colorsys
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,41 +22,11 @@ from medsam3.errors import ArgumentError
 from medsam3.image import Image
 from medsam3.io.atomic import atomic_output
 from medsam3.io.outputs import OutputPlan
+from medsam3.orientation import physical_axes, physical_axes_unique
+from medsam3.palette import label_colors
 from medsam3.preprocess import normalize_intensity
 
-# tab10 then the light tab20 shades, without the two greys (invisible on grey images).
-_PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#bcbd22", "#17becf",
-    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
-    "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5",
-)
-
-_GOLDEN = 0.618033988749895
-
-
-def label_colors(n: int) -> list[tuple[int, int, int]]:
-    """Colours for labels ``1..n`` as 0-255 RGB tuples; entry ``k - 1`` is label ``k``.
-
-    The first 18 come from matplotlib's tab10/tab20 palettes (greys left out); further
-    labels get hues spaced by the golden ratio. A label's colour depends only on its value,
-    never on ``n``, so it is the same in every picture.
-    """
-    if n < 0:
-        raise ArgumentError(f"number of labels must be >= 0, got {n}")
-    colors = []
-    for k in range(n):
-        if k < len(_PALETTE):
-            hexcode = _PALETTE[k].lstrip("#")
-            colors.append(tuple(int(hexcode[i:i + 2], 16) for i in (0, 2, 4)))
-        else:
-            j = k - len(_PALETTE)
-            hue = (0.05 + j * _GOLDEN) % 1.0
-            saturation = (0.85, 0.6)[j % 2]
-            value = (0.95, 0.75)[(j // 2) % 2]
-            r, g, b = colorsys.hsv_to_rgb(hue, saturation, value)
-            colors.append((round(r * 255), round(g * 255), round(b * 255)))
-    return colors
+__all__ = ["label_colors", "blend_labels", "SliceView", "orthogonal_slices", "check_overlay_path", "render_overlay"]
 
 
 def blend_labels(rgb_float: np.ndarray, labels: np.ndarray,
@@ -124,17 +93,17 @@ class SliceView:
 
 def _to_lps(arrays: list[np.ndarray], spacing, direction):
     """Reorder/flip ``[z, y, x]`` arrays so x runs to patient Left, y to Posterior, z to
-    Superior; returns the arrays, the matching ``(sx, sy, sz)`` and whether that worked.
-    Oblique grids go to their nearest axes; grids whose axes do not map one-to-one onto
-    L, P, S (e.g. exactly 45 degrees) are left as stored."""
+    Superior; returns the arrays, the matching ``(sx, sy, sz)`` and whether the nearest axes are
+    decided (not a tie). Oblique grids go to their nearest axes by
+    :func:`medsam3.orientation.physical_axes`, the rule volumes are sliced by; a tie (e.g. exactly
+    45 degrees) keeps the lowest assignment, which is the stored order for such an axial grid."""
     d = np.asarray(direction, dtype=float).reshape(3, 3)  # columns: index axes x, y, z
-    phys = [int(np.argmax(np.abs(d[:, i]))) for i in range(3)]  # 0=L, 1=P, 2=S
-    if sorted(phys) != [0, 1, 2]:
-        return arrays, tuple(spacing), False
+    assign = physical_axes(d)  # physical axis (0=L, 1=P, 2=S) -> index axis
+    phys = [assign.index(i) for i in range(3)]  # index axis -> physical axis
     flips = tuple(2 - i for i in range(3) if d[phys[i], i] < 0)  # array axis of index i is 2-i
     order = [2 - phys.index(p) for p in (2, 1, 0)]  # array axes holding S, P, L
     out = [np.flip(a, axis=flips).transpose(order) if flips else a.transpose(order) for a in arrays]
-    return out, tuple(spacing[phys.index(p)] for p in (0, 1, 2)), True
+    return out, tuple(spacing[phys.index(p)] for p in (0, 1, 2)), physical_axes_unique(d)
 
 
 def orthogonal_slices(normalized: np.ndarray, labels: np.ndarray, spacing,
@@ -153,8 +122,7 @@ def orthogonal_slices(normalized: np.ndarray, labels: np.ndarray, spacing,
     Returns:
         Three :class:`SliceView`, each with its pixel size in mm.
     """
-    (vol, lab), (sx, sy, sz), oriented = _to_lps([np.asarray(normalized), np.asarray(labels)],
-                                       spacing, direction)
+    (vol, lab), (sx, sy, sz), oriented = _to_lps([np.asarray(normalized), np.asarray(labels)], spacing, direction)
     foreground = lab > 0
     total = np.count_nonzero(foreground)
     if total:  # centre of mass from the three projections, without listing every voxel

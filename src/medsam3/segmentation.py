@@ -17,7 +17,7 @@ from medsam3.errors import ArgumentError
 from medsam3.image import Image
 from medsam3.model.loader import MedSAM3
 from medsam3.predict.image import ImagePredictor, TextPrompt
-from medsam3.predict.orientation import choose_orientation
+from medsam3.orientation import choose_orientation
 from medsam3.predict.results import PromptResult, combine_label_map
 from medsam3.predict.volume import VolumePromptSummary
 

@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 
+from medsam3.errors import ArgumentError, MedSAM3Error
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model directory, Hugging Face hub id, or random:NAME; "
@@ -43,8 +45,6 @@ def run(args) -> int:
     """Load the model, build the app and serve it until interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a clinical workstation
     from medsam3.app.ui import AppSettings, build_app
-    from medsam3.errors import ArgumentError
-
     if args.max_upload_mb <= 0:
         raise ArgumentError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     if args.concurrency < 1:
@@ -88,8 +88,6 @@ def _stop_on_termination() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m medsam3.app``: the same as ``medsam3 serve``."""
-    from medsam3.errors import MedSAM3Error
-
     parser = argparse.ArgumentParser(prog="medsam3 serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)

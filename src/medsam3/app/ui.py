@@ -251,7 +251,7 @@ def build_app(settings: AppSettings | None = None, model=None):
         state = SessionState(image=image, name=name, folder=folder, normalized=normalized, window=window)
         slider, axis_radio = gr.Slider(visible=False), gr.Radio(visible=False)
         if state.is_volume:
-            from medsam3.predict.orientation import choose_orientation
+            from medsam3.orientation import choose_orientation
 
             state.axis = choose_orientation(image.direction, None).axis
             n = num_slices(image, state.axis)

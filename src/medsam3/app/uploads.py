@@ -27,7 +27,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medsam3.errors import ArgumentError, InputError
+from medsam3.errors import ArgumentError, InputError, MedSAM3Error
 from medsam3.io.formats import image_extension
 
 #: Single-file inputs an upload may be (``.mhd`` / ``.nhdr`` need a second file, so they are
@@ -332,7 +332,6 @@ def read_upload(files: SessionFiles, session_id: str, stored: str | Path, shown_
         MedSAM3Error: too large (sent, unpacked or declared by the header), a broken zip, an
             unreadable image; the message names the user's file, never a server path.
     """
-    from medsam3.errors import MedSAM3Error
     from medsam3.io import read_image
 
     shown = shown_name or Path(str(stored).replace("\\", "/")).name or "upload"

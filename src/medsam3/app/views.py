@@ -1,7 +1,7 @@
 """Pictures for the web app: slices of an image with its labels painted on, and prompt marks.
 
 A volume is shown slice by slice in an anatomical plane (radiological orientation, from
-:func:`medsam3.predict.orientation.choose_orientation`, the same slicing the volume
+:func:`medsam3.orientation.choose_orientation`, the same slicing the volume
 predictor uses), each pixel stretched to its physical size. Clicks on the picture are mapped
 back to the input array's plane, the frame :func:`medsam3.segmentation.segment` takes box and
 point prompts in.
@@ -18,7 +18,7 @@ from PIL import ImageDraw
 
 from medsam3.image import Image
 from medsam3.overlay import blend_labels, label_colors, orthogonal_slices
-from medsam3.predict.orientation import SliceOrientation, choose_orientation
+from medsam3.orientation import SliceOrientation, choose_orientation
 
 #: Displayed pictures are scaled so their longer side is about this many screen pixels.
 DISPLAY_SIZE = 512
@@ -94,7 +94,7 @@ def _resize(rgb: np.ndarray, scale: tuple[float, float]) -> PILImage.Image:
 
 
 def colors_for(n_labels: int, visible: Iterable[int] | None = None) -> dict[int, tuple[int, int, int]]:
-    """Label value -> colour (as in :func:`medsam3.overlay.label_colors`), only for visible labels."""
+    """Label value -> colour (as in :func:`medsam3.palette.label_colors`), only for visible labels."""
     colors = {k + 1: c for k, c in enumerate(label_colors(n_labels))}
     if visible is not None:
         keep = {int(v) for v in visible}

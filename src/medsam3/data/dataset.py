@@ -243,7 +243,8 @@ class PromptSegmentationDataset(Dataset):
             self._prompts[name] = resolve_prompt(name, warn=True, check_length=True).prompt
         return self._prompts[name]
 
-    def _load(self, i: int) -> LoadedItem:
+    def load_item(self, i: int) -> LoadedItem:
+        """Item ``i`` loaded (from the cache or its files), kept in a small in-memory LRU."""
         if i in self._memory:
             self._memory.move_to_end(i)
             return self._memory[i]
@@ -262,7 +263,7 @@ class PromptSegmentationDataset(Dataset):
     def presence(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Item ``i``'s slices per class and its non-empty slices (computed once)."""
         if i not in self._presence:
-            loaded = self._load(i)
+            loaded = self.load_item(i)
             if i not in self._presence:
                 self._presence[i] = (loaded.presence(), loaded.nonempty_slices())
         return self._presence[i]
@@ -271,7 +272,7 @@ class PromptSegmentationDataset(Dataset):
         """Slices between a slice of item ``i`` and each neighbour fed with it (0: the slice
         alone: no ``context_mm``, a 2D image or a colour volume)."""
         item = self.items[i]
-        if not self.context_mm or item.dim != 3 or self._load(i).image.ndim != 3:
+        if not self.context_mm or item.dim != 3 or self.load_item(i).image.ndim != 3:
             return 0
         return context_offset(self.context_mm, item.spacing[-1] if item.spacing else 1.0)
 
@@ -282,12 +283,12 @@ class PromptSegmentationDataset(Dataset):
         if not absent and len(fg):
             if self.small_slice_bias and rng.random() < self.small_slice_bias:
                 if i not in self._areas:
-                    self._areas[i] = self._load(i).class_areas()
+                    self._areas[i] = self.load_item(i).class_areas()
                 weights = 1.0 / np.sqrt(self._areas[i][name][fg])
                 return int(rng.choice(fg, p=weights / weights.sum()))
             return int(rng.choice(fg))
         background = np.setdiff1d(nonempty, fg) if len(nonempty) else np.setdiff1d(
-            np.arange(self._load(i).image.shape[0]), fg)
+            np.arange(self.load_item(i).image.shape[0]), fg)
         if len(background) and len(fg) and self.near_absent_bias and rng.random() < self.near_absent_bias:
             spacing = self.items[i].spacing[-1] if self.items[i].spacing else 1.0
             reach = max(1, int(self.near_absent_mm / spacing))
@@ -297,7 +298,7 @@ class PromptSegmentationDataset(Dataset):
                 return int(rng.choice(near))
         if len(background):
             return int(rng.choice(background))
-        pool = fg if len(fg) else np.arange(self._load(i).image.shape[0])
+        pool = fg if len(fg) else np.arange(self.load_item(i).image.shape[0])
         return int(rng.choice(pool))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -307,7 +308,7 @@ class PromptSegmentationDataset(Dataset):
         i, k = self.index[index]
         item = self.items[i]
         name, values = self.targets[i][k]
-        loaded = self._load(i)
+        loaded = self.load_item(i)
         want_absent = rng.random() < self.absent_probability
 
         slice_index = None

@@ -7,7 +7,7 @@ and colour-coded masks through ``read_image``, COCO annotations through the COCO
 rasteriser. Nothing here is resized: that happens per sample.
 
 Volumes are turned into the slice stack the predictor shows the model
-(:mod:`medsam3.predict.orientation`: axial slices in the radiological display, whatever the
+(:mod:`medsam3.orientation`: axial slices in the radiological display, whatever the
 file's storage order), so that training and inference see the same anatomy the same way up.
 Axis 0 of a loaded volume is the axial slice index, not necessarily the file's ``z``.
 """
@@ -19,9 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from medsam3.data.layouts.coco import coco_label_maps
 from medsam3.data.manifest import Manifest, ManifestItem
 from medsam3.errors import InputError
 from medsam3.image import Image
+from medsam3.io import read_image, read_label_map
+from medsam3.orientation import choose_orientation
+from medsam3.preprocess import normalize_intensity
 
 # Above this many (slices x label values) the per-slice label counts are done slice by slice.
 _MAX_COUNT_TABLE = 50_000_000
@@ -102,8 +106,6 @@ def target_mask(label: np.ndarray, values: tuple[int, ...] | None) -> np.ndarray
 
 # ---------------------------------------------------------------------- images
 def _read(path: Path, modality: str | None, channel: int | None = None) -> Image:
-    from medsam3.io import read_image
-
     return read_image(path, modality=modality, channel=channel)
 
 
@@ -145,8 +147,6 @@ def normalised_image(manifest: Manifest, item: ManifestItem, window=None) -> np.
 
 
 def _normalised(manifest: Manifest, item: ManifestItem, window=None) -> tuple[np.ndarray, Image]:
-    from medsam3.preprocess import normalize_intensity
-
     image = load_image(manifest, item)
     if image.shape != tuple(item.shape):
         raise InputError(f"{image.path} has shape {image.shape} but the manifest says {tuple(item.shape)} "
@@ -159,8 +159,6 @@ def _normalised(manifest: Manifest, item: ManifestItem, window=None) -> tuple[np
 
 # ---------------------------------------------------------------------- labels
 def _binary(manifest: Manifest, item: ManifestItem) -> np.ndarray:
-    from medsam3.io import read_image
-
     paths = item.label if isinstance(item.label, list) else [item.label]
     out = None
     for rel in paths:
@@ -180,8 +178,6 @@ def _binary(manifest: Manifest, item: ManifestItem) -> np.ndarray:
 
 
 def _colors(manifest: Manifest, item: ManifestItem) -> np.ndarray:
-    from medsam3.io import read_image
-
     path = manifest.resolve(item.label)
     image = read_image(path)
     if not image.is_rgb:
@@ -200,8 +196,6 @@ def _colors(manifest: Manifest, item: ManifestItem) -> np.ndarray:
 
 def load_labels(manifest: Manifest, item: ManifestItem) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``(label, instances)`` of an item (both ``None`` for an unlabelled one)."""
-    from medsam3.io import read_label_map
-
     if item.label is None:
         return None, None
     fmt = item.label_format
@@ -213,8 +207,6 @@ def load_labels(manifest: Manifest, item: ManifestItem) -> tuple[np.ndarray | No
     elif fmt == "color":
         label = _colors(manifest, item)
     elif fmt == "coco":
-        from medsam3.data.layouts.coco import coco_label_maps
-
         label, instances = coco_label_maps(manifest.resolve(item.label), int(item.source["coco_image_id"]))
     elif fmt == "npz":
         path = manifest.resolve(item.label)
@@ -256,8 +248,6 @@ def axial_stack(direction, *arrays):
 
     ``direction``: the volume's ITK direction (9 numbers, row-major; ``None`` = identity).
     """
-    from medsam3.predict.orientation import choose_orientation
-
     orientation = choose_orientation(np.eye(3).ravel() if direction is None else np.asarray(direction, float),
                                      "axial")
     return tuple(None if a is None else orientation.stack(a) for a in arrays)

@@ -81,6 +81,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from medsam3.errors import ArgumentError, InputError
 from medsam3.image import MODALITIES
+from medsam3.prompts import resolve_prompt
 
 FORMAT_NAME = "medsam3-manifest"
 FORMAT_VERSION = 1
@@ -394,3 +395,15 @@ def check_files_exist(manifest: Manifest, workers: int = 16, progress: bool | No
             + f". Paths are relative to the root {manifest.root}; fix the manifest (or its root) "
             "or restore the files"
         )
+
+
+def manifest_concepts(manifest) -> list[str]:
+    """The canonical concepts a training manifest labels (its classes through the prompt
+    vocabulary, sides dropped), sorted."""
+    m = read_manifest(manifest)
+    names = set()
+    for item in m:
+        for name in item.class_names:
+            resolved = resolve_prompt(name, warn=False, check_length=False)
+            names.add(resolved.concept.name if resolved.concept is not None else resolved.prompt)
+    return sorted(names)

@@ -6,7 +6,8 @@ See :mod:`medsam3.evaluate.metrics` for which implementation computes each metri
 """
 
 from medsam3.evaluate.compare import Comparison, compare_reports
-from medsam3.evaluate.folder import EvaluationSettings, FolderEvaluation, evaluate_folder, score_case
+from medsam3.evaluate.cases import EvaluationSettings
+from medsam3.evaluate.folder import FolderEvaluation, evaluate_folder, score_case
 from medsam3.evaluate.gt_prompts import MODE_DEFINITIONS, PROMPT_MODES, gt_objects
 from medsam3.evaluate.manifest import ManifestEvaluation, evaluate_manifest
 from medsam3.evaluate.model import ModelRunSettings, evaluate_model

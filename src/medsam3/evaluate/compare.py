@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medsam3.errors import ArgumentError
-from medsam3.evaluate.report import _write_text, fmt, load_report, write_json
+from medsam3.evaluate.report import write_text_file, fmt, load_report, write_json
 from medsam3.evaluate.summary import LOWER_IS_BETTER, METRICS, compare_rows, known_values
 
 COMPARE_FORMAT = "medsam3-comparison/1"
@@ -130,7 +130,7 @@ def compare_reports(first: str | os.PathLike, second: str | os.PathLike, out: st
         **result,
     }
     json_path = write_json(out / "compare.json", content)
-    md_path = _write_text(out / "compare.md", _markdown(content, run_names, metrics, tol))
+    md_path = write_text_file(out / "compare.md", _markdown(content, run_names, metrics, tol))
     return Comparison(out=out, compare_md=md_path, compare_json=json_path, plots=plot_paths, names=run_names,
                       result=result, warnings=warnings)
 

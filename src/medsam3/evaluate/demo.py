@@ -86,7 +86,7 @@ def absent_rates(model, manifest, *, stride: int = 1, progress: bool = True) -> 
 
     from medsam3.evaluate.manifest import load_manifest, load_reference
     from medsam3.predict.image import ImagePredictor
-    from medsam3.predict.orientation import choose_orientation
+    from medsam3.orientation import choose_orientation
     from medsam3.preprocess import context_planes, normalize_intensity
 
     manifest = load_manifest(manifest)

@@ -39,6 +39,11 @@ to extra *layer* files ``ID.layer1.nii.gz``, ... listed in the main sidecar's ``
 Failures are rows, as in folder mode: ``missing_prediction``, ``false_negative``,
 ``absent_answer`` (the sidecar lists the class, or its prompt, as ``absent``) and
 ``false_positive`` rows are listed in the report; nothing is skipped silently.
+
+Length (~640 lines): its sections (classes, items, predictions, resume and output, the
+``--predictions`` run) are the one protocol above, shared with :mod:`medsam3.evaluate.model`;
+the cases table itself is :mod:`medsam3.evaluate.cases`. The prediction-file lookup is the
+seam to cut next, once evaluation runs through the prediction pipeline (issue #29, item 5).
 """
 
 from __future__ import annotations
@@ -56,10 +61,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from medsam3.errors import ArgumentError, InputError
-from medsam3.evaluate.folder import (
-    CASES_CSV, SETTINGS_JSON, EvaluationSettings, FolderEvaluation, append_case_rows, read_cases_csv, read_sidecar,
-    rows_to_csv_text, score_case,
+from medsam3.evaluate.cases import (
+    CASES_CSV, SETTINGS_JSON, EvaluationSettings, append_case_rows, read_cases_csv, rows_to_csv_text,
 )
+from medsam3.evaluate.folder import FolderEvaluation, read_sidecar, score_case
 from medsam3.image import Image
 
 #: Ending of the prediction files ``evaluate --model`` writes (full geometry, 2D and 3D).
@@ -364,7 +369,7 @@ def find_class(cls: ItemClass, files: list[PredictionFile]) -> ClassPrediction:
 
 def score_item(item, classes: list[ItemClass], gt_label: np.ndarray, reference: Image, gt_path: str,
                files: list[PredictionFile] | None, settings: EvaluationSettings) -> list[dict[str, Any]]:
-    """One row per class of an item (dicts over :data:`~medsam3.evaluate.folder.CSV_COLUMNS`).
+    """One row per class of an item (dicts over :data:`~medsam3.evaluate.cases.CSV_COLUMNS`).
 
     Each class is scored by :func:`~medsam3.evaluate.folder.score_case` on two binary maps
     on the reference grid (the item's image): the class in the ground truth and in the
@@ -580,7 +585,7 @@ def evaluate_manifest(predictions: str | os.PathLike, manifest, out: str | os.Pa
     from tqdm.auto import tqdm
 
     manifest = load_manifest(manifest)
-    scoring = _scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances)
+    scoring = scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances)
     items, split_used, notes, labelled, unlabelled = select_labelled_items(manifest, split, datasets, "scored")
     predictions = Path(predictions)
     found = match_manifest_predictions(predictions, labelled)
@@ -604,7 +609,7 @@ def evaluate_manifest(predictions: str | os.PathLike, manifest, out: str | os.Pa
                           scoring)
         append_rows(csv_path, rows)
         scored_now.append(item.id)
-    rows = _ordered_rows(csv_path, labelled)
+    rows = ordered_rows(csv_path, labelled)
     missing = [i for i, p in found.items() if p is None]
     run = {"kind": "predictions", "manifest": settings_json["manifest"], "split": split_used,
            "datasets": settings_json["datasets"], "items": len(items), "scored_items": len(labelled),
@@ -623,7 +628,8 @@ def evaluate_manifest(predictions: str | os.PathLike, manifest, out: str | os.Pa
                               predictions=predictions, notes=notes)
 
 
-def _scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances) -> EvaluationSettings:
+def scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances) -> EvaluationSettings:
+    """The :class:`EvaluationSettings` of the scoring arguments, a bad NSD tolerance named."""
     try:
         tolerance = float(nsd_tolerance)
     except (TypeError, ValueError):
@@ -634,7 +640,8 @@ def _scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances) 
                               instances=bool(instances))
 
 
-def _ordered_rows(csv_path: Path, items: list) -> list[dict[str, Any]]:
+def ordered_rows(csv_path: Path, items: list) -> list[dict[str, Any]]:
+    """The rows of ``csv_path`` in the order of ``items`` (by item id)."""
     rows = read_cases_csv(csv_path) if csv_path.exists() else []
     order = {it.id: i for i, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(r["case"], len(order)))

@@ -42,8 +42,8 @@ import numpy as np
 from medsam3.errors import ArgumentError, MedSAM3Error
 from medsam3.evaluate.gt_prompts import GT_MODES, MODE_DEFINITIONS, PROMPT_MODES, VOLUME_GT_PROTOCOL
 from medsam3.evaluate.manifest import (
-    CASES_CSV, PREDICTION_EXTENSION, PREDICTIONS_DIR, ItemClass, ManifestEvaluation, _ordered_rows,
-    _scoring_settings, append_rows, class_mask, ground_truth_path, item_classes, keep_rows, layer_path,
+    CASES_CSV, PREDICTION_EXTENSION, PREDICTIONS_DIR, ItemClass, ManifestEvaluation, ordered_rows,
+    scoring_settings, append_rows, class_mask, ground_truth_path, item_classes, keep_rows, layer_path,
     load_ground_truth, load_manifest, load_reference, prepare_out, prediction_stems, read_prediction_files,
     score_item, select_labelled_items, write_manifest_report,
 )
@@ -118,7 +118,7 @@ def _check_arguments(prompt_mode, threshold, presence_threshold, mask_threshold,
     if volume_mode not in VOLUME_MODES:
         raise ArgumentError(f"unknown volume mode {volume_mode!r}; use one of {', '.join(VOLUME_MODES)}")
     if axis is not None:
-        from medsam3.predict.orientation import AXES
+        from medsam3.orientation import AXES
 
         if str(axis).lower() not in AXES:
             raise ArgumentError(f"unknown slicing axis {axis!r}; use one of {', '.join(AXES)}")
@@ -187,7 +187,7 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
 
         parse_window(window)  # raises ArgumentError early
     manifest = load_manifest(manifest)
-    scoring = _scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances)
+    scoring = scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances)
     items, split_used, notes, labelled, unlabelled = select_labelled_items(manifest, split, datasets, "evaluated")
     classes = {it.id: item_classes(it) for it in labelled}
     prompts = _prompt_table(classes, prompt_mode, notes)
@@ -248,7 +248,7 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
         append_rows(csv_path, rows)
         scored_now.append(item.id)
 
-    rows = _ordered_rows(csv_path, labelled)
+    rows = ordered_rows(csv_path, labelled)
     unprompted = _unprompted_totals(paths, labelled)
     if unprompted:
         notes.append(f"--max-objects {max_objects}: {unprompted} ground-truth components were not prompted "
@@ -427,7 +427,7 @@ class _Runner:
 
     def _gt_volume(self, reference, normalised, item, classes, gt_label, layers, answers) -> dict[str, Any]:
         """Ground-truth modes on a volume: slice by slice, prompts from each slice's ground truth."""
-        from medsam3.predict.orientation import choose_orientation
+        from medsam3.orientation import choose_orientation
 
         orientation = choose_orientation(reference.direction, self.run.axis)
         images = orientation.stack(normalised)

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medsam3.evaluate.summary import LOWER_IS_BETTER, describe, group_rows
+from medsam3.evaluate.summary import LOWER_IS_BETTER, describe, group_rows, pair_key
+from medsam3.io.atomic import atomic_output
 
 #: How metrics are labelled on axes.
 METRIC_LABELS = {
@@ -34,8 +35,6 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> Path:
-    from medsam3.io.atomic import atomic_output
-
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     return path
@@ -98,8 +97,6 @@ def plot_compare_bars(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[st
     The last pair of bars is the mean over all rows (the paper's "average"). Only tasks
     scored by both runs are drawn, so the bars compare like with like.
     """
-    from medsam3.evaluate.summary import pair_key
-
     keys_b = {pair_key(r) for r in rows_b}
     keys_a = {pair_key(r) for r in rows_a}
     rows_a = [r for r in rows_a if pair_key(r) in keys_b]

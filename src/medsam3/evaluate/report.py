@@ -14,10 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from medsam3 import __version__
 from medsam3.errors import InputError
-from medsam3.evaluate.folder import (
-    CSV_COLUMNS, FAILURE_STATUSES, FLOAT_COLUMNS, EvaluationSettings,
-)
+from medsam3.evaluate.cases import CSV_COLUMNS, FAILURE_STATUSES, FLOAT_COLUMNS, EvaluationSettings
 from medsam3.evaluate.summary import METRICS, known_values, summarize
 
 REPORT_FORMAT = "medsam3-evaluation/1"
@@ -66,7 +65,8 @@ def _from_json_number(value: Any) -> float:
     return float(value)
 
 
-def _write_text(path: Path, text: str) -> Path:
+def write_text_file(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; returns ``path``."""
     from medsam3.io.atomic import atomic_output
 
     with atomic_output(path) as tmp:
@@ -76,7 +76,7 @@ def _write_text(path: Path, text: str) -> Path:
 
 def write_json(path: Path, content: dict[str, Any]) -> Path:
     """Write ``content`` as strict, indented JSON, atomically."""
-    return _write_text(path, json.dumps(to_json_value(content), indent=2, allow_nan=False) + "\n")
+    return write_text_file(path, json.dumps(to_json_value(content), indent=2, allow_nan=False) + "\n")
 
 
 def load_report(path: str | os.PathLike) -> dict[str, Any]:
@@ -224,7 +224,6 @@ def write_folder_report(out: Path, rows: list[dict[str, Any]], settings: Evaluat
     """
     import monai
 
-    from medsam3 import __version__
     from medsam3.evaluate.plots import plot_boxplots
 
     metrics = [m for m in METRICS if settings.instances or m != "instance_f1"]
@@ -264,5 +263,5 @@ def write_folder_report(out: Path, rows: list[dict[str, Any]], settings: Evaluat
         "cases": [{c: r.get(c) for c in CSV_COLUMNS} for r in rows],
     }
     json_path = write_json(out / "report.json", report)
-    md_path = _write_text(out / "report.md", _markdown(report, metrics, [p.name for p in plot_paths]))
+    md_path = write_text_file(out / "report.md", _markdown(report, metrics, [p.name for p in plot_paths]))
     return {"report_md": md_path, "report_json": json_path, "plots": plot_paths, "summary": summary}

@@ -12,16 +12,17 @@ Everything reads into, and writes from, :class:`medsam3.Image` (ITK/LPS geometry
 """
 
 from medsam3.io.atomic import atomic_file_set, atomic_output
-from medsam3.io.dicom_seg import write_dicom_seg
 from medsam3.io.formats import SUPPORTED_INPUT_FORMATS, SUPPORTED_OUTPUT_FORMATS
-from medsam3.io.read import read_image, read_label_map
-from medsam3.io.rtstruct import write_rtstruct
+from medsam3.io.label_maps import read_label_map
+from medsam3.io.read import read_image
 from medsam3.io.write import (
     DICOM_LABEL_FORMATS,
     dicom_label_format,
     sidecar_path,
     write_image,
+    write_dicom_seg,
     write_label_map,
+    write_rtstruct,
 )
 
 __all__ = [

@@ -136,7 +136,8 @@ def _pixel_spacing(source: Dataset | None) -> np.ndarray | None:
     return None
 
 
-def _plane_of_file(ds: Dataset) -> SlicePlane:
+def plane_of_file(ds: Dataset) -> SlicePlane:
+    """Plane (position, orientation) of a single-frame DICOM file."""
     position = _floats(ds.get("ImagePositionPatient"))
     orientation = _floats(ds.get("ImageOrientationPatient"))
     return SlicePlane(
@@ -146,14 +147,14 @@ def _plane_of_file(ds: Dataset) -> SlicePlane:
     )
 
 
-def _plane_of_frame(ds: Dataset, frame: int) -> SlicePlane:
+def plane_of_frame(ds: Dataset, frame: int) -> SlicePlane:
     """Plane of one frame of an enhanced multi-frame object (functional groups)."""
     position_item = functional_group(ds, frame, "PlanePositionSequence")
     orientation_item = functional_group(ds, frame, "PlaneOrientationSequence")
     measures = functional_group(ds, frame, "PixelMeasuresSequence")
     position = _floats(position_item.get("ImagePositionPatient")) if position_item else None
     orientation = _floats(orientation_item.get("ImageOrientationPatient")) if orientation_item else None
-    top = _plane_of_file(ds)  # classic multi-frames keep one plane at the top level
+    top = plane_of_file(ds)  # classic multi-frames keep one plane at the top level
     if position is None or position.size != 3:
         # a classic multi-frame's top-level position is that of its first frame
         position = top.position if frame == 0 else None
@@ -288,9 +289,9 @@ def read_dicom_file(path: Path, series_uid: str | None = None, max_pixels: int |
     pixels = decode_pixels(ds, path)
     n = pixels.frames.shape[0]
     if n == 1:
-        planes = [_plane_of_file(ds)]
+        planes = [plane_of_file(ds)]
     else:
-        planes = [_plane_of_frame(ds, i) for i in range(n)]
+        planes = [plane_of_frame(ds, i) for i in range(n)]
     array, geometry, _, notes = _assemble(pixels.frames, pixels.rgb, planes, _slice_spacing_hint(ds),
                                           path, f"its {n} frames" if n > 1 else "its image")
     meta = _dicom_meta(ds, [ds], [path], pixels, planes[0] if n == 1 else None)
@@ -380,7 +381,7 @@ def _drop_duplicate_instances(chosen: list[_SeriesFile], directory: Path) -> tup
 
 def _check_distinct_positions(chosen: list[_SeriesFile], directory: Path, what: str) -> None:
     """Name the first two files that lie at the same position (before any pixel is decoded)."""
-    planes = [_plane_of_file(item.header) for item in chosen]
+    planes = [plane_of_file(item.header) for item in chosen]
     first = planes[0]
     if first.orientation is None or any(
         p.position is None or p.orientation is None or not np.allclose(p.orientation, first.orientation, atol=1e-4)
@@ -468,7 +469,7 @@ def read_dicom_directory(directory: Path, series_uid: str | None = None,
         inverted, mirror, rgb = pixels.inverted, pixels.mirror, pixels.rgb
     dtype = np.result_type(*[f.dtype for f in frames])
     stacked = np.stack([f.astype(dtype, copy=False) for f in frames])
-    planes = [_plane_of_file(ds) for ds in datasets]
+    planes = [plane_of_file(ds) for ds in datasets]
     array, geometry, order, notes = _assemble(stacked, rgb, planes, _slice_spacing_hint(datasets[0]),
                                               directory, what)
     ordered = [datasets[i] for i in order]

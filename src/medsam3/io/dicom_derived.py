@@ -26,10 +26,12 @@ from pydicom.dataset import Dataset
 
 from medsam3.errors import ArgumentError, InputError
 from medsam3.image import Image
-from medsam3.io.dicom import _plane_of_file, _plane_of_frame
+from medsam3.io.dicom import plane_of_file, plane_of_frame
 from medsam3.io.dicom_pixels import number_of_frames
 from medsam3.io.formats import DICOM, input_format
 from medsam3.io.geometry import SlicePlane, direction_from_orientation, stack_slices
+from medsam3.io.read import read_image, smallest_label_dtype
+from medsam3.palette import label_colors
 
 #: SOP Class UIDs of the segmentation objects read as label maps.
 SEG_SOP_CLASSES = {
@@ -192,11 +194,11 @@ def source_series(reference: Image, target: Path, what: str) -> SourceSeries:
     n_slices = 1 if reference.ndim == 2 else shape[0]
     if len(datasets) == 1 and number_of_frames(datasets[0]) > 1:
         ds = datasets[0]
-        planes = [_plane_of_frame(ds, i) for i in range(number_of_frames(ds))]
+        planes = [plane_of_frame(ds, i) for i in range(number_of_frames(ds))]
         order = stack_slices(planes, None).order  # the reader's slice order
         slices = [SourceSlice(ds, i + 1, PlaneGrid.from_slice_plane(planes[i])) for i in order]
     else:
-        slices = [SourceSlice(ds, None, PlaneGrid.from_slice_plane(_plane_of_file(ds))) for ds in datasets]
+        slices = [SourceSlice(ds, None, PlaneGrid.from_slice_plane(plane_of_file(ds))) for ds in datasets]
     rows, cols = int(datasets[0].get("Rows", 0)), int(datasets[0].get("Columns", 0))
     if len(slices) != n_slices or (rows, cols) != tuple(shape[-2:]):
         raise ArgumentError(f"cannot write {target} as {what}: the reference image (shape {shape}) no "
@@ -236,10 +238,8 @@ def segments_to_write(array: np.ndarray, names: Mapping[Any, str] | None,
     Named labels that are absent from the map still become (empty) segments / ROIs, so a
     structure that was looked for and not found is visible in the output; labels without
     a name are called ``"label K"``. Colours come from ``colors`` ({value: (r, g, b)},
-    0-255) or else :func:`medsam3.overlay.label_colors`, as in the overlay pictures.
+    0-255) or else :func:`medsam3.palette.label_colors`, as in the overlay pictures.
     """
-    from medsam3.overlay import label_colors
-
     named = {_label_key(k, target): str(v) for k, v in (names or {}).items()}
     present = {int(v) for v in np.unique(array) if v != 0}
     values = sorted(set(named) | present)
@@ -307,8 +307,6 @@ def load_reference(reference: Image | str | os.PathLike, series_uid: str | None,
     """
     if isinstance(reference, Image):
         return reference
-    from medsam3.io.read import read_image
-
     if not isinstance(reference, (str, os.PathLike)):
         raise ArgumentError(f"cannot read {path}: reference must be an Image or the path of its "
                             f"image series, got {type(reference).__name__}")
@@ -400,10 +398,8 @@ class LabelMapParts:
 def label_image(parts: LabelMapParts, spacing, origin, direction, path: Path, fmt: str,
                 dicom: dict[str, Any]) -> Image:
     """The :class:`Image` a reader returns: labels, their names and colours, DICOM facts."""
-    from medsam3.io.read import _smallest_label_dtype
-
     max_label = max(parts.labels, default=0)
-    array = parts.array.astype(_smallest_label_dtype(max(max_label, int(parts.array.max(initial=0)))))
+    array = parts.array.astype(smallest_label_dtype(max(max_label, int(parts.array.max(initial=0)))))
     meta: dict[str, Any] = {"format": fmt, "rgb": False, "labels": dict(parts.labels), "dicom": dicom}
     if parts.colors:
         meta["colors"] = dict(parts.colors)

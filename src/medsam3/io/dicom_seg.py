@@ -15,16 +15,16 @@ the slices between them filled in.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from medsam3 import __version__
 from medsam3.errors import InputError
 from medsam3.image import Image
-from medsam3.io.dicom import _plane_of_frame
+from medsam3.io.dicom import plane_of_frame
 from medsam3.io.dicom_derived import (
     LabelMapParts,
     PlaneGrid,
@@ -46,37 +46,6 @@ from medsam3.io.geometry import Grid, squeeze_singleton_axes
 WHAT = "DICOM SEG"
 
 
-def write_dicom_seg(labels: np.ndarray, reference: Image, path: str | os.PathLike,
-                    names: Mapping[int, str] | None, *, model_id: str,
-                    colors: Mapping[int, Sequence[int]] | None = None, overwrite: bool = True) -> Path:
-    """Write a label map as a DICOM Segmentation of the series ``reference`` was read from.
-
-    Args:
-        labels: ``reference.shape`` integer array, 0 = background, label k = segment "names[k]".
-        reference: the image as :func:`medsam3.io.read_image` returned it for a DICOM series or
-            file; its source files are re-read (headers only) and must still exist.
-        path: the ``.dcm`` file to write (atomically; parent directories are created).
-        names: ``{label value: name}``; every named label becomes a segment, even an empty one;
-            unnamed labels present in ``labels`` are called "label K".
-        model_id: the model that made the labels (stored with medsam3's name and version as
-            the segmentation algorithm).
-        colors: ``{label value: (r, g, b)}`` 0-255; default :func:`medsam3.overlay.label_colors`.
-        overwrite: replace an existing file.
-
-    Returns:
-        The path written. Segment numbers are 1..n in increasing label value, so label maps
-        whose labels are 1..n (as :func:`medsam3.segment` writes) read back unchanged.
-
-    Raises:
-        ArgumentError: ``reference`` was not read from DICOM (the SEG needs the source UIDs
-            and per-slice positions), wrong labels, or the file cannot be written.
-    """
-    from medsam3.io.write import write_label_map
-
-    return write_label_map(labels, reference, path, overwrite=overwrite, format="dicom-seg",
-                           names=dict(names or {}), model_id=model_id, colors=colors)
-
-
 def build_dicom_seg(array: np.ndarray, series: SourceSeries, segments: list[Segment],
                     model_id: str) -> Dataset:
     """The highdicom Segmentation dataset for ``array`` (``[z, y, x]`` or ``[y, x]``).
@@ -85,8 +54,6 @@ def build_dicom_seg(array: np.ndarray, series: SourceSeries, segments: list[Segm
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
-
-    from medsam3 import __version__
 
     frames = array.reshape((-1,) + array.shape[-2:])
     lut = np.zeros(int(array.max(initial=0)) + 1, dtype=np.uint16)
@@ -181,7 +148,7 @@ def _frame_segment_numbers(ds: Dataset, n_frames: int) -> list[int | None]:
 
 
 def _frame_plane(ds: Dataset, i: int) -> PlaneGrid | None:
-    return PlaneGrid.from_slice_plane(_plane_of_frame(ds, i))
+    return PlaneGrid.from_slice_plane(plane_of_frame(ds, i))
 
 
 def _frame_source(ds: Dataset, i: int) -> tuple[str, int | None]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medsam3.errors import ArgumentError
+from medsam3.image import Image
 from medsam3.io.formats import METAIMAGE_DETACHED, format_for_extension, strip_image_extension
 
 # A header is a few hundred bytes; a LIST of slice files can be long but not this long.
@@ -131,8 +132,6 @@ def input_files(source) -> list[Path]:
 
 def _input_parts(source, role: str) -> list[tuple[Path, str]]:
     """:func:`input_files` with what each file is, in words."""
-    from medsam3.image import Image
-
     parts: list[tuple[Path, str]] = []
     series: list[str] = []
     if isinstance(source, Image):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
+from medsam3 import __version__
 from medsam3.errors import ArgumentError
 from medsam3.image import Image
 from medsam3.io.dicom_derived import (
@@ -54,21 +54,6 @@ _STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
 # Patient and study attributes copied from the source images (type 2: empty when missing).
 _COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
            "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
-
-
-def write_rtstruct(labels: np.ndarray, reference: Image, path: str | os.PathLike,
-                   names: Mapping[int, str] | None, *, model_id: str,
-                   colors: Mapping[int, Sequence[int]] | None = None, overwrite: bool = True) -> Path:
-    """Write a label map as an RT Structure Set on the series ``reference`` was read from.
-
-    Args and errors as :func:`medsam3.io.dicom_seg.write_dicom_seg`; the ROI numbers are
-    the label values. The source series needs patient positions (ImagePositionPatient /
-    ImageOrientationPatient) and a Frame of Reference, as every RT structure set does.
-    """
-    from medsam3.io.write import write_label_map
-
-    return write_label_map(labels, reference, path, overwrite=overwrite, format="dicom-rt",
-                           names=dict(names or {}), model_id=model_id, colors=colors)
 
 
 # ------------------------------------------------------------------ contours of a mask
@@ -152,8 +137,6 @@ def build_rtstruct(array: np.ndarray, series: SourceSeries, segments: list[Segme
         ArgumentError: source images without patient position / orientation or without a
             Frame of Reference UID.
     """
-    from medsam3 import __version__
-
     first = series.first
     frame_of_reference = str(first.get("FrameOfReferenceUID", "") or "")
     if not frame_of_reference or any(s.plane is None for s in series.slices):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ import SimpleITK as sitk
 from medsam3.errors import ArgumentError, MedSAM3Error
 from medsam3.image import Image
 from medsam3.io.atomic import atomic_file_set, atomic_output
+from medsam3.io.dicom_derived import segments_to_write, source_series
+from medsam3.io.dicom_seg import build_dicom_seg
 from medsam3.io.formats import (
     PNG,
     SUPPORTED_OUTPUT_FORMATS,
@@ -32,6 +35,7 @@ from medsam3.io.formats import (
 )
 from medsam3.io.itk_bridge import image_to_simpleitk, itk_error_text
 from medsam3.io.outputs import OutputPlan
+from medsam3.io.rtstruct import build_rtstruct
 
 # The pixel types a PNG file can hold; the other output formats take any integer or float type.
 _PNG_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
@@ -178,8 +182,6 @@ def _write_dicom_label_map(array: np.ndarray, series, path: Path, dicom_format: 
                            names: dict | None, model_id: str | None, colors: dict | None) -> None:
     """Build the DICOM SEG / RTSTRUCT on the source ``series`` and write it (and the sidecar)
     atomically."""
-    from medsam3.io.dicom_derived import segments_to_write
-
     what = _DICOM_LABEL_WHAT[dicom_format]
     if names is None:
         names = dict((sidecar or {}).get("labels") or {})
@@ -188,12 +190,8 @@ def _write_dicom_label_map(array: np.ndarray, series, path: Path, dicom_format: 
     segments = segments_to_write(array, names, colors, path)
     try:
         if dicom_format == "dicom-seg":
-            from medsam3.io.dicom_seg import build_dicom_seg
-
             dataset = build_dicom_seg(array, series, segments, model_id)
         else:
-            from medsam3.io.rtstruct import build_rtstruct
-
             dataset = build_rtstruct(array, series, segments, model_id, path)
     except MedSAM3Error:
         raise
@@ -232,7 +230,7 @@ def write_label_map(labels: np.ndarray, reference: Image, path: str | os.PathLik
             sidecar's ``"labels"``), the model id stored as the algorithm (default: the
             sidecar's ``"model"``), ``{label: (r, g, b)}`` (default: the overlay colours).
             DICOM outputs need a ``reference`` read from DICOM (see
-            :func:`medsam3.io.dicom_seg.write_dicom_seg`).
+            :func:`write_dicom_seg`).
 
     Returns:
         The path written. The file is ``uint8`` when the largest label is < 256, else
@@ -262,8 +260,6 @@ def write_label_map(labels: np.ndarray, reference: Image, path: str | os.PathLik
                                     "to replace it)")
     text = _sidecar_text(sidecar, path) if sidecar is not None else None
     if dicom_format is not None:
-        from medsam3.io.dicom_derived import source_series
-
         series = source_series(reference, path, _DICOM_LABEL_WHAT[dicom_format])
     _make_parent(path)
     if dicom_format is not None:
@@ -271,6 +267,48 @@ def write_label_map(labels: np.ndarray, reference: Image, path: str | os.PathLik
         return path
     _write_sitk(_as_simpleitk(reference, path, array), path, fmt, text)
     return path
+
+
+def write_dicom_seg(labels: np.ndarray, reference: Image, path: str | os.PathLike,
+                    names: Mapping[int, str] | None, *, model_id: str,
+                    colors: Mapping[int, Sequence[int]] | None = None, overwrite: bool = True) -> Path:
+    """Write a label map as a DICOM Segmentation of the series ``reference`` was read from.
+
+    Args:
+        labels: ``reference.shape`` integer array, 0 = background, label k = segment "names[k]".
+        reference: the image as :func:`medsam3.io.read_image` returned it for a DICOM series or
+            file; its source files are re-read (headers only) and must still exist.
+        path: the ``.dcm`` file to write (atomically; parent directories are created).
+        names: ``{label value: name}``; every named label becomes a segment, even an empty one;
+            unnamed labels present in ``labels`` are called "label K".
+        model_id: the model that made the labels (stored with medsam3's name and version as
+            the segmentation algorithm).
+        colors: ``{label value: (r, g, b)}`` 0-255; default :func:`medsam3.palette.label_colors`.
+        overwrite: replace an existing file.
+
+    Returns:
+        The path written. Segment numbers are 1..n in increasing label value, so label maps
+        whose labels are 1..n (as :func:`medsam3.segment` writes) read back unchanged.
+
+    Raises:
+        ArgumentError: ``reference`` was not read from DICOM (the SEG needs the source UIDs
+            and per-slice positions), wrong labels, or the file cannot be written.
+    """
+    return write_label_map(labels, reference, path, overwrite=overwrite, format="dicom-seg",
+                           names=dict(names or {}), model_id=model_id, colors=colors)
+
+
+def write_rtstruct(labels: np.ndarray, reference: Image, path: str | os.PathLike,
+                   names: Mapping[int, str] | None, *, model_id: str,
+                   colors: Mapping[int, Sequence[int]] | None = None, overwrite: bool = True) -> Path:
+    """Write a label map as an RT Structure Set on the series ``reference`` was read from.
+
+    Args and errors as :func:`write_dicom_seg`; the ROI numbers are
+    the label values. The source series needs patient positions (ImagePositionPatient /
+    ImageOrientationPatient) and a Frame of Reference, as every RT structure set does.
+    """
+    return write_label_map(labels, reference, path, overwrite=overwrite, format="dicom-rt",
+                           names=dict(names or {}), model_id=model_id, colors=colors)
 
 
 def write_image(image: Image, path: str | os.PathLike, overwrite: bool = True) -> Path:

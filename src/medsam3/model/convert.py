@@ -18,7 +18,11 @@ Tensors holding NaN or Inf are an error too (the public Medical SAM3 run is know
 corrupted part of its language backbone), unless a ``nan_fallback`` model supplies them.
 
 The output is a model directory (:mod:`medsam3.model.directory`: config, ``model.safetensors``,
-tokenizer, processor) plus ``conversion.json``, the report. Nothing is pickled.
+tokenizer, processor) plus ``conversion.json``, the report. Nothing is pickled. Downloading
+and caching hub checkpoints is :mod:`medsam3.model.hub`; the key tables are
+:mod:`medsam3.model.keymap`. What is left (~570 lines) is one pipeline -- load, detect the
+layout, match keys against candidate configurations, convert with the NaN fallback, verify,
+report -- whose steps share the private :class:`_Plan`.
 """
 
 from __future__ import annotations
@@ -34,10 +38,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from medsam3.errors import ArgumentError, InputError
+from medsam3.io.outputs import OutputPlan
 from medsam3.model import keymap as km
 from medsam3.model.configs import build_config, config_names
+from medsam3.model.directory import WEIGHTS_NAME, is_model_directory, save_model_directory
+from medsam3.model.weights import check_weights
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +74,6 @@ LAYOUT_NAMES = {
 #: Hub repositories holding several original-format files: the one converted by default.
 #: Medical SAM3: the 2D checkpoint is the model of the paper's headline results (text-prompted
 #: 2D segmentation); ``ChongCong/Medical-SAM3:checkpoint_3D.pt`` selects the later 3D one.
-HUB_DEFAULT_FILES = {"chongcong/medical-sam3": "checkpoint_2D.pt"}
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
 class CheckpointMismatchError(InputError):
@@ -224,12 +230,12 @@ def _unwrap(obj, path) -> tuple[Mapping, str, list[Dropped]]:
                 others = ", ".join(d.key for d in dropped)
                 return inner, f"trainer dict (weights under '{name}'{'; also ' + others if others else ''})", dropped
     if not obj or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputError(f"{path} is a dict without tensors (top-level keys: {_sample(list(obj), 8)}); "
+        raise InputError(f"{path} is a dict without tensors (top-level keys: {sample_names(list(obj), 8)}); "
                          "expected a SAM3 state dict or a trainer checkpoint with a 'model' entry")
     return obj, "plain state dict", []
 
 
-def _sample(keys, n: int = 10) -> str:
+def sample_names(keys, n: int = 10) -> str:
     keys = [str(k) for k in keys]
     return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
@@ -246,9 +252,9 @@ def _detect_layout(state: Mapping, path) -> tuple[dict[str, str], str, bool]:
     }
     layout = max(counts, key=counts.get)
     if counts[layout] == 0:
-        raise InputError(f"{path}: no SAM3 weights recognised (keys such as {_sample(keys, 5)})")
+        raise InputError(f"{path}: no SAM3 weights recognised (keys such as {sample_names(keys, 5)})")
     if layout == "transformers":
-        raise InputError(f"{path} already uses transformers' SAM3 names (e.g. {_sample(keys, 3)}); "
+        raise InputError(f"{path} already uses transformers' SAM3 names (e.g. {sample_names(keys, 3)}); "
                          "put such weights in a model directory (see medsam3.model.directory) instead of converting")
     canonical: dict[str, str] = {}
     for original, key in zip(keys, plain):
@@ -349,12 +355,12 @@ def _mismatch_error(path, name, missing, unexpected, wrong, plan: _Plan) -> Chec
     missing_orig = [original(k) for k in missing]
     lines = [f"{path} does not match the SAM3 configuration '{name}' ({LAYOUT_NAMES[plan.layout]}):"]
     if missing:
-        lines.append(f"  {len(missing)} missing: {_sample(missing_orig, 20)}")
+        lines.append(f"  {len(missing)} missing: {sample_names(missing_orig, 20)}")
     if unexpected:
-        lines.append(f"  {len(unexpected)} unexpected: {_sample(unexpected, 20)}")
+        lines.append(f"  {len(unexpected)} unexpected: {sample_names(unexpected, 20)}")
     if wrong:
         shown = [f"{k} {tuple(s) if s else 'not a tensor'} (expected {tuple(e)})" for k, s, e in wrong]
-        lines.append(f"  {len(wrong)} with a wrong shape: {_sample(shown, 20)}")
+        lines.append(f"  {len(wrong)} with a wrong shape: {sample_names(shown, 20)}")
     return CheckpointMismatchError("\n".join(lines), missing_orig, unexpected, [w[0] for w in wrong])
 
 
@@ -364,14 +370,8 @@ def _mismatch_error(path, name, missing, unexpected, wrong, plan: _Plan) -> Chec
 
 def _fallback_getter(nan_fallback, config):
     """A function target key -> tensor from a fallback model (directory or Meta checkpoint)."""
-    from medsam3.model.directory import WEIGHTS_NAME, is_model_directory
-
     path = Path(nan_fallback).expanduser()
     if is_model_directory(path):
-        from safetensors import safe_open
-
-        from medsam3.model.weights import check_weights
-
         check_weights(path)  # strict: a fallback model directory is whole and well formed, or refused
         handle = safe_open(str(path / WEIGHTS_NAME), framework="pt")
         names = set(handle.keys())
@@ -431,8 +431,8 @@ def _convert(plan: _Plan, nan_fallback=None) -> tuple[dict[str, torch.Tensor], C
     if non_finite:
         if nan_fallback is None:
             raise InputError(
-                f"{plan.path}: {len(bad_sources)} tensors hold NaN or Inf values ({_sample(bad_sources, 10)}; "
-                f"target {_sample(non_finite, 6)}); such a model outputs NaN. Pass a fallback model for them "
+                f"{plan.path}: {len(bad_sources)} tensors hold NaN or Inf values ({sample_names(bad_sources, 10)}; "
+                f"target {sample_names(non_finite, 6)}); such a model outputs NaN. Pass a fallback model for them "
                 "(`medsam3 convert ... --nan-fallback DIR_OR_CHECKPOINT`, e.g. the vanilla SAM3 weights) if you "
                 "accept mixing weights.")
         get, source = _fallback_getter(nan_fallback, plan.config)
@@ -446,9 +446,9 @@ def _convert(plan: _Plan, nan_fallback=None) -> tuple[dict[str, torch.Tensor], C
                 report.patched[key] = source
         if unresolved:
             raise InputError(f"{plan.path}: the fallback {source} has no usable (finite, same-shape) tensor for "
-                             f"{_sample(unresolved, 10)}")
+                             f"{sample_names(unresolved, 10)}")
         log.warning("replaced %d non-finite tensors from %s: %s", len(report.patched), source,
-                    _sample(list(report.patched), 5))
+                    sample_names(list(report.patched), 5))
 
     # Totals. Meta's buffers (RoPE tables, the Gaussian PE matrix) are not parameters; neither
     # are transformers' two persistent positional-encoding buffers.
@@ -469,7 +469,7 @@ def _convert(plan: _Plan, nan_fallback=None) -> tuple[dict[str, torch.Tensor], C
     expected = set(keymap.target_shapes(plan.groups))
     report.missing = sorted(expected - set(out))
     if report.missing:  # impossible after _match; kept as the last line of defence
-        raise CheckpointMismatchError(f"{plan.path}: target tensors not filled: {_sample(report.missing, 20)}",
+        raise CheckpointMismatchError(f"{plan.path}: target tensors not filled: {sample_names(report.missing, 20)}",
                                       missing=report.missing)
     return out, report
 
@@ -549,8 +549,6 @@ def convert_checkpoint(path, out_dir, kind: str = "auto", config=None, nan_fallb
         The :class:`ConversionReport`; raises :class:`CheckpointMismatchError` (an
         :class:`~medsam3.errors.InputError`) listing the offending keys on any mismatch.
     """
-    from medsam3.io.outputs import OutputPlan
-
     plan = OutputPlan()  # the output directory is replaced whole: it must not be or hold an input
     plan.add_input(path, "checkpoint")
     if nan_fallback is not None and os.path.exists(nan_fallback):
@@ -559,8 +557,6 @@ def convert_checkpoint(path, out_dir, kind: str = "auto", config=None, nan_fallb
         plan.add_input(config, "configuration")
     plan.add_directory(out_dir, "converted model directory")
     plan.check()
-    from medsam3.model.directory import is_model_directory, save_model_directory
-
     start = time.monotonic()
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and not is_model_directory(out_dir) and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -576,140 +572,3 @@ def convert_checkpoint(path, out_dir, kind: str = "auto", config=None, nan_fallb
         extra["medsam3.json"] = json.dumps(info, indent=1)
     save_model_directory(state, config, out_dir, extra_files=extra)
     return report
-
-
-# ---------------------------------------------------------------------------------------------
-# Hugging Face hub repositories holding only original-format checkpoints
-# ---------------------------------------------------------------------------------------------
-
-def parse_hub_spec(spec: str) -> tuple[str, str | None]:
-    """``owner/name`` or ``owner/name:file.pt`` -> (repo id, file or None)."""
-    repo, _, filename = str(spec).partition(":")
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise ArgumentError(f"{spec!r} is not a hub repository id (owner/name[:file])")
-    return repo, filename or None
-
-
-def default_cache_dir() -> Path:
-    """``$MEDSAM3_CACHE_DIR``, else ``$XDG_CACHE_HOME/medsam3/converted`` (``~/.cache/medsam3/converted``)."""
-    if os.environ.get("MEDSAM3_CACHE_DIR"):
-        return Path(os.environ["MEDSAM3_CACHE_DIR"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
-    return base / "medsam3" / "converted"
-
-
-# Hub access goes through these three functions (tests replace them).
-def _hub_list_files(repo_id: str, revision: str | None) -> list[str]:
-    from huggingface_hub import list_repo_files
-
-    return list(list_repo_files(repo_id, revision=revision))
-
-
-def _hub_file_id(repo_id: str, filename: str, revision: str | None) -> str:
-    """The file's content id on the hub (its ETag: the LFS sha256 for large files)."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-    meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision))
-    return str(meta.etag or meta.commit_hash).strip('"').removeprefix("W/").strip('"')
-
-
-def _hub_download(repo_id: str, filename: str, revision: str | None) -> str:
-    from huggingface_hub import hf_hub_download
-
-    return hf_hub_download(repo_id, filename, revision=revision)
-
-
-def hub_checkpoint_files(files: list[str]) -> list[str]:
-    return [f for f in files if f.lower().endswith(CHECKPOINT_SUFFIXES)]
-
-
-def _choose_file(repo_id: str, files: list[str]) -> str:
-    candidates = hub_checkpoint_files(files)
-    default = HUB_DEFAULT_FILES.get(repo_id.lower())
-    if default in candidates:
-        return default
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates:
-        raise InputError(f"hub repository {repo_id!r} holds no original-format checkpoint "
-                         f"({', '.join(CHECKPOINT_SUFFIXES)}); files: {_sample(files, 10)}")
-    raise ArgumentError(f"hub repository {repo_id!r} holds several checkpoints ({', '.join(candidates)}); "
-                        f"choose one as {repo_id}:FILE")
-
-
-def _cache_entry(cache_dir: Path, repo_id: str, filename: str) -> Path:
-    owner, name = repo_id.split("/")
-    return cache_dir / f"{owner}--{name}" / re.sub(r"[^\w.-]", "_", filename)
-
-
-def _valid_cache(path: Path) -> bool:
-    from medsam3.model.directory import is_model_directory
-
-    return is_model_directory(path) and (path / REPORT_NAME).is_file()
-
-
-def convert_hub_repo(repo_id: str, cache_dir=None, *, filename: str | None = None, revision: str | None = None,
-                     kind: str = "auto", config=None, nan_fallback=None) -> Path:
-    """Download an original-format checkpoint from the hub, convert it once, return the cached directory.
-
-    Args:
-        repo_id: ``owner/name`` or ``owner/name:FILE``. For ``ChongCong/Medical-SAM3`` the default
-            file is ``checkpoint_2D.pt`` (the paper's 2D model); ``ChongCong/Medical-SAM3:checkpoint_3D.pt``
-            selects the 3D one. A repository with a single checkpoint needs no file name.
-        cache_dir: where converted directories live (:func:`default_cache_dir`), one per repository,
-            file and file content: ``owner--name/FILE/ID``, ID being the start of the file's hub
-            ETag (the sha256 of its content), so a new commit that leaves the file unchanged
-            reuses the conversion.
-        revision: branch, tag or commit (default: the main branch).
-
-    Later calls return the cached directory after one metadata request (which file, which
-    content); without network they use the newest cached conversion of that repository and file.
-    The downloaded ``.pt`` stays in the Hugging Face cache (``hf cache`` can delete it).
-    """
-    repo, spec_file = parse_hub_spec(repo_id)
-    filename = filename or spec_file
-    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    try:
-        if filename is None:
-            filename = _choose_file(repo, _hub_list_files(repo, revision))
-        file_id = _hub_file_id(repo, filename, revision)
-    except (ArgumentError, InputError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repository, gated
-        offline = _newest_cached(cache_dir, repo, filename)
-        if offline is not None:
-            log.warning("hub not reachable (%s); using the cached conversion %s", exc, offline)
-            return offline
-        raise InputError(f"could not reach hub repository {repo!r} ({exc}) and no converted copy is cached in "
-                         f"{cache_dir}") from exc
-    target = _cache_entry(cache_dir, repo, filename) / re.sub(r"[^\w.-]", "_", file_id)[:16]
-    if _valid_cache(target):
-        return target
-    try:
-        local = _hub_download(repo, filename, revision)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"could not download {filename} from hub repository {repo!r}: {exc}") from exc
-    log.warning("converting %s:%s once (cached in %s)", repo, filename, target)
-    report = convert_checkpoint(local, target, kind=kind, config=config, nan_fallback=nan_fallback)
-    log.warning("%s", report.summary_line())
-    return target
-
-
-def cached_conversion(repo_id: str, cache_dir=None) -> Path | None:
-    """The newest cached conversion of ``OWNER/NAME[:FILE]`` (no network), or None."""
-    repo, filename = parse_hub_spec(repo_id)
-    return _newest_cached(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(),
-                          repo, filename)
-
-
-def _newest_cached(cache_dir: Path, repo: str, filename: str | None) -> Path | None:
-    owner, name = repo.split("/")
-    base = cache_dir / f"{owner}--{name}"
-    if not base.is_dir():
-        return None
-    filename = filename or HUB_DEFAULT_FILES.get(repo.lower())
-    files = [base / re.sub(r"[^\w.-]", "_", filename)] if filename else [p for p in base.iterdir() if p.is_dir()]
-    found = [d for f in files if f.is_dir() for d in f.iterdir() if _valid_cache(d)]
-    if filename is None and len({d.parent for d in found}) > 1:
-        return None  # several files converted and none named: ambiguous
-    return max(found, key=lambda d: d.stat().st_mtime) if found else None

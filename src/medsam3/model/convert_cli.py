@@ -59,16 +59,16 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _local_input(spec: str) -> str:
     """A local path, or the downloaded file of an OWNER/NAME[:FILE] hub spec."""
-    from medsam3.model import convert
+    from medsam3.model import hub
 
     if (os.path.exists(spec) or spec.count("/") != 1 or spec.startswith((".", "/", "~"))
-            or (":" not in spec and spec.lower().endswith(convert.CHECKPOINT_SUFFIXES))):
+            or (":" not in spec and spec.lower().endswith(hub.CHECKPOINT_SUFFIXES))):
         return spec
-    repo, filename = convert.parse_hub_spec(spec)
+    repo, filename = hub.parse_hub_spec(spec)
     try:
         if filename is None:
-            filename = convert._choose_file(repo, convert._hub_list_files(repo, None))
-        return convert._hub_download(repo, filename, None)
+            filename = hub.choose_checkpoint_file(repo, hub.hub_list_files(repo, None))
+        return hub.hub_download(repo, filename, None)
     except (InputError, ArgumentError):
         raise
     except Exception as exc:  # noqa: BLE001 - network, gated repository, unknown repository

@@ -3,7 +3,8 @@
 Meta's checkpoints (``sam3.pt``, Medical SAM3's ``checkpoint_2D.pt`` / ``checkpoint_3D.pt``)
 hold the state dict of Meta's own module tree. transformers' :class:`~transformers.Sam3VideoModel`
 holds the same weights under other names and, in a few places, in another tensor layout.
-This module is the single description of that correspondence, in both directions.
+This module is the single description of that correspondence, in both directions. It is long (~600
+lines) because it is a table: one rename rule per module family of SAM3.
 
 How it is built: the transformers model of a given :class:`~transformers.Sam3VideoConfig`
 is instantiated on the ``meta`` device (no memory, no weights), and every one of its

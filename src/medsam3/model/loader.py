@@ -22,6 +22,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3VideoConfig, Sam3VideoModel
 
@@ -64,48 +65,6 @@ def resolve_dtype(dtype) -> torch.dtype:
     raise ArgumentError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}")
 
 
-def _download(repo_id: str) -> Path:
-    """Fetch a hub model (cached after the first time).
-
-    A repository in transformers' format (``facebook/sam3``: config.json + safetensors) is
-    downloaded as it is. A repository holding only original-format checkpoints
-    (``ChongCong/Medical-SAM3``) is converted once by :func:`medsam3.model.convert.convert_hub_repo`
-    and the converted directory is cached; ``OWNER/NAME:FILE`` picks one of several checkpoints.
-    """
-    from huggingface_hub import list_repo_files, snapshot_download
-
-    from medsam3.model.convert import cached_conversion, convert_hub_repo, hub_checkpoint_files, parse_hub_spec
-
-    repo, filename = parse_hub_spec(repo_id)
-    if filename is not None:
-        return convert_hub_repo(repo_id)
-    try:
-        files = list_repo_files(repo)
-    except Exception:  # noqa: BLE001 - offline or gated: fall through to the caches below
-        files = None
-    if files is None:
-        cached = cached_conversion(repo)  # a conversion made earlier; else the transformers-format path below
-        if cached is not None:
-            return cached
-    elif not ("config.json" in files and any(f.endswith(".safetensors") for f in files)) \
-            and hub_checkpoint_files(files):
-        return convert_hub_repo(repo)
-    repo_id = repo
-    try:
-        path = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
-    except Exception as exc:  # network, authentication (facebook/sam3 is gated), unknown repo
-        raise InputError(
-            f"could not download model {repo_id!r} from the Hugging Face hub: {exc}. "
-            "Check the network, `huggingface-cli login` for gated models, or pass a local model directory."
-        ) from exc
-    if not is_model_directory(path):
-        raise InputError(
-            f"hub repository {repo_id!r} holds no transformers-format SAM3 model (config.json + model.safetensors); "
-            "for original-format .pt checkpoints use `medsam3 convert`"
-        )
-    return Path(path)
-
-
 def model_directory(name_or_dir: str | os.PathLike) -> Path:
     """The local model directory for a directory path or a hub id (downloaded, and converted
     when the hub holds original-format checkpoints, once; cached after that)."""
@@ -121,7 +80,9 @@ def model_directory(name_or_dir: str | os.PathLike) -> Path:
     if path.exists():
         raise InputError(f"{path} is not a model directory (needs config.json and model.safetensors)")
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        return _download(name)
+        from medsam3.model.hub import download_model  # hub and conversion code (and medsam3.io) load only for hub ids
+
+        return download_model(name)
     raise InputError(f"model {name!r} not found: give a model directory, a hub id such as facebook/sam3, "
                      f"or random:NAME ({', '.join(config_names())})")
 
@@ -250,8 +211,6 @@ def read_model_info(directory) -> dict:
         raise InputError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(info, dict) or not isinstance(info.get("concepts", []), list):
         raise InputError(f"{path}: expected an object whose 'concepts' is a list of class names")
-    from medsam3.predict.volume import check_presence_window  # here: medsam3.predict imports this module
-
     window = info.get("presence_window", 1)
     try:
         check_presence_window(window)
@@ -259,6 +218,14 @@ def read_model_info(directory) -> dict:
         raise InputError(f"{path}: 'presence_window' must be an odd whole number of slices >= 1, "
                          f"got {window!r}") from None
     return info
+
+
+def check_presence_window(window) -> int:
+    """``window`` if it is an odd whole number >= 1 (a presence window), else :class:`ArgumentError`."""
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
+        raise ArgumentError(f"the presence window must be an odd whole number of slices >= 1 (1, 3, 5, ...), "
+                            f"got {window!r}")
+    return int(window)
 
 
 def _tracker_from_video(video: Sam3VideoModel) -> Sam3TrackerModel:

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from medsam3.errors import InputError
-from medsam3.model.configs import set_meta_vit_eps
+from medsam3.model.configs import set_meta_vit_eps, with_meta_vit_eps
+from medsam3.model.directory import WEIGHTS_NAME
 
 DETECTOR_PREFIX = "detector_model."
 TRACKER_PREFIXES = ("tracker_model.", "tracker_neck.")
@@ -47,8 +48,6 @@ RECOMPUTED_BUFFERS = re.compile(r"(^|\.)(rotary_emb\.(inv_freq|original_inv_freq
 
 
 def _weights_path(directory) -> Path:
-    from medsam3.model.directory import WEIGHTS_NAME
-
     return Path(directory) / WEIGHTS_NAME
 
 
@@ -86,8 +85,6 @@ def load_config(directory):
     """The directory's :class:`transformers.Sam3VideoConfig`; an unreadable ``config.json`` is
     an :class:`InputError` naming it."""
     from transformers import Sam3VideoConfig
-
-    from medsam3.model.configs import with_meta_vit_eps
 
     try:
         return with_meta_vit_eps(Sam3VideoConfig.from_pretrained(directory))  # Meta's ViT LayerNorm eps

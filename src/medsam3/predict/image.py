@@ -16,12 +16,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from medsam3.errors import ArgumentError, InputError
 from medsam3.model.geometry import PAD_BOX, PAD_BOX_LABEL, no_box_inputs
 from medsam3.model.loader import MedSAM3
+from medsam3.predict.decode import (
+    decode_row,
+    detector_row,
+    mask_boxes,
+    mask_components,
+    upsample_mask_logits,
+)
+from medsam3.predict.prompt_checks import check_box, check_point, check_point_labels
 from medsam3.predict.results import PromptResult
 from medsam3.preprocess import context_offset
 
@@ -51,21 +58,13 @@ class TextPrompt:
     exemplar_labels: list[int] = field(default_factory=list)
 
 
-def _as_prompt(p) -> TextPrompt:
+def as_text_prompt(p) -> TextPrompt:
+    """A :class:`TextPrompt` from a string or a :class:`TextPrompt`."""
     if isinstance(p, TextPrompt):
         return p
     if isinstance(p, str):
         return TextPrompt(p)
     raise ArgumentError(f"a prompt must be a string or TextPrompt, got {type(p).__name__}")
-
-
-def upsample_mask_logits(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(N, h, w)`` mask logits -> ``(N, *size)`` probabilities: bilinearly resized logits, then
-    the sigmoid, in the order of Meta's SAM3 processor (``Sam3Processor._forward_grounding``), so
-    a pixel is in the mask exactly when Meta's is. (transformers' post-processing resizes the
-    probabilities instead, which moves mask edges by a fraction of a low-resolution pixel.)"""
-    return F.interpolate(mask_logits[None].float(), size=tuple(size), mode="bilinear",
-                         align_corners=False)[0].sigmoid()
 
 
 def to_model_rgb(image: np.ndarray) -> np.ndarray:
@@ -150,6 +149,12 @@ class ImagePredictor:
         self._features = self.model.detector.get_vision_features(pixel_values=self._pixel_values)
         self._tracker_embeddings = None
 
+    @property
+    def vision_hidden_state(self) -> torch.Tensor:
+        """``(1, G*G, D)`` the ViT output of the current image (the tracker's features are made from it)."""
+        self._require_image()
+        return self._features.last_hidden_state
+
     def _require_image(self) -> None:
         if self._features is None:
             raise RuntimeError("call set_image() before predict()")
@@ -181,23 +186,11 @@ class ImagePredictor:
 
     def check_box(self, box: Sequence[float]) -> tuple[float, float, float, float]:
         """Validate a pixel box against the current image; returns it as floats."""
-        if len(box) != 4:
-            raise ArgumentError(f"a box needs 4 numbers X0 Y0 X1 Y1, got {list(box)}")
-        x0, y0, x1, y1 = (float(v) for v in box)
-        h, w = self.original_size
-        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-            raise ArgumentError(f"box {x0:g} {y0:g} {x1:g} {y1:g} is not inside the image "
-                                f"(width {w}, height {h}) with X0 < X1 and Y0 < Y1")
-        return x0, y0, x1, y1
+        return check_box(box, self.original_size)
 
     def check_point(self, point: Sequence[float]) -> tuple[float, float]:
-        if len(point) != 2:
-            raise ArgumentError(f"a point needs 2 numbers X Y, got {list(point)}")
-        x, y = (float(v) for v in point)
-        h, w = self.original_size
-        if not (0 <= x < w and 0 <= y < h):
-            raise ArgumentError(f"point {x:g} {y:g} is outside the image (width {w}, height {h})")
-        return x, y
+        """Validate a pixel click against the current image; returns it as floats."""
+        return check_point(point, self.original_size)
 
     def _expanded_features(self, n: int) -> Sam3VisionEncoderOutput:
         f = self._features
@@ -243,7 +236,7 @@ class ImagePredictor:
         score threshold (masks, boxes, scores), their union as the semantic mask, and the
         presence score; "absent" with empty masks when the presence is below threshold.
         """
-        prompts = [_as_prompt(p) for p in prompts]
+        prompts = [as_text_prompt(p) for p in prompts]
         if not prompts:
             raise ArgumentError("no prompts given")
         results: list[PromptResult | None] = [None] * len(prompts)
@@ -261,39 +254,40 @@ class ImagePredictor:
     def row_outputs(self, out, i: int) -> tuple[float, torch.Tensor, torch.Tensor]:
         """``(presence, scores (Q,), mask logits (Q, h, w))`` of detector row ``i``: the instance
         queries' ``sigmoid(class) x presence``, or with ``masks: semantic`` one "query", the
-        semantic head, scored by the presence."""
-        presence, quality, logits = self.row_parts(out, i)
-        return presence, quality * presence, logits
+        semantic head, scored by the presence (:mod:`medsam3.predict.decode`)."""
+        row = self.detector_row(out, i)
+        return row.presence, row.scores, row.logits
 
     def row_parts(self, out, i: int) -> tuple[float, torch.Tensor, torch.Tensor]:
         """``(presence, quality (Q,), mask logits (Q, h, w))`` of detector row ``i``: a query's
         score is ``quality x presence`` (quality: ``sigmoid(class)``; 1 for the semantic head),
         so a caller that decides presence otherwise (a volume's presence window) can rescore."""
-        presence = float(out.presence_logits[i].float().sigmoid().squeeze())
-        if self.mask_source == "semantic":
-            logits = out.semantic_seg[i].float().reshape(1, *out.semantic_seg.shape[-2:])
-            return presence, torch.ones(1, device=logits.device), logits
-        return presence, out.pred_logits[i].float().sigmoid(), out.pred_masks[i].float()
+        row = self.detector_row(out, i)
+        return row.presence, row.quality, row.logits
+
+    def detector_row(self, out, i: int):
+        """Detector row ``i`` as a :class:`~medsam3.predict.decode.DetectorRow` of this model's mask source."""
+        return detector_row(out, i, semantic=self.mask_source == "semantic")
 
     def _result_from_detector(self, text: str, out, i: int) -> PromptResult:
-        presence, scores, mask_logits = self.row_outputs(out, i)
-        keep = (scores > self.score_threshold).nonzero().squeeze(1)
-        if presence < self.presence_threshold or keep.numel() == 0:
-            return PromptResult.absent(text, presence, self.original_size)
-        probs = self.mask_probabilities(mask_logits[keep])
-        masks = probs > self.mask_threshold
-        h, w = self.original_size
+        row = self.detector_row(out, i)
+        decoded = decode_row(row, self.original_size, self.score_threshold, self.presence_threshold,
+                             self.mask_threshold)
+        if not decoded.present:
+            return PromptResult.absent(text, row.presence, self.original_size)
+        masks, probs, scores = decoded.masks, decoded.probabilities, decoded.scores
         if self.mask_source == "semantic":
-            masks, probs, scores, keep = _components(masks[0], probs[0], presence)
-            boxes = _mask_boxes(masks).to(scores.device)
+            masks, probs, scores, _ = mask_components(masks[0], probs[0], row.presence)
+            boxes = mask_boxes(masks).to(scores.device)
         else:
-            boxes = out.pred_boxes[i, keep].float() * torch.tensor([w, h, w, h], device=scores.device)
+            h, w = self.original_size
+            boxes = out.pred_boxes[i, decoded.keep].float() * torch.tensor([w, h, w, h], device=scores.device)
         semantic = masks.any(0)
         if not semantic.any():
-            return PromptResult.absent(text, presence, self.original_size)
+            return PromptResult.absent(text, row.presence, self.original_size)
         return PromptResult(
-            prompt=text, present=True, presence_score=presence,
-            scores=scores[keep].cpu().numpy(), boxes=boxes.cpu().numpy(),
+            prompt=text, present=True, presence_score=row.presence,
+            scores=scores.cpu().numpy(), boxes=boxes.cpu().numpy(),
             masks=masks.cpu().numpy(), semantic=semantic.cpu().numpy(),
             probability=(probs.max(0).values * semantic).cpu().numpy().astype(np.float32),
         )
@@ -337,9 +331,7 @@ class ImagePredictor:
         scale = torch.tensor([size / w, size / h])
         kwargs = {}
         if points:
-            labels = list(point_labels) if point_labels is not None else [1] * len(points)
-            if len(labels) != len(points):
-                raise ArgumentError(f"{len(points)} points but {len(labels)} point labels")
+            labels = check_point_labels(points, point_labels)
             pts = torch.tensor([self.check_point(p) for p in points], dtype=torch.float32) * scale
             kwargs["input_points"] = pts[None, None].to(self.model.device, self.model.dtype)
             kwargs["input_labels"] = torch.tensor(labels, dtype=torch.int32)[None, None].to(self.model.device)
@@ -370,28 +362,3 @@ class _TextEmbeds:
 
     def __init__(self, pooler_output: torch.Tensor):
         self.pooler_output = pooler_output
-
-
-def _components(mask: torch.Tensor, probability: torch.Tensor, score: float):
-    """A semantic mask's connected components as instances: ``(masks (N, H, W), probabilities
-    (N, H, W), scores (N,), indices (N,))``, largest first, each scored ``score``."""
-    from scipy import ndimage
-
-    labelled, n = ndimage.label(mask.cpu().numpy())
-    if n == 0:
-        empty = torch.zeros((0, *mask.shape), dtype=torch.bool, device=mask.device)
-        return empty, empty.float(), torch.zeros(0, device=mask.device), torch.zeros(0, dtype=torch.long)
-    sizes = np.bincount(labelled.ravel())[1:]
-    order = np.argsort(-sizes, kind="stable") + 1
-    masks = torch.from_numpy(labelled[None] == order[:, None, None]).to(mask.device)
-    probs = probability[None] * masks
-    return masks, probs, torch.full((n,), float(score), device=mask.device), torch.arange(n)
-
-
-def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """``(N, 4)`` ``x0, y0, x1, y1`` pixel boxes (exclusive ends) of ``(N, H, W)`` masks."""
-    boxes = torch.zeros((masks.shape[0], 4))
-    for j, m in enumerate(masks):
-        ys, xs = torch.nonzero(m, as_tuple=True)
-        boxes[j] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
-    return boxes

@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from medsam3.errors import ArgumentError
 from medsam3.predict.results import nesting_depth
 
 SUPPORTED, UNSUPPORTED, EMPTY = "S", "U", "E"
@@ -90,8 +91,6 @@ class MergeRule:
     key_score: float = 0.5
 
     def __post_init__(self):
-        from medsam3.errors import ArgumentError
-
         if not 0.0 < self.iou_threshold <= 1.0:
             raise ArgumentError(f"IoU threshold {self.iou_threshold} is outside (0, 1]")
         if not 0.0 < self.duplicate_iou <= 1.0:

@@ -3,7 +3,7 @@
 Medical SAM3's 3D scheme (detector on slices + SAM3 tracker propagation, merged), run on
 the whole volume in one streaming pass, with no ground truth anywhere:
 
-* **Slicing** (:mod:`medsam3.predict.orientation`): the volume is cut into axial, coronal
+* **Slicing** (:mod:`medsam3.orientation`): the volume is cut into axial, coronal
   or sagittal slices in the patient's physical orientation (default: the plane closest
   to the acquisition plane), shown to the model in the radiological in-plane orientation.
   Labels are written back in the input's array order and geometry.
@@ -32,7 +32,7 @@ only start tracks, a track ends where the tracker loses the object); ``slices``
 presence on a slice is the median of the detector's presence probabilities on the w slices
 centred on it (index clamped at the volume's ends; a skipped empty slice counts 0), and its
 queries are rescored with it (``quality x presence``, see
-:meth:`~medsam3.predict.image.ImagePredictor.row_parts`). With w = 3 a structure is no longer
+:class:`~medsam3.predict.decode.DetectorRow`). With w = 3 a structure is no longer
 called present on one slice between two where it is absent, nor absent on one slice between
 two where it is present; it is still present on a run of two slices. The masks are the
 detector's own on every slice. A slice's answer waits for the r slices after it, so r slices'
@@ -53,6 +53,15 @@ output (tracker features are made from it on demand) and low-resolution masks of
 last ``max(backward_slices, max_unsupported + 1)`` slices (the slices whose answer can
 still change) are held, plus each live object's bounded memory bank. Older slices are
 final and written into the label map (and instance map) right away.
+
+**Why one module of ~800 lines.** :class:`_VolumeRun` is one streaming state machine: the pass
+order, the window of open slices, the tracks and their ledgers, and the output share its
+state, and every mode is a branch of the same per-slice step. Its pieces that stand alone
+already live apart (slicing: :mod:`medsam3.orientation`; the merge rule: :mod:`~medsam3.predict.merge`;
+the tracker: :mod:`~medsam3.predict.propagation`; decoding: :mod:`~medsam3.predict.decode`;
+prompt checks: :mod:`~medsam3.predict.prompt_checks`). The seam left is the public data classes
+(prompts, results, :class:`EmptySliceRule`) versus the run; it is not cut while a new volume mode
+is being added here.
 """
 
 from __future__ import annotations
@@ -67,7 +76,9 @@ import torch
 from tqdm.auto import tqdm
 
 from medsam3.errors import ArgumentError
-from medsam3.predict.image import ImagePredictor, TextPrompt, _as_prompt, upsample_mask_logits
+from medsam3.model.loader import check_presence_window
+from medsam3.predict.decode import DetectorRow, confident_queries, query_scores, upsample_mask_logits
+from medsam3.predict.image import ImagePredictor, TextPrompt, as_text_prompt
 from medsam3.predict.merge import (
     EMPTY,
     SUPPORTED,
@@ -79,7 +90,8 @@ from medsam3.predict.merge import (
     mask_iou,
     resolve_voxels,
 )
-from medsam3.predict.orientation import SliceOrientation, choose_orientation
+from medsam3.orientation import SliceOrientation, choose_orientation
+from medsam3.predict.prompt_checks import check_box, check_point, check_point_labels
 from medsam3.predict.propagation import TrackedObject, VolumeTracker, logit
 from medsam3.preprocess import context_planes
 
@@ -199,15 +211,6 @@ class _TrackMask:
 
 
 @dataclass
-class _Row:
-    """One text prompt's raw detector answer on one slice (:meth:`ImagePredictor.row_parts`)."""
-
-    presence: float
-    quality: torch.Tensor  # (Q,): a query's score is quality x presence
-    logits: torch.Tensor  # (Q, h, w) low-resolution mask logits
-
-
-@dataclass
 class _Record:
     """What is known about one slice while its answer can still change."""
 
@@ -215,7 +218,7 @@ class _Record:
     skipped: bool
     hidden: torch.Tensor | None = None  # the ViT output, from which tracker features are made on demand
     candidates: list[list[_Candidate]] = field(default_factory=list)
-    rows: list[_Row] | None = None  # the detector's rows until the slice's presence is decided
+    rows: list[DetectorRow] | None = None  # the detector's rows until the slice's presence is decided
     masks: dict[int, _TrackMask] = field(default_factory=dict)
     _features: object = None
 
@@ -288,7 +291,7 @@ class VolumePredictor:
         volume = np.asarray(volume)
         if volume.ndim != 3:
             raise ArgumentError(f"a volume must be 3D (Z, Y, X), got shape {volume.shape}")
-        text = [_as_prompt(p) for p in prompts]
+        text = [as_text_prompt(p) for p in prompts]
         objects = list(objects)
         if not text and not objects:
             raise ArgumentError("no prompt given: give a text prompt or an object (box, points or mask)")
@@ -298,14 +301,6 @@ class VolumePredictor:
             raise ArgumentError(f"a volume's spacing must be 3 numbers (sx, sy, sz), got {spacing}")
         offset = self.predictor.context_offset(spacing[2 - orientation.slice_axis])
         return _VolumeRun(self, volume, text, objects, orientation, instances, description, offset).execute()
-
-
-def check_presence_window(window) -> int:
-    """``window`` if it is an odd whole number >= 1 (a presence window), else :class:`ArgumentError`."""
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
-        raise ArgumentError(f"the presence window must be an odd whole number of slices >= 1 (1, 3, 5, ...), "
-                            f"got {window!r}")
-    return int(window)
 
 
 def segment_volume(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
@@ -399,21 +394,10 @@ class _VolumeRun:
                 if not np.asarray(obj.mask).any():
                     raise ArgumentError(f"the mask on slice {k} is empty")
             if obj.box is not None:
-                if len(obj.box) != 4:
-                    raise ArgumentError(f"a box needs 4 numbers X0 Y0 X1 Y1, got {list(obj.box)}")
-                x0, y0, x1, y1 = (float(v) for v in obj.box)
-                if not (0 <= x0 < x1 <= plane_w and 0 <= y0 < y1 <= plane_h):
-                    raise ArgumentError(f"box {x0:g} {y0:g} {x1:g} {y1:g} is not inside slice {k} "
-                                        f"(width {plane_w}, height {plane_h}) with X0 < X1 and Y0 < Y1")
-            labels = list(obj.point_labels) if obj.point_labels is not None else [1] * len(obj.points or [])
-            if len(labels) != len(obj.points or []):
-                raise ArgumentError(f"{len(obj.points or [])} points but {len(labels)} point labels")
+                check_box(obj.box, (plane_h, plane_w), f"slice {k}")
+            check_point_labels(obj.points, obj.point_labels)
             for point in obj.points or []:
-                if len(point) != 2:
-                    raise ArgumentError(f"a point needs 2 numbers X Y, got {list(point)}")
-                x, y = (float(v) for v in point)
-                if not (0 <= x < plane_w and 0 <= y < plane_h):
-                    raise ArgumentError(f"point {x:g} {y:g} is outside slice {k} (width {plane_w}, height {plane_h})")
+                check_point(point, (plane_h, plane_w), f"slice {k}")
             starts.setdefault(int(k), []).append(i)
         return starts
 
@@ -491,7 +475,7 @@ class _VolumeRun:
         else:
             self.predictor.set_image(context_planes(self.stack, z, self.context))
             self.stats["slices_encoded"] += 1
-            hidden = self.predictor._features.last_hidden_state if self.tracker is not None else None
+            hidden = self.predictor.vision_hidden_state if self.tracker is not None else None
             record = _Record(z, False, hidden, rows=self._detect())
             self.presences[z] = [row.presence for row in record.rows]
         self.waiting.append(record)
@@ -522,14 +506,14 @@ class _VolumeRun:
         return record._features
 
     # ------------------------------------------------------------------ detection
-    def _detect(self) -> list[_Row]:
+    def _detect(self) -> list[DetectorRow]:
         """The detector's rows for the text prompts on the current slice. A row that waits for
         its presence window keeps only the queries that can pass the score threshold whatever
         the window decides (``quality x presence`` with presence <= 1)."""
-        rows: list[_Row] = []
+        rows: list[DetectorRow] = []
         if self.text:
             for batch, out in self.predictor.detect(self.text):
-                rows += [_Row(*self.predictor.row_parts(out, i)) for i in range(len(batch))]
+                rows += [self.predictor.detector_row(out, i) for i in range(len(batch))]
         if self.delay:
             for row in rows:
                 keep = row.quality > self.predictor.score_threshold
@@ -547,13 +531,13 @@ class _VolumeRun:
         self.presences.pop(z - self.delay, None)  # no later slice's window reaches it
         return np.median(np.asarray(near, dtype=np.float64), axis=0).tolist()
 
-    def _candidates(self, rows: list[_Row], presence: list[float]) -> list[list[_Candidate]]:
+    def _candidates(self, rows: list[DetectorRow], presence: list[float]) -> list[list[_Candidate]]:
         pred = self.predictor
         out_all: list[list[_Candidate]] = []
         for k, (row, p) in enumerate(zip(rows, presence)):
             self.summaries[k].presence_score = max(self.summaries[k].presence_score, p)
-            scores, all_logits = row.quality * p, row.logits
-            strong = (scores > pred.score_threshold) & (p >= pred.presence_threshold)
+            scores, all_logits = query_scores(row.quality, p), row.logits
+            strong = confident_queries(scores, p, pred.score_threshold, pred.presence_threshold)
             usable = strong | (scores >= self.support_score) if self.mode == "merged" else strong
             idx = usable.nonzero().flatten()
             logits = all_logits[idx]

@@ -29,18 +29,21 @@ then match an uninterrupted run.
 Non-finite loss or gradients: the step is skipped (no optimizer update, logged with the
 offending loss terms); ``train.max_nonfinite_steps`` such steps in a row stop the run with
 :class:`TrainingError`. A checkpoint whose weights are not all finite is never written.
+
+Checkpoint files, the source model and the metrics log live in :mod:`medsam3.train.checkpoints`,
+:mod:`medsam3.train.source` and :mod:`medsam3.train.metrics_log`. This module stays over 500
+lines because :class:`Trainer` is one state machine (accelerate set-up, the step loop with its
+NaN guard, validation, checkpoint writing and resume) shared by detector and tracker runs; the
+seam to cut next is a detector trainer and a tracker trainer over a common loop.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import hashlib
 import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 import warnings
@@ -49,13 +52,33 @@ from pathlib import Path
 
 import torch
 
+from medsam3.data import PromptSegmentationDataset, balanced_weights, class_weighted
 from medsam3.errors import ArgumentError, InputError, MedSAM3Error
-from medsam3.train.config import TrainingConfig, save_config
+from medsam3.model.directory import save_model_directory
+from medsam3.model.loader import INFO_NAME, read_model_info
+from medsam3.model.weights import check_finite, check_weights, load_config, load_detector
+from medsam3.train.batch import EpochIndexedDataset, RowCollator, StreamBatchSampler, validation_keys
+from medsam3.train.checkpoints import (
+    CHECKPOINTS,
+    checkpoint_dirs,
+    find_checkpoint,
+    read_trainer_state,
+    restore_training_state,
+    source_tensors,
+    weights_digest,
+)
+from medsam3.train.config import DEFAULT_TRACKER_LR, TrainingConfig, save_config
+from medsam3.train.lora import apply_lora, merge_lora_state, trainable_state_dict
+from medsam3.train.losses import SetCriterion
+from medsam3.train.metrics_log import MetricsLog
+from medsam3.train.model import DetectorForTraining, enable_activation_checkpointing
+from medsam3.train.optim import build_optimizer, build_scheduler, build_simple_optimizer
+from medsam3.train.source import resolve_source_model
+from medsam3.train.tracker import ClipDataset, build_tracker_for_training, collate_clips
+from medsam3.train.validate import DiceTally
 
 log = logging.getLogger("medsam3.train")
 
-CHECKPOINTS = "checkpoints"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 FREEZE_PRESETS = {
     "vision": ("vision_encoder.backbone",),
     "neck": ("vision_encoder.neck",),
@@ -81,169 +104,6 @@ class TrainingResult:
     rank_digests: list[str] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------------------- helpers
-def checkpoint_dirs(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints ``(step, path)`` of a run, oldest first."""
-    root = Path(output_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and (p / "trainer.json").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def find_checkpoint(output_dir: str | os.PathLike, resume: bool | str | os.PathLike) -> Path | None:
-    """The checkpoint to resume from: ``True`` = the newest of the run (``None`` when there is
-    none yet), a path = that checkpoint."""
-    if resume is False or resume is None:
-        return None
-    if resume is True or str(resume) in ("latest", "auto", ""):
-        found = checkpoint_dirs(output_dir)
-        return found[-1][1] if found else None
-    path = Path(resume)
-    if not (path / "trainer.json").is_file():
-        raise InputError(f"cannot resume from {path}: not a complete checkpoint (no trainer.json); "
-                         f"checkpoints are OUTPUT/{CHECKPOINTS}/step-N")
-    return path
-
-
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the tensors of a state dict (sorted names, raw bytes)."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().to("cpu").contiguous()
-        h.update(key.encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _source_tensors(source_dir: Path, skip=()) -> dict[str, torch.Tensor]:
-    """The source model directory's tensors except those in ``skip`` (the parts a run does
-    not train are written back unchanged; only they are read, strictly)."""
-    from medsam3.model.weights import read_tensors
-
-    skip = set(skip)
-    return read_tensors(source_dir, lambda key: key not in skip)
-
-
-def read_trainer_state(checkpoint: Path) -> dict:
-    """A checkpoint's ``trainer.json``, checked: ``step`` and ``skipped_steps`` whole numbers
-    >= 0, ``best_score`` a number, ``validation`` a list of records. Anything else is an
-    :class:`InputError` naming the file (a resume must continue exactly or not at all)."""
-    path = Path(checkpoint) / "trainer.json"
-    again = "resume from an earlier checkpoint (--resume OUTPUT/checkpoints/step-N) or start a new run"
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise InputError(f"cannot resume: {path} is not readable JSON ({exc}); {again}") from None
-    if not isinstance(state, dict):
-        raise InputError(f"cannot resume: {path} holds {type(state).__name__}, not the trainer state object; {again}")
-
-    def whole(key, low):
-        v = state.get(key, low)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise InputError(f"cannot resume: {path}: {key!r} must be a whole number >= {low}, got {v!r}; {again}")
-        return v
-
-    whole("step", 0)
-    whole("skipped_steps", 0)
-    whole("num_processes", 1)
-    best = state.get("best_score", -1.0)
-    if isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best):
-        raise InputError(f"cannot resume: {path}: 'best_score' must be a number, got {best!r}; {again}")
-    history = state.get("validation", [])
-    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
-        raise InputError(f"cannot resume: {path}: 'validation' must be a list of records; {again}")
-    return state
-
-
-def _restore_training_state(acc, checkpoint: Path) -> None:
-    """``accelerate``'s ``load_state`` of ``checkpoint/state``, refusing what it would skip or
-    crash on: every file it reads is loaded (weights-only) and checked first, and the random
-    number generators are restored here, so a corrupted RNG state is an error instead of a
-    silently inexact resume."""
-    import random
-
-    import numpy as np
-    from accelerate.utils import OPTIMIZER_NAME, RNG_STATE_NAME, SCALER_NAME, SCHEDULER_NAME, load
-
-    state_dir = Path(checkpoint) / "state"
-    again = "resume from an earlier checkpoint (--resume OUTPUT/checkpoints/step-N) or start a new run"
-    rng_name = f"{RNG_STATE_NAME}_{acc.process_index}.pkl"
-    loaded = {}
-    names = [f"{OPTIMIZER_NAME}.bin", f"{SCHEDULER_NAME}.bin", rng_name]
-    if getattr(acc, "scaler", None) is not None:  # float16 mixed precision
-        names.append(SCALER_NAME)
-    for name in names:
-        path = state_dir / name
-        if not path.is_file():
-            raise InputError(f"cannot resume from {checkpoint}: {path} is missing; {again}")
-        try:
-            loaded[name] = load(path, map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - torch.load of a damaged file raises many kinds
-            detail = " ".join(str(exc).split())[:200]
-            raise InputError(f"cannot resume from {checkpoint}: {path} is not a saved training state "
-                             f"({type(exc).__name__}: {detail}); {again}") from None
-    optimizer = loaded[f"{OPTIMIZER_NAME}.bin"]
-    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("param_groups"), list)
-            and isinstance(optimizer.get("state"), dict)):
-        raise InputError(f"cannot resume from {checkpoint}: {state_dir / (OPTIMIZER_NAME + '.bin')} holds no "
-                         f"optimizer state; {again}")
-    if not isinstance(loaded[f"{SCHEDULER_NAME}.bin"], dict):
-        raise InputError(f"cannot resume from {checkpoint}: {state_dir / (SCHEDULER_NAME + '.bin')} holds no "
-                         f"learning-rate scheduler state; {again}")
-    rng = loaded[rng_name]
-    try:
-        random.setstate(rng["random_state"])
-        np.random.set_state(rng["numpy_random_seed"])
-        torch.set_rng_state(rng["torch_manual_seed"])
-        if torch.cuda.is_available() and acc.device.type == "cuda":
-            torch.cuda.set_rng_state_all(rng["torch_cuda_manual_seed"])
-    except (TypeError, KeyError, ValueError, RuntimeError, IndexError) as exc:
-        detail = " ".join(str(exc).split())[:200]
-        raise InputError(f"cannot resume from {checkpoint}: {state_dir / rng_name} is not a usable random-number "
-                         f"state ({type(exc).__name__}: {detail}); without it the run cannot continue exactly; "
-                         f"{again}") from None
-
-    def skip_model(models, input_dir):  # weights come from checkpoint/model (or adapters), not state/
-        models.clear()
-
-    handle = acc.register_load_state_pre_hook(skip_model)
-    try:
-        acc.load_state(str(state_dir))
-    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:  # e.g. other parameter groups
-        detail = " ".join(str(exc).split())[:200]
-        raise InputError(f"cannot resume from {checkpoint}: its optimizer or scheduler state does not fit this run "
-                         f"({type(exc).__name__}: {detail}); {again}") from None
-    finally:
-        handle.remove()
-
-
-def resolve_source_model(spec: str, output_dir: Path, seed: int, is_main: bool, wait) -> Path:
-    """A model directory for ``model:`` (directory, hub id, or ``random:NAME`` created once)."""
-    from medsam3.model.directory import create_random_model, is_model_directory
-    from medsam3.model.loader import RANDOM_PREFIX
-
-    if spec.startswith(RANDOM_PREFIX):
-        from medsam3.model.configs import config_names
-
-        name = spec[len(RANDOM_PREFIX):]
-        if name not in config_names():
-            raise ArgumentError(f"config: model {spec!r}: unknown configuration; known: {', '.join(config_names())}")
-        target = output_dir / "source_model"
-        if is_main and not is_model_directory(target):
-            log.warning("model %s: RANDOM initial weights (for smoke tests and benchmarks)", spec)
-            create_random_model(name, target, seed=seed)
-        wait()
-        return target
-    from medsam3.model.loader import model_directory
-
-    return model_directory(spec)
-
-
 def freeze_parameters(detector: torch.nn.Module, names: list[str]) -> int:
     """Freeze presets (:data:`FREEZE_PRESETS`) or dotted prefixes; returns frozen tensors."""
     prefixes: list[str] = []
@@ -263,52 +123,6 @@ def freeze_parameters(detector: torch.nn.Module, names: list[str]) -> int:
     return frozen
 
 
-class MetricsLog:
-    """``metrics.csv`` (step, tag, value, time) and TensorBoard scalars, main process only."""
-
-    def __init__(self, output_dir: Path, csv_on: bool, tensorboard_on: bool, start_step: int, enabled: bool):
-        self.enabled = enabled
-        self.csv_path = output_dir / "metrics.csv" if csv_on and enabled else None
-        self.writer = None
-        if not enabled:
-            return
-        if self.csv_path is not None:
-            rows = []
-            if self.csv_path.is_file() and start_step > 0:  # drop what a killed run logged past the checkpoint
-                with open(self.csv_path, newline="") as fh:
-                    rows = [r for r in csv.reader(fh)][1:]
-                rows = [r for r in rows if r and r[0].isdigit() and int(r[0]) <= start_step]
-            with open(self.csv_path, "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["step", "tag", "value", "time"])
-                w.writerows(rows)
-        if tensorboard_on:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step or None)
-            except ImportError:
-                log.warning("TensorBoard logging asked for but the tensorboard package is not installed "
-                            "(pip install tensorboard); writing metrics.csv only")
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        now = time.time()
-        if self.csv_path is not None:
-            with open(self.csv_path, "a", newline="") as fh:
-                w = csv.writer(fh)
-                for tag, value in values.items():
-                    w.writerow([step, tag, f"{float(value):.6g}", f"{now:.3f}"])
-        if self.writer is not None:
-            for tag, value in values.items():
-                self.writer.add_scalar(tag, float(value), step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 # ---------------------------------------------------------------------------- the trainer
 class Trainer:
     """One training run (see the module docstring); :meth:`run` does the work."""
@@ -322,10 +136,6 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
         from transformers import Sam3Processor
-
-        from medsam3.model.weights import check_weights, load_config
-        from medsam3.train.losses import SetCriterion
-        from medsam3.train.optim import build_scheduler
 
         cfg = self.cfg
         if cfg.train.cpu_threads:
@@ -387,7 +197,7 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
 
         if checkpoint is not None:
-            _restore_training_state(acc, checkpoint)
+            restore_training_state(acc, checkpoint)
             # the schedule follows this run's config (a resumed run may train longer than planned)
             inner = self.scheduler.scheduler
             for fn in inner.lr_lambdas:
@@ -409,8 +219,6 @@ class Trainer:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from medsam3.model.weights import check_finite
-
         path = checkpoint / "state" / "adapter.safetensors"
         try:
             adapters = load_file(str(path))
@@ -425,10 +233,6 @@ class Trainer:
 
     def _setup_tracker(self, weights_dir: Path, checkpoint: Path | None):
         """The tracker (neck + video tracker) on the frozen detector ViT, and its optimiser."""
-        from medsam3.train.config import DEFAULT_TRACKER_LR
-        from medsam3.train.optim import build_simple_optimizer
-        from medsam3.train.tracker import build_tracker_for_training
-
         cfg = self.cfg
         # the neck copy is part of the starting weights: a resumed full run has it in its
         # checkpoint; LoRA (neck frozen, weights from the source) makes it again
@@ -443,8 +247,6 @@ class Trainer:
             n = freeze_parameters(module, cfg.train.freeze)
             log.info("froze %d parameter tensors (%s)", n, ", ".join(cfg.train.freeze))
         if cfg.train.mode == "lora":
-            from medsam3.train.lora import apply_lora
-
             l = cfg.lora
             n = apply_lora(module.video, l.r, l.alpha, l.dropout, l.target_modules,
                            [m for m in l.train_modules if m in dict(module.video.named_modules())])
@@ -462,10 +264,6 @@ class Trainer:
         return module, optimizer
 
     def _setup_detector(self, weights_dir: Path, checkpoint: Path | None):
-        from medsam3.model.weights import load_detector
-        from medsam3.train.model import DetectorForTraining, enable_activation_checkpointing
-        from medsam3.train.optim import build_optimizer
-
         cfg = self.cfg
         lora = cfg.train.mode == "lora"
         detector = load_detector(weights_dir, torch.float32)  # strict: a broken checkpoint/model is refused
@@ -479,8 +277,6 @@ class Trainer:
             n = freeze_parameters(detector, cfg.train.freeze)
             log.info("froze %d parameter tensors (%s)", n, ", ".join(cfg.train.freeze))
         if lora:
-            from medsam3.train.lora import apply_lora
-
             l = cfg.lora
             n = apply_lora(detector, l.r, l.alpha, l.dropout, l.target_modules, l.train_modules)
             log.info("LoRA: %d adapted layers (r=%d, alpha=%g)", n, l.r, l.alpha)
@@ -514,8 +310,6 @@ class Trainer:
         self._file_handler = handler
 
     def _dataset(self, split: str, train: bool):
-        from medsam3.data import PromptSegmentationDataset
-
         d = self.cfg.data
         kwargs = {"split": split, "datasets": d.datasets, "cache": d.cache, "window": d.window,
                   "seed": self.cfg.seed, "max_instances": d.max_instances or self.num_queries}
@@ -535,9 +329,6 @@ class Trainer:
 
     def _build_data(self) -> None:
         from torch.utils.data import DataLoader
-
-        from medsam3.data import balanced_weights, class_weighted
-        from medsam3.train.batch import EpochIndexedDataset, RowCollator, StreamBatchSampler
 
         d, acc = self.cfg.data, self.accelerator
         mix = None
@@ -582,9 +373,6 @@ class Trainer:
     def _build_clip_data(self) -> None:
         from torch.utils.data import DataLoader
 
-        from medsam3.train.batch import EpochIndexedDataset, StreamBatchSampler
-        from medsam3.train.tracker import ClipDataset, collate_clips
-
         d, acc = self.cfg.data, self.accelerator
         self.train_set = ClipDataset(d.manifest, self.image_size, self.cfg.tracker, split=d.train_split,
                                      datasets=d.datasets, cache=d.cache, window=d.window, augment=d.augment,
@@ -614,9 +402,6 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         from accelerate.utils import DistributedType
-
-        from medsam3.train.batch import EpochIndexedDataset, validation_keys
-        from medsam3.train.validate import DiceTally
 
         acc = self.accelerator
         keys = validation_keys(len(self.val_set), self.cfg.data.val_samples)
@@ -676,8 +461,6 @@ class Trainer:
         else:
             state = {"detector_model." + k.removeprefix("detector."): v for k, v in state.items()}
         if self.cfg.train.mode == "lora":
-            from medsam3.train.lora import merge_lora_state
-
             state = merge_lora_state(state, self.cfg.lora.alpha / self.cfg.lora.r)
         return state
 
@@ -698,14 +481,11 @@ class Trainer:
 
     def _save_model_directory(self, target: Path, state: dict | None = None, extra: dict | None = None) -> None:
         """Main process: a model directory (detector + the source's tracker tensors), atomically."""
-        from medsam3.model.directory import save_model_directory
-        from medsam3.model.loader import INFO_NAME
-
         state = self._detector_state() if state is None else state
         if not self.is_main:
             return
         full = dict(state)
-        full.update(_source_tensors(self.source_dir, skip=full))
+        full.update(source_tensors(self.source_dir, skip=full))
         save_model_directory(full, self.video_config, target, processor=self.processor,
                              extra_files={INFO_NAME: json.dumps(self.model_info, indent=2)} if self.model_info else None)
         for name, content in (extra or {}).items():
@@ -733,8 +513,6 @@ class Trainer:
             self._save_model_directory(tmp / "model", state=state)
             if self.cfg.train.mode == "lora":
                 from safetensors.torch import save_file
-
-                from medsam3.train.lora import trainable_state_dict
 
                 adapters = trainable_state_dict(self._trained_module())
                 save_file({k: v.to("cpu").contiguous() for k, v in adapters.items()},
@@ -925,8 +703,6 @@ def train(config: TrainingConfig, resume: bool | str | os.PathLike = False) -> T
 def _inference_info(source_dir, context_mm: float | None) -> dict:
     """What a checkpoint's ``medsam3.json`` must tell inference: the source model's mask source
     and 2.5D context (``data.context_mm`` overrides the context; ``null`` keeps the model's)."""
-    from medsam3.model.loader import read_model_info
-
     source = read_model_info(source_dir)
     info = {k: source[k] for k in ("masks", "context_mm") if k in source}
     if context_mm is not None:

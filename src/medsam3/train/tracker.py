@@ -134,7 +134,7 @@ class ClipDataset(torch.utils.data.Dataset):
         i, k = self.index[index]
         item = self.source.items[i]
         name, values = self.source.targets[i][k]
-        loaded = self.source._load(i)
+        loaded = self.source.load_item(i)
         present = self.source.presence(i)[0].get(name, np.zeros(0, np.int64))
         depth, length = loaded.image.shape[0], self.config.clip_length
         reverse = bool(rng.random() < self.config.reverse_probability)

@@ -1,10 +1,10 @@
 """Validation during training: Dice of what the predictor would answer, on fixed samples.
 
 For each (image, text prompt) row the prediction is what
-:class:`medsam3.predict.ImagePredictor` returns: queries whose score
-``sigmoid(class) * sigmoid(presence)`` exceeds ``score_threshold`` (and a presence above
-``presence_threshold``), their masks (probability > ``mask_threshold`` after bilinear
-upsampling to the input size) united. Reported:
+:class:`medsam3.predict.ImagePredictor` returns, by the same code (:mod:`medsam3.predict.decode`):
+queries whose score ``sigmoid(class) * sigmoid(presence)`` exceeds ``score_threshold`` (and a
+presence of at least ``presence_threshold``), their masks (logits resized bilinearly to the input
+size, then the sigmoid, > ``mask_threshold``) united. Reported:
 
 ``dice``
     mean Dice over rows whose class is present (pixels outside the row's ``loss_mask``, i.e.
@@ -23,7 +23,8 @@ Each is ``None`` when there are no rows of its kind.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from medsam3.predict.decode import DetectorRow, decode_row, upsample_mask_logits
 
 
 def _dice(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None) -> float:
@@ -36,25 +37,19 @@ def _dice(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None) -> f
 @torch.no_grad()
 def row_predictions(outputs: dict[str, torch.Tensor], size: tuple[int, int], score_threshold: float = 0.5,
                     presence_threshold: float = 0.5, mask_threshold: float = 0.5):
-    """Per row: ``(instance_union, semantic, top1)`` ``(H, W)`` bool masks at the input size."""
-    logits = outputs["pred_logits"][-1].float()
+    """Per row: ``(instance_union, semantic, top1)`` ``(H, W)`` bool masks at the input size, decoded
+    by the predictor's rule (:func:`medsam3.predict.decode.decode_row`) from the last decoder layer."""
+    quality = outputs["pred_logits"][-1].float().sigmoid()
     presence = outputs["presence_logits"][-1].float().sigmoid()
     masks = outputs["pred_masks"].float()
     semantic = outputs["semantic_seg"].float()
     out = []
-    for r in range(logits.shape[0]):
-        scores = logits[r].sigmoid() * presence[r]
-        keep = (scores > score_threshold).nonzero().squeeze(1)
-        if float(presence[r]) < presence_threshold or keep.numel() == 0:
-            union = torch.zeros(size, dtype=torch.bool, device=logits.device)
-        else:
-            probs = F.interpolate(masks[r, keep][None].sigmoid(), size=size, mode="bilinear", align_corners=False)[0]
-            union = (probs > mask_threshold).any(0)
-        sem = F.interpolate(semantic[r][None, None].sigmoid(), size=size, mode="bilinear",
-                            align_corners=False)[0, 0] > mask_threshold
-        best = int(scores.argmax())
-        top1 = F.interpolate(masks[r, best][None, None].sigmoid(), size=size, mode="bilinear",
-                             align_corners=False)[0, 0] > mask_threshold
+    for r in range(quality.shape[0]):
+        row = DetectorRow(float(presence[r]), quality[r], masks[r])
+        union = decode_row(row, size, score_threshold, presence_threshold, mask_threshold).union(size)
+        sem = upsample_mask_logits(semantic[r][None], size)[0] > mask_threshold
+        best = int(row.scores.argmax())
+        top1 = upsample_mask_logits(masks[r, best][None], size)[0] > mask_threshold
         out.append((union, sem, top1))
     return out
 

@@ -28,7 +28,7 @@ from medsam3.data.layouts.common import (
     relative,
     require_directory,
 )
-from medsam3.data.layouts.nnunet import _channel_modalities, _find_dataset_json, parse_labels
+from medsam3.data.layouts.nnunet import channel_modalities, find_dataset_json, parse_labels
 from medsam3.data.manifest import ManifestItem
 from medsam3.errors import InputError
 
@@ -42,7 +42,7 @@ def convert_msd(root: Path, *, dataset: str | None = None, modality: str | None 
             image whose channel count differs from ``modality``, a label off its image's grid.
     """
     root = require_directory(root, "Decathlon")
-    meta_path = _find_dataset_json(root)
+    meta_path = find_dataset_json(root)
     meta = read_json(meta_path)
     if not isinstance(meta, dict):
         raise InputError(f"{meta_path}: expected a JSON object")
@@ -53,7 +53,7 @@ def convert_msd(root: Path, *, dataset: str | None = None, modality: str | None 
                          f'([{{"image": ..., "label": ...}}]){hint}')
     dataset = dataset or root.name
     modality = check_modality(modality)
-    channel_names = _channel_modalities(meta, meta_path)
+    channel_names = channel_modalities(meta, meta_path)
     labels, regions, ignore = parse_labels(meta.get("labels"), meta_path)
 
     pairs, missing = [], []

@@ -37,7 +37,8 @@ from medsam3.errors import ArgumentError, InputError
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-def _find_dataset_json(root: Path) -> Path:
+def find_dataset_json(root: Path) -> Path:
+    """The ``dataset.json`` of an nnU-Net / Decathlon dataset folder."""
     path = root / "dataset.json"
     if path.is_file():
         return path
@@ -87,7 +88,8 @@ def parse_labels(raw, path: Path) -> tuple[dict[str, str], dict[str, list[int]],
     return labels, regions, ignore
 
 
-def _channel_modalities(meta: dict, path: Path) -> dict[int, str]:
+def channel_modalities(meta: dict, path: Path) -> dict[int, str]:
+    """``{channel index: modality}`` from a dataset.json's ``channel_names`` / ``modality``."""
     channels = meta.get("channel_names", meta.get("modality"))
     if not isinstance(channels, dict) or not channels:
         raise InputError(f"{path}: needs 'channel_names' (nnU-Net v2) or 'modality' (v1, Decathlon), "
@@ -176,13 +178,13 @@ def convert_nnunet(root: Path, *, dataset: str | None = None, modality: str | No
             files, a label off its image's grid.
     """
     root = require_directory(root, "nnU-Net")
-    meta_path = _find_dataset_json(root)
+    meta_path = find_dataset_json(root)
     meta = read_json(meta_path)
     if not isinstance(meta, dict):
         raise InputError(f"{meta_path}: expected a JSON object")
     dataset = dataset or root.name
     modality = check_modality(modality)
-    channel_names = _channel_modalities(meta, meta_path)
+    channel_names = channel_modalities(meta, meta_path)
     n_channels = len(channel_names)
     labels, regions, ignore = parse_labels(meta.get("labels"), meta_path)
     ending = meta.get("file_ending")

@@ -23,14 +23,17 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     # the CLIP tokenizer is a leaf: the vocabulary counts prompt tokens with it
     "medsam3.model.tokenizer": ("medsam3.errors",),
     "medsam3.prompts": ("medsam3.model.tokenizer",),
-    "medsam3.model": ("medsam3.preprocess", "medsam3.prompts"),
+    # how typed text maps onto a model's own prompts (convert writes a model's vocabulary)
+    "medsam3.prompt_mapping": ("medsam3.prompts",),
+    "medsam3.model": ("medsam3.preprocess", "medsam3.prompt_mapping"),
     "medsam3.predict": ("medsam3.model", "medsam3.orientation"),
     "medsam3.data": ("medsam3.prompts", "medsam3.overlay"),
     "medsam3.segmentation": ("medsam3.predict", "medsam3.overlay"),
     "medsam3.train": ("medsam3.data", "medsam3.predict"),
     "medsam3.evaluate": ("medsam3.segmentation", "medsam3.data"),
     "medsam3.app": ("medsam3.segmentation",),
-    "medsam3.cli": ("medsam3.evaluate", "medsam3.app", "medsam3.train"),
+    "medsam3.batch": ("medsam3.segmentation",),
+    "medsam3.cli": ("medsam3.evaluate", "medsam3.app", "medsam3.train", "medsam3.batch"),
 }
 #: The root package (``__version__``, lazy public names) may be imported from anywhere; its own
 #: eager imports are only these.

@@ -68,7 +68,7 @@ def _add_segment(subparsers) -> None:
     p.add_argument("--negative-exemplar", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
                    action=_AppendExemplar, dest="exemplars", help="a counter-example box of the text concept")
     p.add_argument("--slice", type=int, dest="slice_index", metavar="K",
-                   help="for volumes: the slice --box/--point are drawn on, as an index along the slicing axis "
+                   help="for volumes: the slice --box/--point/--exemplar are drawn on, as an index along the slicing axis "
                         "(array order); X/Y are the columns/rows of that array plane")
     v = p.add_argument_group("volumes", "3D inputs: the detector finds the prompts on every slice, the SAM3 tracker "
                              "propagates what it found (and any --box/--point) through the volume, and the two are "

@@ -84,7 +84,9 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         points: ``[[X, Y], ...]`` clicks on that same object; ``point_labels`` 1 (positive,
             default) or 0 (negative).
         exemplars: ``X0 Y0 X1 Y1`` exemplar boxes given with every text prompt (concept
-            prompts); ``exemplar_labels`` 1 = example (default), 0 = counter-example.
+            prompts); ``exemplar_labels`` 1 = example (default), 0 = counter-example. On a volume
+            they are drawn on ``slice_index`` (pixels of that array plane, like ``box``) and act
+            as :data:`medsam3.predict.volume.EXEMPLAR_RULE` says.
         slice_index: for volumes, the slice that box/points are drawn on: its index along the
             slicing axis, in array order (for axial slicing of an axial scan, array index z);
             box/point pixels are that array plane's columns (x) and rows (y).
@@ -320,6 +322,10 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
         raise ArgumentError(f"--slice {slice_index} is out of range: {image.path or 'the input'} has "
                             f"{n} {orientation.axis} slices (0..{n - 1})")
     objects = [ObjectPrompt(slice_index, box=box, points=points, point_labels=point_labels)] if interactive else []
+    exemplars = any(p.exemplar_boxes for p in text_prompts)
+    if exemplars and slice_index is None:
+        raise ArgumentError(f"{image.path or 'the input'} is a volume: exemplar boxes need --slice K "
+                            f"(the {orientation.axis} slice index they were drawn on, 0..{n - 1})")
     if mode != "slices" and not predictor.model.tracker_trained:
         if mode == "propagate" or interactive:
             _ = predictor.model.tracker  # raises: the error names the model and what to do
@@ -341,7 +347,7 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
                              presence_window=presence_window, progress=progress)
     result = volume.segment(normalized, text_prompts, objects, direction=image.direction, axis=axis,
                             instances=instances, description=Path(str(image.path or "volume")).name,
-                            spacing=image.spacing)
+                            spacing=image.spacing, exemplar_slice=slice_index if exemplars else None)
     extra = {
         "instances": result.instances,
         "instance_labels": result.instance_labels,
@@ -357,6 +363,10 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
             "presence_window": presence_window,
         },
     }
+    if exemplars:
+        from medsam3.predict.volume import EXEMPLAR_RULE
+
+        extra["sidecar"]["exemplars"] = {"slice": slice_index, "rule": EXEMPLAR_RULE}
     return result.labels, result.summaries, extra
 
 

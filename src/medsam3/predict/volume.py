@@ -85,6 +85,13 @@ from medsam3.preprocess import context_planes
 
 MODES = ("merged", "propagate", "slices")
 
+#: How exemplar boxes (``--exemplar`` / ``--negative-exemplar``) act on a volume; written to the sidecar.
+EXEMPLAR_RULE = ("exemplar boxes are drawn on one slice (--slice K): they are converted into that slice's "
+                 "model-view pixels like --box and given with the text prompts to the detector on slice K only; "
+                 "every other slice is detected from the text alone. In merged/propagate modes the pass starts "
+                 "at slice K, so what the exemplars found there starts tracks that the tracker carries through "
+                 "the volume both ways (slices mode: slice K's answer only)")
+
 
 @dataclass
 class VolumePromptSummary:
@@ -271,7 +278,8 @@ class VolumePredictor:
 
     def segment(self, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
                 objects: Sequence[ObjectPrompt] = (), direction=None, axis: str | None = None,
-                instances: bool = False, description: str = "volume", spacing=None) -> VolumeSegmentation:
+                instances: bool = False, description: str = "volume", spacing=None,
+                exemplar_slice: int | None = None) -> VolumeSegmentation:
         """Segment a normalised volume.
 
         Args:
@@ -284,6 +292,10 @@ class VolumePredictor:
             description: the progress bar's label.
             spacing: the image's ``(sx, sy, sz)`` voxel size in mm (unit when ``None``); a model
                 with 2.5D input (``context_mm``) gets each slice with the neighbours that far away.
+            exemplar_slice: the slice (index along the slicing axis) the text prompts' exemplar
+                boxes are drawn on; the boxes are pixels of the input array's plane there, like an
+                :class:`ObjectPrompt`'s (rule: :data:`EXEMPLAR_RULE`). Required when a prompt has
+                exemplar boxes.
         """
         volume = np.asarray(volume)
         if volume.ndim != 3:
@@ -297,7 +309,8 @@ class VolumePredictor:
         if len(spacing) != 3:
             raise ArgumentError(f"a volume's spacing must be 3 numbers (sx, sy, sz), got {spacing}")
         offset = self.predictor.context_offset(spacing[2 - orientation.slice_axis])
-        return _VolumeRun(self, volume, text, objects, orientation, instances, description, offset).execute()
+        return _VolumeRun(self, volume, text, objects, orientation, instances, description, offset,
+                          exemplar_slice).execute()
 
 
 def check_presence_window(window) -> int:
@@ -311,11 +324,12 @@ def check_presence_window(window) -> int:
 def segment_volume(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
                    objects: Sequence[ObjectPrompt] = (), *, direction=None, axis: str | None = None,
                    mode: str = "merged", instances: bool = False, progress: bool = True,
-                   description: str = "volume", spacing=None, **options) -> VolumeSegmentation:
+                   description: str = "volume", spacing=None, exemplar_slice: int | None = None,
+                   **options) -> VolumeSegmentation:
     """Functional form of :meth:`VolumePredictor.segment`; ``options`` go to :class:`VolumePredictor`."""
     return VolumePredictor(predictor, mode=mode, progress=progress, **options).segment(
         volume, prompts, objects, direction=direction, axis=axis, instances=instances, description=description,
-        spacing=spacing)
+        spacing=spacing, exemplar_slice=exemplar_slice)
 
 
 def segment_slices(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt],
@@ -332,7 +346,7 @@ class _VolumeRun:
 
     def __init__(self, owner: VolumePredictor, volume: np.ndarray, text: list[TextPrompt],
                  objects: list[ObjectPrompt], orientation: SliceOrientation, instances: bool, description: str,
-                 context: int = 0):
+                 context: int = 0, exemplar_slice: int | None = None):
         self.p = owner
         self.predictor = owner.predictor
         self.rule = owner.rule
@@ -362,6 +376,10 @@ class _VolumeRun:
         self.waiting: deque[_Record] = deque()  # visited slices whose presence is not decided yet
         self.window_size = max(self.p.backward_slices, self.rule.max_unsupported + 1) if self.tracking else 0
         self.object_starts = self._check_objects()
+        # exemplar boxes act on their own slice only (EXEMPLAR_RULE); other slices get the bare text
+        self.exemplar_slice, self.exemplar_text = self._check_exemplars(exemplar_slice)
+        if self.exemplar_text is not None:
+            self.text = [TextPrompt(p.text) for p in text]
         self.tracker = (VolumeTracker(self.predictor.model, self.num_slices, self.plane_shape)
                         if self.tracking or objects else None)
         self.tracks: list[_Track] = []  # the live ones (dead tracks are dropped after each slice)
@@ -372,7 +390,8 @@ class _VolumeRun:
         self.window: OrderedDict[int, _Record] = OrderedDict()
         self.skipped: list[int] = []
         self.step = 1
-        self.start = min(self.object_starts) if (self.object_starts and self.tracking) else 0
+        starts = list(self.object_starts) + ([self.exemplar_slice] if self.exemplar_text is not None else [])
+        self.start = min(starts) if (starts and self.tracking) else 0
         self.seeds: list[tuple[int, torch.Tensor]] = []
         self.seed_features = None
         self.stats = {"slices_encoded": 0, "tracks": 0, "tracker_steps": 0}
@@ -416,6 +435,35 @@ class _VolumeRun:
                     raise ArgumentError(f"point {x:g} {y:g} is outside slice {k} (width {plane_w}, height {plane_h})")
             starts.setdefault(int(k), []).append(i)
         return starts
+
+    def _check_exemplars(self, exemplar_slice: int | None) -> tuple[int | None, list[TextPrompt] | None]:
+        """``(slice, prompts with their exemplar boxes in stack-slice pixels)``, or ``(slice, None)``
+        when no prompt has exemplar boxes."""
+        if not any(p.exemplar_boxes for p in self.text):
+            return exemplar_slice, None
+        n = self.num_slices
+        if exemplar_slice is None:
+            raise ArgumentError("exemplar boxes on a volume need the slice they are drawn on (--slice K, "
+                                f"the {self.orientation.axis} slice index, 0..{n - 1})")
+        k = exemplar_slice
+        if isinstance(k, bool) or int(k) != k or not 0 <= k < n:
+            raise ArgumentError(f"exemplar slice {k} is out of range: the volume has {n} "
+                                f"{self.orientation.axis} slices (0..{n - 1})")
+        shape = self.labels.shape
+        plane_h, plane_w = self.orientation.plane_shape(shape)
+        converted = []
+        for p in self.text:
+            boxes = []
+            for box in p.exemplar_boxes:
+                if len(box) != 4:
+                    raise ArgumentError(f"an exemplar box needs 4 numbers X0 Y0 X1 Y1, got {list(box)}")
+                x0, y0, x1, y1 = (float(v) for v in box)
+                if not (0 <= x0 < x1 <= plane_w and 0 <= y0 < y1 <= plane_h):
+                    raise ArgumentError(f"exemplar box {x0:g} {y0:g} {x1:g} {y1:g} is not inside slice {k} "
+                                        f"(width {plane_w}, height {plane_h}) with X0 < X1 and Y0 < Y1")
+                boxes.append(self.orientation.plane_box_to_slice([x0, y0, x1, y1], shape))
+            converted.append(TextPrompt(p.text, boxes, list(p.exemplar_labels)))
+        return int(k), converted
 
     def _model_prompt(self, obj: ObjectPrompt) -> dict:
         """An object's prompt on the stack's slice, in model input pixels."""
@@ -484,7 +532,8 @@ class _VolumeRun:
 
     def _visit(self, z: int) -> None:
         plane = self.stack[z]
-        forced = self.step == 1 and z in self.object_starts
+        forced = self.step == 1 and (z in self.object_starts or
+                                     (self.exemplar_text is not None and z == self.exemplar_slice))
         rule = self.p.empty_slices
         if rule is not None and not forced and rule.is_empty(plane):
             record = _Record(z, True)
@@ -492,7 +541,7 @@ class _VolumeRun:
             self.predictor.set_image(context_planes(self.stack, z, self.context))
             self.stats["slices_encoded"] += 1
             hidden = self.predictor._features.last_hidden_state if self.tracker is not None else None
-            record = _Record(z, False, hidden, rows=self._detect())
+            record = _Record(z, False, hidden, rows=self._detect(z))
             self.presences[z] = [row.presence for row in record.rows]
         self.waiting.append(record)
         while self.waiting and abs(z - self.waiting[0].index) >= self.delay:
@@ -522,13 +571,15 @@ class _VolumeRun:
         return record._features
 
     # ------------------------------------------------------------------ detection
-    def _detect(self) -> list[_Row]:
-        """The detector's rows for the text prompts on the current slice. A row that waits for
-        its presence window keeps only the queries that can pass the score threshold whatever
-        the window decides (``quality x presence`` with presence <= 1)."""
+    def _detect(self, z: int) -> list[_Row]:
+        """The detector's rows for the text prompts on the current slice ``z`` (with their exemplar
+        boxes on the exemplar slice). A row that waits for its presence window keeps only the
+        queries that can pass the score threshold whatever the window decides (``quality x
+        presence`` with presence <= 1)."""
         rows: list[_Row] = []
-        if self.text:
-            for batch, out in self.predictor.detect(self.text):
+        prompts = self.exemplar_text if (self.exemplar_text is not None and z == self.exemplar_slice) else self.text
+        if prompts:
+            for batch, out in self.predictor.detect(prompts):
                 rows += [_Row(*self.predictor.row_parts(out, i)) for i in range(len(batch))]
         if self.delay:
             for row in rows:

@@ -93,7 +93,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--presence-threshold", type=float, default=0.5,
                    help="below this presence a class is answered absent (default 0.5)")
     m.add_argument("--mask-threshold", type=float, default=0.5, help="pixel probability threshold (default 0.5)")
-    m.add_argument("--volume-mode", choices=("merged", "propagate", "slices"), default="merged",
+    m.add_argument("--volume-mode", choices=("merged", "propagate", "slices", "clips"), default="merged",
                    help="text mode on volumes, as `medsam3 segment --mode` (default merged)")
     m.add_argument("--axis", choices=("axial", "coronal", "sagittal"),
                    help="slicing plane of volumes (default: the acquisition plane)")

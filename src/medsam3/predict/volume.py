@@ -26,7 +26,9 @@ the whole volume in one streaming pass, with no ground truth anywhere:
 
 Modes: ``merged`` (default, the above); ``propagate`` (tracker masks only: detections
 only start tracks, a track ends where the tracker loses the object); ``slices``
-(detections only, no tracker; instances are linked between neighbouring slices by IoU).
+(detections only, no tracker; instances are linked between neighbouring slices by IoU);
+``clips`` (Medical SAM3's official scheme: independent short clips of ``merged`` passes, fused
+per pixel by probability, :mod:`medsam3.predict.clips`).
 
 **Presence window** (``slices`` mode): with ``presence_window`` w = 2r + 1 > 1, a text prompt's
 presence on a slice is the median of the detector's presence probabilities on the w slices
@@ -83,7 +85,8 @@ from medsam3.predict.orientation import SliceOrientation, choose_orientation
 from medsam3.predict.propagation import TrackedObject, VolumeTracker, logit
 from medsam3.preprocess import context_planes
 
-MODES = ("merged", "propagate", "slices")
+#: The volume modes (module docstring; ``clips``: :mod:`medsam3.predict.clips`).
+MODES = ("merged", "propagate", "slices", "clips")
 
 #: How exemplar boxes (``--exemplar`` / ``--negative-exemplar``) act on a volume; written to the sidecar.
 EXEMPLAR_RULE = ("exemplar boxes are drawn on one slice (--slice K): they are converted into that slice's "
@@ -252,11 +255,15 @@ class VolumePredictor:
         presence_window: ``slices`` mode: an odd number of slices whose median presence decides
             each slice's present / absent answer (module docstring); 1 = each slice alone.
         progress: show a progress bar per volume.
+        clip_length, clip_overlap, clip_fusion: ``clips`` mode: slices per clip (official: 4),
+            slices shared by neighbouring clips (official: 0), ``mean`` or ``max`` of overlapping
+            clips' probabilities (:mod:`medsam3.predict.clips`).
     """
 
     def __init__(self, predictor: ImagePredictor, mode: str = "merged", rule: MergeRule | None = None,
                  backward_slices: int = 8, max_objects: int = 8, empty_slices: EmptySliceRule | None = EmptySliceRule(),
-                 presence_window: int = 1, progress: bool = True):
+                 presence_window: int = 1, progress: bool = True, clip_length: int = 4, clip_overlap: int = 0,
+                 clip_fusion: str = "mean"):
         if mode not in MODES:
             raise ArgumentError(f"unknown volume mode {mode!r}; accepted: {', '.join(MODES)}")
         check_presence_window(presence_window)
@@ -275,6 +282,10 @@ class VolumePredictor:
         self.empty_slices = empty_slices
         self.presence_window = int(presence_window)
         self.progress = progress
+        from medsam3.predict.clips import check_clip_options
+
+        self.clip_length, self.clip_overlap, self.clip_fusion = check_clip_options(clip_length, clip_overlap,
+                                                                                   clip_fusion)
 
     def segment(self, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
                 objects: Sequence[ObjectPrompt] = (), direction=None, axis: str | None = None,
@@ -309,6 +320,11 @@ class VolumePredictor:
         if len(spacing) != 3:
             raise ArgumentError(f"a volume's spacing must be 3 numbers (sx, sy, sz), got {spacing}")
         offset = self.predictor.context_offset(spacing[2 - orientation.slice_axis])
+        if self.mode == "clips":
+            from medsam3.predict.clips import ClipsRun
+
+            return ClipsRun(self, volume, text, objects, orientation, instances, description, offset,
+                            exemplar_slice).execute()
         return _VolumeRun(self, volume, text, objects, orientation, instances, description, offset,
                           exemplar_slice).execute()
 
@@ -346,7 +362,8 @@ class _VolumeRun:
 
     def __init__(self, owner: VolumePredictor, volume: np.ndarray, text: list[TextPrompt],
                  objects: list[ObjectPrompt], orientation: SliceOrientation, instances: bool, description: str,
-                 context: int = 0, exemplar_slice: int | None = None):
+                 context: int = 0, exemplar_slice: int | None = None,
+                 slice_range: tuple[int, int] | None = None, sink=None):
         self.p = owner
         self.predictor = owner.predictor
         self.rule = owner.rule
@@ -358,6 +375,10 @@ class _VolumeRun:
         self.stack = orientation.stack(volume)
         self.context = context  # slices to each neighbour fed with a slice (2.5D input); 0: alone
         self.num_slices = self.stack.shape[0]
+        # the slices this pass visits (a clip of clips mode; default all); sink(z, labels, probs)
+        # takes each finished slice's per-entry probabilities instead of writing labels (clips mode)
+        self.lo, self.hi = slice_range if slice_range is not None else (0, self.num_slices)
+        self.sink = sink
         self.plane_shape = tuple(self.stack.shape[1:])
         n_labels = len(text) + len(objects)
         self.labels = np.zeros(volume.shape, np.uint8 if n_labels < 256 else np.uint16)
@@ -391,7 +412,7 @@ class _VolumeRun:
         self.skipped: list[int] = []
         self.step = 1
         starts = list(self.object_starts) + ([self.exemplar_slice] if self.exemplar_text is not None else [])
-        self.start = min(starts) if (starts and self.tracking) else 0
+        self.start = min(starts) if (starts and self.tracking) else self.lo
         self.seeds: list[tuple[int, torch.Tensor]] = []
         self.seed_features = None
         self.stats = {"slices_encoded": 0, "tracks": 0, "tracker_steps": 0}
@@ -486,20 +507,20 @@ class _VolumeRun:
 
     # ------------------------------------------------------------------ the pass
     def execute(self) -> VolumeSegmentation:
-        bar = tqdm(total=self.num_slices, desc=self.description, unit="slice", disable=not self.p.progress,
+        bar = tqdm(total=self.hi - self.lo, desc=self.description, unit="slice", disable=not self.p.progress,
                    leave=False)
         try:
             with torch.inference_mode():
                 self.step = 1
-                for z in range(self.start, self.num_slices):
+                for z in range(self.start, self.hi):
                     self._visit(z)
                     bar.update(1)
                 self._finish_half()
-                if self.start > 0:
+                if self.start > self.lo:
                     self.step = -1
                     self.standalone = {}
                     self._seed_backward_half()
-                    for z in range(self.start - 1, -1, -1):
+                    for z in range(self.start - 1, self.lo - 1, -1):
                         self._visit(z)
                         bar.update(1)
                     self._finish_half()
@@ -866,7 +887,7 @@ class _VolumeRun:
             entries += self._standalone(k + 1, [c for c in cands if c.strong and c.owner is None])
         if not record.candidates:
             self.standalone = {}
-        if record.index == self.start and self.step == 1 and self.start > 0:
+        if record.index == self.start and self.step == 1 and self.start > self.lo:
             self.seeds = [(tid, logits) for _, tid, logits in entries if tid in self.track_ids]
             self.seed_features = self._features(record) if self.seeds else None
         record.hidden = record._features = None
@@ -875,6 +896,9 @@ class _VolumeRun:
         entries.sort(key=lambda e: (e[0], e[1]))
         logits = torch.stack([e[2] for e in entries]).float()
         probs = upsample_mask_logits(logits, self.plane_shape)
+        if self.sink is not None:
+            self.sink(record.index, [e[0] for e in entries], probs)
+            return
         label_plane, id_plane = resolve_voxels(probs, [e[0] for e in entries], [e[1] for e in entries],
                                                self.predictor.mask_threshold)
         z = record.index

@@ -66,6 +66,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "instead of --ground-truth)")
     p.add_argument("--prompt-mode", choices=("text", "text+box", "box", "point"), default="text",
                    help="with --model: how classes are prompted (default text; the others see the ground truth)")
+    p.add_argument("--protocol", choices=("paper",), default=None,
+                   help="with --model: Medical SAM3's protocol: text, text + GT exemplar box and GT box in one pass "
+                        "(each image/slice encoded once), scored, with the paired comparison per dataset and "
+                        "modality (OUT/paper.md); see docs/paper-workflow.md")
     p.add_argument("--split", choices=("train", "val", "test", "all"),
                    help="manifest items of this split (default test; every item, with a note, when the manifest "
                         "has no test split)")
@@ -175,6 +179,30 @@ def _print_summary(result) -> None:
     print(f"report: {result.report_md}")
 
 
+def _run_paper(args: argparse.Namespace, common: dict) -> int:
+    """``--model M --manifest F --protocol paper``."""
+    given = [flag for flag, value, default in (("--prompt-mode", args.prompt_mode, "text"),
+                                               ("--volume-mode", args.volume_mode, "merged"),
+                                               ("--presence-window", args.presence_window, None)) if value != default]
+    if given:
+        raise ArgumentError(f"--protocol paper sets the prompt modes (text, text+box, box) and runs volumes slice by "
+                            f"slice; do not also give {', '.join(given)}")
+    from medsam3.evaluate.paper import evaluate_paper
+
+    result = evaluate_paper(args.model, args.manifest, args.out, device=args.device, dtype=args.dtype,
+                            threshold=args.threshold, presence_threshold=args.presence_threshold,
+                            mask_threshold=args.mask_threshold, axis=args.axis, max_objects=args.max_objects,
+                            window=args.window,
+                            batch_size=args.batch_size, **common)
+    print(f"paper protocol: {len(result.predicted_now)} items predicted now, {result.encoded} ViT passes; "
+          f"report {result.paper_md}")
+    for mode, run in result.runs.items():
+        st = run.summary["overall"]["dice"]
+        if st["n"]:
+            print(f"  {mode}: dice mean {st['mean']:.4f} [{st['ci_low']:.4f}, {st['ci_high']:.4f}] (n={st['n']})")
+    return 0
+
+
 def _run_manifest(args: argparse.Namespace) -> int:
     """``--model M --manifest F`` or ``--predictions DIR --manifest F``."""
     if not args.manifest:
@@ -196,6 +224,8 @@ def _run_manifest(args: argparse.Namespace) -> int:
         if args.predictions:
             raise ArgumentError("give --model (predict and score) or --predictions (score existing label maps), "
                                 "not both")
+        if args.protocol == "paper":
+            return _run_paper(args, common)
         from medsam3.evaluate.model import evaluate_model
 
         result = evaluate_model(args.model, args.manifest, args.out, prompt_mode=args.prompt_mode,
@@ -205,6 +235,8 @@ def _run_manifest(args: argparse.Namespace) -> int:
                                 presence_window=args.presence_window, window=args.window,
                                 batch_size=args.batch_size, **common)
     else:
+        if args.protocol:
+            raise ArgumentError(f"--protocol {args.protocol} runs a model: give --model M")
         if not args.predictions:
             raise ArgumentError("--manifest needs --model M (predict and score) or --predictions DIR "
                                 "(score existing label maps)")

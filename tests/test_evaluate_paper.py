@@ -106,3 +106,28 @@ def test_paper_protocol_cli(tiny_model_dir, manifest_2d, tmp_path, capsys):  # n
                      str(tmp_path / "bad"), "--protocol", "paper", *extra]) == 2
         assert "--protocol paper sets the prompt modes" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_external_suite_runs_the_protocol_per_local_copy(tiny_model_dir, manifest_2d, tmp_path, capsys):  # noqa: F811
+    from medsam3.data import read_manifest, write_manifest
+
+    full = read_manifest(manifest_2d)
+    one = [it for it in full.items if it.id == "mr/test/slice"]
+    local = write_manifest(one, tmp_path / "hc18.jsonl", full.root)  # stands in for a converted HC18 copy
+    out = tmp_path / "suite"
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--protocol", "paper", "--suite", "external",
+                 "--local", f"HC18={local}", "--out", str(out), "--threshold", "0", "--presence-threshold", "0",
+                 "--bootstrap", "20", "--no-plots", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "external suite: hc18 run" in printed and "not run (no --local copy): tn3k" in printed
+    content = json.loads((out / "suite.json").read_text())
+    assert list(content["datasets"]) == ["hc18"] and content["datasets"]["hc18"]["paper_text_dice_percent"] == [23.9, 92.6]
+    assert set(content["datasets"]["hc18"]["modes"]) == set(PAPER_MODES) and "stare" in content["missing"]
+    assert (out / "hc18" / "paper.md").is_file() and "| hc18 |" in (out / "suite.md").read_text()
+    for bad, message in ((["--local", "kvasir-seg=" + str(local)], "is not in the external suite"),
+                         (["--local", "hc18"], "must be NAME=PATH"),
+                         (["--local", f"ph2={tmp_path / 'nowhere'}"], "does not exist")):
+        assert main(["evaluate", "--model", str(tiny_model_dir), "--protocol", "paper", "--suite", "external",
+                     "--out", str(tmp_path / "bad"), *bad]) == 2
+        assert message in capsys.readouterr().err

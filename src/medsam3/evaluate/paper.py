@@ -311,3 +311,90 @@ def _ci_cell(mean, low, high) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
     return f"{_fmt(mean)} [{_fmt(low)}, {_fmt(high)}]"
+
+
+# --------------------------------------------------------------------------- suites
+
+#: ``--suite`` names -> the registry role whose datasets they run.
+SUITES = {"external": "external"}
+
+
+@dataclass
+class SuiteEvaluation:
+    """What :func:`evaluate_suite` produced: ``runs`` dataset -> :class:`PaperEvaluation`;
+    ``missing``: suite datasets without a local copy; ``suite_md`` / ``suite_json`` the summary."""
+
+    out: Path
+    suite_md: Path
+    suite_json: Path
+    runs: dict[str, PaperEvaluation]
+    missing: list[str]
+
+
+def evaluate_suite(model, suite: str, local: dict[str, str | os.PathLike], out: str | os.PathLike,
+                   **options) -> SuiteEvaluation:
+    """The paper's protocol on every dataset of a suite (``external``: the paper's 7 unseen test
+    sets, registry role ``external``) that has a local copy.
+
+    Args:
+        model: as :func:`evaluate_paper`.
+        suite: a :data:`SUITES` name.
+        local: registry name -> a manifest (``.jsonl``) or the unpacked download (converted
+            with the registry's converter, :func:`medsam3.data.registry.prepare_dataset`, into
+            ``OUT/manifests/NAME.jsonl``).
+        out: output folder: ``OUT/NAME/`` per dataset (an :func:`evaluate_paper` output),
+            ``OUT/suite.md`` and ``OUT/suite.json`` (mean Dice per prompt mode next to the
+            paper's text-only Dice, vanilla SAM3 -> Medical SAM3).
+        options: :func:`evaluate_paper`'s keyword arguments; ``split`` defaults to ``all``
+            (external sets are evaluated whole).
+
+    Raises:
+        ArgumentError: unknown suite, a name outside it, a path that does not exist, or no
+            local copy at all.
+    """
+    from medsam3.data.registry import get_dataset, list_datasets, prepare_dataset
+    from medsam3.evaluate.report import _write_text, write_json
+
+    if suite not in SUITES:
+        raise ArgumentError(f"unknown suite {suite!r}; accepted: {', '.join(SUITES)}")
+    members = [d.name for d in list_datasets(SUITES[suite])]
+    chosen: dict[str, Path] = {}
+    for name, path in local.items():
+        info = get_dataset(name)
+        if info.name not in members:
+            raise ArgumentError(f"{name!r} is not in the {suite} suite ({', '.join(members)})")
+        path = Path(os.path.expanduser(str(path)))
+        if not path.exists():
+            raise ArgumentError(f"the local copy of {info.name} ({path}) does not exist")
+        chosen[info.name] = path
+    if not chosen:
+        raise ArgumentError(f"--suite {suite} needs local copies: --local NAME=PATH for any of {', '.join(members)}")
+    out = Path(out)
+    options.setdefault("split", "all")
+    runs: dict[str, PaperEvaluation] = {}
+    for name in [m for m in members if m in chosen]:
+        path = chosen[name]
+        if path.suffix != ".jsonl":
+            (out / "manifests").mkdir(parents=True, exist_ok=True)
+            path = Path(prepare_dataset(name, path, out / "manifests" / f"{name}.jsonl",
+                                        progress=options.get("progress", True)).path)
+        runs[name] = evaluate_paper(model, path, out / name, name=name, **options)
+    missing = [m for m in members if m not in chosen]
+    table, lines = {}, [f"# Paper protocol, {suite} suite", "",
+                        "Mean Dice per prompt mode [95% bootstrap CI]; paper: text-only Dice %, vanilla SAM3 -> "
+                        "Medical SAM3 (arXiv 2601.10880).", "",
+                        "| dataset | " + " | ".join(PAPER_MODES) + " | paper (text) |",
+                        "|---|" + "---|" * (len(PAPER_MODES) + 1)]
+    for name, run in runs.items():
+        paper = get_dataset(name).paper_dice
+        table[name] = {"modes": {m: run.runs[m].summary["overall"]["dice"] for m in PAPER_MODES},
+                       "paper_text_dice_percent": list(paper) if paper else None, "report": str(run.paper_md)}
+        cells = [_ci_cell(*(table[name]["modes"][m].get(k) for k in ("mean", "ci_low", "ci_high")))
+                 for m in PAPER_MODES]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {f'{paper[0]} -> {paper[1]}' if paper else '–'} |")
+    if missing:
+        lines += ["", f"not run (no local copy given): {', '.join(missing)}"]
+    suite_json = write_json(out / "suite.json", {"format": PAPER_FORMAT, "suite": suite, "datasets": table,
+                                                 "missing": missing})
+    suite_md = _write_text(out / "suite.md", "\n".join(lines) + "\n")
+    return SuiteEvaluation(out=out, suite_md=suite_md, suite_json=suite_json, runs=runs, missing=missing)

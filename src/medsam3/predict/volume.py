@@ -416,6 +416,7 @@ class _VolumeRun:
         self.seeds: list[tuple[int, torch.Tensor]] = []
         self.seed_features = None
         self.stats = {"slices_encoded": 0, "tracks": 0, "tracker_steps": 0}
+        self.visiting: int | None = None  # the slice being encoded and detected
         self.standalone: dict[int, list[tuple[int, torch.Tensor]]] = {}  # label -> (id, mask) on the last commit
 
     # ------------------------------------------------------------------ set-up
@@ -562,7 +563,8 @@ class _VolumeRun:
             self.predictor.set_image(context_planes(self.stack, z, self.context))
             self.stats["slices_encoded"] += 1
             hidden = self.predictor._features.last_hidden_state if self.tracker is not None else None
-            record = _Record(z, False, hidden, rows=self._detect(z))
+            self.visiting = z
+            record = _Record(z, False, hidden, rows=self._detect())
             self.presences[z] = [row.presence for row in record.rows]
         self.waiting.append(record)
         while self.waiting and abs(z - self.waiting[0].index) >= self.delay:
@@ -592,13 +594,14 @@ class _VolumeRun:
         return record._features
 
     # ------------------------------------------------------------------ detection
-    def _detect(self, z: int) -> list[_Row]:
-        """The detector's rows for the text prompts on the current slice ``z`` (with their exemplar
-        boxes on the exemplar slice). A row that waits for its presence window keeps only the
+    def _detect(self) -> list[_Row]:
+        """The detector's rows for the text prompts on the current slice (``self.visiting``; with
+        their exemplar boxes on the exemplar slice). A row that waits for its presence window keeps only the
         queries that can pass the score threshold whatever the window decides (``quality x
         presence`` with presence <= 1)."""
         rows: list[_Row] = []
-        prompts = self.exemplar_text if (self.exemplar_text is not None and z == self.exemplar_slice) else self.text
+        on_exemplar = self.exemplar_text is not None and self.visiting == self.exemplar_slice
+        prompts = self.exemplar_text if on_exemplar else self.text
         if prompts:
             for batch, out in self.predictor.detect(prompts):
                 rows += [_Row(*self.predictor.row_parts(out, i)) for i in range(len(batch))]

@@ -108,7 +108,6 @@ def test_paper_protocol_cli(tiny_model_dir, manifest_2d, tmp_path, capsys):  # n
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.slow
 def test_external_suite_runs_the_protocol_per_local_copy(tiny_model_dir, manifest_2d, tmp_path, capsys):  # noqa: F811
     from medsam3.data import read_manifest, write_manifest
 

@@ -336,7 +336,7 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
             _ = predictor.model.tracker  # raises: the error names the model and what to do
         import warnings
 
-        warnings.warn(f"model {predictor.model.source} has no trained tracker: --mode merged falls back to "
+        warnings.warn(f"model {predictor.model.source} has no trained tracker: --mode {mode} falls back to "
                       "slice-by-slice detection (--mode slices), without propagation", UserWarning, stacklevel=3)
         mode = "slices"
     if presence_window is None:  # the model's own, for the mode it was chosen for

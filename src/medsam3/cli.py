@@ -68,14 +68,22 @@ def _add_segment(subparsers) -> None:
     p.add_argument("--negative-exemplar", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
                    action=_AppendExemplar, dest="exemplars", help="a counter-example box of the text concept")
     p.add_argument("--slice", type=int, dest="slice_index", metavar="K",
-                   help="for volumes: the slice --box/--point are drawn on, as an index along the slicing axis "
+                   help="for volumes: the slice --box/--point/--exemplar are drawn on, as an index along the slicing axis "
                         "(array order); X/Y are the columns/rows of that array plane")
     v = p.add_argument_group("volumes", "3D inputs: the detector finds the prompts on every slice, the SAM3 tracker "
                              "propagates what it found (and any --box/--point) through the volume, and the two are "
                              "merged; see medsam3.predict.volume")
-    v.add_argument("--mode", choices=("merged", "propagate", "slices"), default="merged",
+    # = medsam3.predict.volume.MODES, written out so that building the parser imports no torch (a test checks)
+    v.add_argument("--mode", choices=("merged", "propagate", "slices", "clips"), default="merged",
                    help="merged: detection + tracker propagation, merged; propagate: tracker masks from detected "
-                        "key slices; slices: detection on each slice only")
+                        "key slices; slices: detection on each slice only; clips: Medical SAM3's official scheme "
+                        "(independent short clips through the tracker, fused per pixel by probability)")
+    v.add_argument("--clip-length", type=int, default=4, metavar="N",
+                   help="--mode clips: slices per clip (official: 4)")
+    v.add_argument("--clip-overlap", type=int, default=0, metavar="N",
+                   help="--mode clips: slices shared by neighbouring clips (official: 0), 0..N-1")
+    v.add_argument("--clip-fusion", choices=("mean", "max"), default="mean",
+                   help="--mode clips: how overlapping clips' probabilities are fused on a shared slice")
     v.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default=None,
                    help="slice the volume in this physical plane (not array order); default: the plane closest "
                         "to the acquisition plane")
@@ -146,7 +154,8 @@ def _run_segment(args) -> int:
                   max_unsupported=args.max_unsupported, iou_threshold=args.iou_threshold,
                   key_score=args.key_score, presence_window=args.presence_window, size=args.size,
                   series_uid=args.series_uid,
-                  output_format=args.output_format)
+                  output_format=args.output_format, clip_length=args.clip_length, clip_overlap=args.clip_overlap,
+                  clip_fusion=args.clip_fusion)
     if args.json:
         print(json.dumps([summary_dict(r) for r in seg.results], indent=2))
     for k, name in enumerate(seg.prompts, start=1):

@@ -70,7 +70,8 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             instances: bool = False, skip_empty: bool = True, backward_slices: int = 8,
             max_unsupported: int = 2, iou_threshold: float = 0.3, key_score: float = 0.5,
             presence_window: int | None = None, size: int | None = None, series_uid: str | None = None,
-            output_format: str | None = None) -> Segmentation:
+            output_format: str | None = None, clip_length: int = 4, clip_overlap: int = 0,
+            clip_fusion: str = "mean") -> Segmentation:
     """Segment a 2D image or 3D volume from text, box and point prompts.
 
     Args:
@@ -84,7 +85,9 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         points: ``[[X, Y], ...]`` clicks on that same object; ``point_labels`` 1 (positive,
             default) or 0 (negative).
         exemplars: ``X0 Y0 X1 Y1`` exemplar boxes given with every text prompt (concept
-            prompts); ``exemplar_labels`` 1 = example (default), 0 = counter-example.
+            prompts); ``exemplar_labels`` 1 = example (default), 0 = counter-example. On a volume
+            they are drawn on ``slice_index`` (pixels of that array plane, like ``box``) and act
+            as :data:`medsam3.predict.volume.EXEMPLAR_RULE` says.
         slice_index: for volumes, the slice that box/points are drawn on: its index along the
             slicing axis, in array order (for axial slicing of an axial scan, array index z);
             box/point pixels are that array plane's columns (x) and rows (y).
@@ -111,6 +114,9 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             decides each slice's present / absent answer (:mod:`medsam3.predict.volume`); ``None``:
             the model's ``medsam3.json`` ``presence_window`` (1, each slice alone, without one).
 
+        clip_length, clip_overlap, clip_fusion: volumes, mode ``clips`` (Medical SAM3's official
+            3D scheme): slices per clip, slices shared by neighbouring clips, ``mean``/``max`` fusion
+            of overlapping clips (:mod:`medsam3.predict.clips`).
         series_uid: for a DICOM folder holding several series, the one to read.
         output_format: ``dicom-seg`` or ``dicom-rt`` to write DICOM (a ``.dcm`` output defaults
             to ``dicom-seg``); otherwise the format follows the output's extension.
@@ -186,7 +192,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             predictor, normalized, text_prompts, box, points, point_labels, slice_index, image, progress,
             mode=mode, axis=axis, instances=instances, skip_empty=skip_empty, backward_slices=backward_slices,
             max_unsupported=max_unsupported, iou_threshold=iou_threshold, key_score=key_score,
-            presence_window=presence_window, size=size)
+            presence_window=presence_window, size=size, clips=(clip_length, clip_overlap, clip_fusion))
     if unknown or run != [r.prompt for r in results[:len(run)]]:
         lookup, results = _restore_prompt_order(results, prompts, run, 2 if image.ndim == 2 else 3,
                                                 label_array.shape)
@@ -297,7 +303,8 @@ def _restore_prompt_order(results, prompts, run, dim, shape):
 
 def _segment_volume(predictor, normalized, text_prompts, box, points, point_labels, slice_index, image, progress,
                     mode="merged", axis=None, instances=False, skip_empty=True, backward_slices=8,
-                    max_unsupported=2, iou_threshold=0.3, key_score=0.5, presence_window=None, size=None):
+                    max_unsupported=2, iou_threshold=0.3, key_score=0.5, presence_window=None, size=None,
+                    clips=(4, 0, "mean")):
     """A volume through :class:`VolumePredictor`: ``(labels, summaries, extra)`` in the input's array order."""
     from medsam3.predict.input_size import check_input_size, with_input_size
     from medsam3.predict.merge import MergeRule
@@ -313,12 +320,16 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
         raise ArgumentError(f"--slice {slice_index} is out of range: {image.path or 'the input'} has "
                             f"{n} {orientation.axis} slices (0..{n - 1})")
     objects = [ObjectPrompt(slice_index, box=box, points=points, point_labels=point_labels)] if interactive else []
+    exemplars = any(p.exemplar_boxes for p in text_prompts)
+    if exemplars and slice_index is None:
+        raise ArgumentError(f"{image.path or 'the input'} is a volume: exemplar boxes need --slice K "
+                            f"(the {orientation.axis} slice index they were drawn on, 0..{n - 1})")
     if mode != "slices" and not predictor.model.tracker_trained:
         if mode == "propagate" or interactive:
             _ = predictor.model.tracker  # raises: the error names the model and what to do
         import warnings
 
-        warnings.warn(f"model {predictor.model.source} has no trained tracker: --mode merged falls back to "
+        warnings.warn(f"model {predictor.model.source} has no trained tracker: --mode {mode} falls back to "
                       "slice-by-slice detection (--mode slices), without propagation", UserWarning, stacklevel=3)
         mode = "slices"
     if presence_window is None:  # the model's own, for the mode it was chosen for
@@ -331,10 +342,11 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
                              rule=MergeRule(iou_threshold=iou_threshold, max_unsupported=max_unsupported,
                                             key_score=key_score),
                              backward_slices=backward_slices, empty_slices=EmptySliceRule() if skip_empty else None,
-                             presence_window=presence_window, progress=progress)
+                             presence_window=presence_window, progress=progress, clip_length=clips[0],
+                             clip_overlap=clips[1], clip_fusion=clips[2])
     result = volume.segment(normalized, text_prompts, objects, direction=image.direction, axis=axis,
                             instances=instances, description=Path(str(image.path or "volume")).name,
-                            spacing=image.spacing)
+                            spacing=image.spacing, exemplar_slice=slice_index if exemplars else None)
     extra = {
         "instances": result.instances,
         "instance_labels": result.instance_labels,
@@ -350,6 +362,13 @@ def _segment_volume(predictor, normalized, text_prompts, box, points, point_labe
             "presence_window": presence_window,
         },
     }
+    if result.mode == "clips":
+        extra["sidecar"]["clips"] = {"length": clips[0], "overlap": clips[1], "fusion": clips[2],
+                                     "count": result.stats.get("clips")}
+    if exemplars:
+        from medsam3.predict.volume import EXEMPLAR_RULE
+
+        extra["sidecar"]["exemplars"] = {"slice": slice_index, "rule": EXEMPLAR_RULE}
     return result.labels, result.summaries, extra
 
 

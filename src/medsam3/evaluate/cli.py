@@ -66,6 +66,16 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "instead of --ground-truth)")
     p.add_argument("--prompt-mode", choices=("text", "text+box", "box", "point"), default="text",
                    help="with --model: how classes are prompted (default text; the others see the ground truth)")
+    p.add_argument("--protocol", choices=("paper",), default=None,
+                   help="with --model: Medical SAM3's protocol: text, text + GT exemplar box and GT box in one pass "
+                        "(each image/slice encoded once), scored, with the paired comparison per dataset and "
+                        "modality (OUT/paper.md); see docs/paper-workflow.md")
+    p.add_argument("--suite", choices=("external",), default=None,
+                   help="with --model and --protocol paper: run the protocol on the paper's external test sets "
+                        "given as --local NAME=PATH (no --manifest)")
+    p.add_argument("--local", action="append", default=[], metavar="NAME=PATH",
+                   help="--suite: a local copy of a suite dataset (registry name = its manifest .jsonl or its "
+                        "unpacked download); repeat per dataset")
     p.add_argument("--split", choices=("train", "val", "test", "all"),
                    help="manifest items of this split (default test; every item, with a note, when the manifest "
                         "has no test split)")
@@ -93,7 +103,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--presence-threshold", type=float, default=0.5,
                    help="below this presence a class is answered absent (default 0.5)")
     m.add_argument("--mask-threshold", type=float, default=0.5, help="pixel probability threshold (default 0.5)")
-    m.add_argument("--volume-mode", choices=("merged", "propagate", "slices"), default="merged",
+    m.add_argument("--volume-mode", choices=("merged", "propagate", "slices", "clips"), default="merged",
                    help="text mode on volumes, as `medsam3 segment --mode` (default merged)")
     m.add_argument("--axis", choices=("axial", "coronal", "sagittal"),
                    help="slicing plane of volumes (default: the acquisition plane)")
@@ -143,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {warning}")
         print(f"report: {result.compare_md}")
         return 0
+    if args.suite:
+        return _run_suite(args)
+    if args.local:
+        raise ArgumentError("--local NAME=PATH gives a dataset to --suite: add --suite external")
     if args.model or args.manifest:
         return _run_manifest(args)
     if not args.predictions or not args.ground_truth:
@@ -175,6 +189,64 @@ def _print_summary(result) -> None:
     print(f"report: {result.report_md}")
 
 
+def _run_suite(args: argparse.Namespace) -> int:
+    """``--model M --protocol paper --suite external --local NAME=PATH ...``."""
+    if not args.model or args.protocol != "paper":
+        raise ArgumentError("--suite runs the paper protocol: give --model M --protocol paper")
+    if args.manifest or args.predictions or args.ground_truth:
+        raise ArgumentError("--suite takes its datasets from --local NAME=PATH, not --manifest/--predictions/"
+                            "--ground-truth")
+    local = {}
+    for entry in args.local:
+        name, sep, path = entry.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ArgumentError(f"--local {entry!r} must be NAME=PATH (e.g. hc18=~/data/HC18)")
+        local[name.strip()] = path.strip()
+    _check_paper_flags(args)
+    from medsam3.evaluate.paper import evaluate_suite
+
+    result = evaluate_suite(args.model, args.suite, local, args.out, device=args.device, dtype=args.dtype,
+                            threshold=args.threshold, presence_threshold=args.presence_threshold,
+                            mask_threshold=args.mask_threshold, axis=args.axis, max_objects=args.max_objects,
+                            window=args.window, batch_size=args.batch_size, split=args.split or "all",
+                            nsd_tolerance=args.nsd_tolerance, both_empty=args.both_empty,
+                            one_empty_distance=args.one_empty_distance, instances=args.instances,
+                            n_bootstrap=args.bootstrap, seed=args.seed, overwrite=args.overwrite,
+                            progress=args.progress, plots=args.plots)
+    print(f"{args.suite} suite: {', '.join(result.runs)} run; report {result.suite_md}")
+    if result.missing:
+        print(f"not run (no --local copy): {', '.join(result.missing)}")
+    return 0
+
+
+def _check_paper_flags(args: argparse.Namespace) -> None:
+    given = [flag for flag, value, default in (("--prompt-mode", args.prompt_mode, "text"),
+                                               ("--volume-mode", args.volume_mode, "merged"),
+                                               ("--presence-window", args.presence_window, None)) if value != default]
+    if given:
+        raise ArgumentError(f"--protocol paper sets the prompt modes (text, text+box, box) and runs volumes slice by "
+                            f"slice; do not also give {', '.join(given)}")
+
+
+def _run_paper(args: argparse.Namespace, common: dict) -> int:
+    """``--model M --manifest F --protocol paper``."""
+    _check_paper_flags(args)
+    from medsam3.evaluate.paper import evaluate_paper
+
+    result = evaluate_paper(args.model, args.manifest, args.out, device=args.device, dtype=args.dtype,
+                            threshold=args.threshold, presence_threshold=args.presence_threshold,
+                            mask_threshold=args.mask_threshold, axis=args.axis, max_objects=args.max_objects,
+                            window=args.window,
+                            batch_size=args.batch_size, **common)
+    print(f"paper protocol: {len(result.predicted_now)} items predicted now, {result.encoded} ViT passes; "
+          f"report {result.paper_md}")
+    for mode, run in result.runs.items():
+        st = run.summary["overall"]["dice"]
+        if st["n"]:
+            print(f"  {mode}: dice mean {st['mean']:.4f} [{st['ci_low']:.4f}, {st['ci_high']:.4f}] (n={st['n']})")
+    return 0
+
+
 def _run_manifest(args: argparse.Namespace) -> int:
     """``--model M --manifest F`` or ``--predictions DIR --manifest F``."""
     if not args.manifest:
@@ -196,6 +268,8 @@ def _run_manifest(args: argparse.Namespace) -> int:
         if args.predictions:
             raise ArgumentError("give --model (predict and score) or --predictions (score existing label maps), "
                                 "not both")
+        if args.protocol == "paper":
+            return _run_paper(args, common)
         from medsam3.evaluate.model import evaluate_model
 
         result = evaluate_model(args.model, args.manifest, args.out, prompt_mode=args.prompt_mode,
@@ -205,6 +279,8 @@ def _run_manifest(args: argparse.Namespace) -> int:
                                 presence_window=args.presence_window, window=args.window,
                                 batch_size=args.batch_size, **common)
     else:
+        if args.protocol:
+            raise ArgumentError(f"--protocol {args.protocol} runs a model: give --model M")
         if not args.predictions:
             raise ArgumentError("--manifest needs --model M (predict and score) or --predictions DIR "
                                 "(score existing label maps)")

@@ -50,7 +50,7 @@ from medsam3.evaluate.manifest import (
 from medsam3.image import Image
 from medsam3.preprocess import context_planes
 
-VOLUME_MODES = ("merged", "propagate", "slices")
+VOLUME_MODES = ("merged", "propagate", "slices", "clips")  # = medsam3.predict.volume.MODES (a test checks)
 #: The identity window: a normalised volume given to :func:`medsam3.segment` stays as it is.
 _IDENTITY_WINDOW = (0.5, 1.0)
 

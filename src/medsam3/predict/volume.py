@@ -26,7 +26,9 @@ the whole volume in one streaming pass, with no ground truth anywhere:
 
 Modes: ``merged`` (default, the above); ``propagate`` (tracker masks only: detections
 only start tracks, a track ends where the tracker loses the object); ``slices``
-(detections only, no tracker; instances are linked between neighbouring slices by IoU).
+(detections only, no tracker; instances are linked between neighbouring slices by IoU);
+``clips`` (Medical SAM3's official scheme: independent short clips of ``merged`` passes, fused
+per pixel by probability, :mod:`medsam3.predict.clips`).
 
 **Presence window** (``slices`` mode): with ``presence_window`` w = 2r + 1 > 1, a text prompt's
 presence on a slice is the median of the detector's presence probabilities on the w slices
@@ -95,7 +97,15 @@ from medsam3.predict.prompt_checks import check_box, check_point, check_point_la
 from medsam3.predict.propagation import TrackedObject, VolumeTracker, logit
 from medsam3.preprocess import context_planes
 
-MODES = ("merged", "propagate", "slices")
+#: The volume modes (module docstring; ``clips``: :mod:`medsam3.predict.clips`).
+MODES = ("merged", "propagate", "slices", "clips")
+
+#: How exemplar boxes (``--exemplar`` / ``--negative-exemplar``) act on a volume; written to the sidecar.
+EXEMPLAR_RULE = ("exemplar boxes are drawn on one slice (--slice K): they are converted into that slice's "
+                 "model-view pixels like --box and given with the text prompts to the detector on slice K only; "
+                 "every other slice is detected from the text alone. In merged/propagate modes the pass starts "
+                 "at slice K, so what the exemplars found there starts tracks that the tracker carries through "
+                 "the volume both ways (slices mode: slice K's answer only)")
 
 
 @dataclass
@@ -248,11 +258,15 @@ class VolumePredictor:
         presence_window: ``slices`` mode: an odd number of slices whose median presence decides
             each slice's present / absent answer (module docstring); 1 = each slice alone.
         progress: show a progress bar per volume.
+        clip_length, clip_overlap, clip_fusion: ``clips`` mode: slices per clip (official: 4),
+            slices shared by neighbouring clips (official: 0), ``mean`` or ``max`` of overlapping
+            clips' probabilities (:mod:`medsam3.predict.clips`).
     """
 
     def __init__(self, predictor: ImagePredictor, mode: str = "merged", rule: MergeRule | None = None,
                  backward_slices: int = 8, max_objects: int = 8, empty_slices: EmptySliceRule | None = EmptySliceRule(),
-                 presence_window: int = 1, progress: bool = True):
+                 presence_window: int = 1, progress: bool = True, clip_length: int = 4, clip_overlap: int = 0,
+                 clip_fusion: str = "mean"):
         if mode not in MODES:
             raise ArgumentError(f"unknown volume mode {mode!r}; accepted: {', '.join(MODES)}")
         check_presence_window(presence_window)
@@ -271,10 +285,15 @@ class VolumePredictor:
         self.empty_slices = empty_slices
         self.presence_window = int(presence_window)
         self.progress = progress
+        from medsam3.predict.clips import check_clip_options
+
+        self.clip_length, self.clip_overlap, self.clip_fusion = check_clip_options(clip_length, clip_overlap,
+                                                                                   clip_fusion)
 
     def segment(self, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
                 objects: Sequence[ObjectPrompt] = (), direction=None, axis: str | None = None,
-                instances: bool = False, description: str = "volume", spacing=None) -> VolumeSegmentation:
+                instances: bool = False, description: str = "volume", spacing=None,
+                exemplar_slice: int | None = None) -> VolumeSegmentation:
         """Segment a normalised volume.
 
         Args:
@@ -287,6 +306,10 @@ class VolumePredictor:
             description: the progress bar's label.
             spacing: the image's ``(sx, sy, sz)`` voxel size in mm (unit when ``None``); a model
                 with 2.5D input (``context_mm``) gets each slice with the neighbours that far away.
+            exemplar_slice: the slice (index along the slicing axis) the text prompts' exemplar
+                boxes are drawn on; the boxes are pixels of the input array's plane there, like an
+                :class:`ObjectPrompt`'s (rule: :data:`EXEMPLAR_RULE`). Required when a prompt has
+                exemplar boxes.
         """
         volume = np.asarray(volume)
         if volume.ndim != 3:
@@ -300,17 +323,24 @@ class VolumePredictor:
         if len(spacing) != 3:
             raise ArgumentError(f"a volume's spacing must be 3 numbers (sx, sy, sz), got {spacing}")
         offset = self.predictor.context_offset(spacing[2 - orientation.slice_axis])
-        return _VolumeRun(self, volume, text, objects, orientation, instances, description, offset).execute()
+        if self.mode == "clips":
+            from medsam3.predict.clips import ClipsRun
+
+            return ClipsRun(self, volume, text, objects, orientation, instances, description, offset,
+                            exemplar_slice).execute()
+        return _VolumeRun(self, volume, text, objects, orientation, instances, description, offset,
+                          exemplar_slice).execute()
 
 
 def segment_volume(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
                    objects: Sequence[ObjectPrompt] = (), *, direction=None, axis: str | None = None,
                    mode: str = "merged", instances: bool = False, progress: bool = True,
-                   description: str = "volume", spacing=None, **options) -> VolumeSegmentation:
+                   description: str = "volume", spacing=None, exemplar_slice: int | None = None,
+                   **options) -> VolumeSegmentation:
     """Functional form of :meth:`VolumePredictor.segment`; ``options`` go to :class:`VolumePredictor`."""
     return VolumePredictor(predictor, mode=mode, progress=progress, **options).segment(
         volume, prompts, objects, direction=direction, axis=axis, instances=instances, description=description,
-        spacing=spacing)
+        spacing=spacing, exemplar_slice=exemplar_slice)
 
 
 def segment_slices(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt],
@@ -327,7 +357,8 @@ class _VolumeRun:
 
     def __init__(self, owner: VolumePredictor, volume: np.ndarray, text: list[TextPrompt],
                  objects: list[ObjectPrompt], orientation: SliceOrientation, instances: bool, description: str,
-                 context: int = 0):
+                 context: int = 0, exemplar_slice: int | None = None,
+                 slice_range: tuple[int, int] | None = None, sink=None):
         self.p = owner
         self.predictor = owner.predictor
         self.rule = owner.rule
@@ -339,6 +370,10 @@ class _VolumeRun:
         self.stack = orientation.stack(volume)
         self.context = context  # slices to each neighbour fed with a slice (2.5D input); 0: alone
         self.num_slices = self.stack.shape[0]
+        # the slices this pass visits (a clip of clips mode; default all); sink(z, labels, probs)
+        # takes each finished slice's per-entry probabilities instead of writing labels (clips mode)
+        self.lo, self.hi = slice_range if slice_range is not None else (0, self.num_slices)
+        self.sink = sink
         self.plane_shape = tuple(self.stack.shape[1:])
         n_labels = len(text) + len(objects)
         self.labels = np.zeros(volume.shape, np.uint8 if n_labels < 256 else np.uint16)
@@ -357,6 +392,10 @@ class _VolumeRun:
         self.waiting: deque[_Record] = deque()  # visited slices whose presence is not decided yet
         self.window_size = max(self.p.backward_slices, self.rule.max_unsupported + 1) if self.tracking else 0
         self.object_starts = self._check_objects()
+        # exemplar boxes act on their own slice only (EXEMPLAR_RULE); other slices get the bare text
+        self.exemplar_slice, self.exemplar_text = self._check_exemplars(exemplar_slice)
+        if self.exemplar_text is not None:
+            self.text = [TextPrompt(p.text) for p in text]
         self.tracker = (VolumeTracker(self.predictor.model, self.num_slices, self.plane_shape)
                         if self.tracking or objects else None)
         self.tracks: list[_Track] = []  # the live ones (dead tracks are dropped after each slice)
@@ -367,10 +406,12 @@ class _VolumeRun:
         self.window: OrderedDict[int, _Record] = OrderedDict()
         self.skipped: list[int] = []
         self.step = 1
-        self.start = min(self.object_starts) if (self.object_starts and self.tracking) else 0
+        starts = list(self.object_starts) + ([self.exemplar_slice] if self.exemplar_text is not None else [])
+        self.start = min(starts) if (starts and self.tracking) else self.lo
         self.seeds: list[tuple[int, torch.Tensor]] = []
         self.seed_features = None
         self.stats = {"slices_encoded": 0, "tracks": 0, "tracker_steps": 0}
+        self.visiting: int | None = None  # the slice being encoded and detected
         self.standalone: dict[int, list[tuple[int, torch.Tensor]]] = {}  # label -> (id, mask) on the last commit
 
     # ------------------------------------------------------------------ set-up
@@ -401,6 +442,35 @@ class _VolumeRun:
             starts.setdefault(int(k), []).append(i)
         return starts
 
+    def _check_exemplars(self, exemplar_slice: int | None) -> tuple[int | None, list[TextPrompt] | None]:
+        """``(slice, prompts with their exemplar boxes in stack-slice pixels)``, or ``(slice, None)``
+        when no prompt has exemplar boxes."""
+        if not any(p.exemplar_boxes for p in self.text):
+            return exemplar_slice, None
+        n = self.num_slices
+        if exemplar_slice is None:
+            raise ArgumentError("exemplar boxes on a volume need the slice they are drawn on (--slice K, "
+                                f"the {self.orientation.axis} slice index, 0..{n - 1})")
+        k = exemplar_slice
+        if isinstance(k, bool) or int(k) != k or not 0 <= k < n:
+            raise ArgumentError(f"exemplar slice {k} is out of range: the volume has {n} "
+                                f"{self.orientation.axis} slices (0..{n - 1})")
+        shape = self.labels.shape
+        plane_h, plane_w = self.orientation.plane_shape(shape)
+        converted = []
+        for p in self.text:
+            boxes = []
+            for box in p.exemplar_boxes:
+                if len(box) != 4:
+                    raise ArgumentError(f"an exemplar box needs 4 numbers X0 Y0 X1 Y1, got {list(box)}")
+                x0, y0, x1, y1 = (float(v) for v in box)
+                if not (0 <= x0 < x1 <= plane_w and 0 <= y0 < y1 <= plane_h):
+                    raise ArgumentError(f"exemplar box {x0:g} {y0:g} {x1:g} {y1:g} is not inside slice {k} "
+                                        f"(width {plane_w}, height {plane_h}) with X0 < X1 and Y0 < Y1")
+                boxes.append(self.orientation.plane_box_to_slice([x0, y0, x1, y1], shape))
+            converted.append(TextPrompt(p.text, boxes, list(p.exemplar_labels)))
+        return int(k), converted
+
     def _model_prompt(self, obj: ObjectPrompt) -> dict:
         """An object's prompt on the stack's slice, in model input pixels."""
         shape = self.labels.shape
@@ -422,20 +492,20 @@ class _VolumeRun:
 
     # ------------------------------------------------------------------ the pass
     def execute(self) -> VolumeSegmentation:
-        bar = tqdm(total=self.num_slices, desc=self.description, unit="slice", disable=not self.p.progress,
+        bar = tqdm(total=self.hi - self.lo, desc=self.description, unit="slice", disable=not self.p.progress,
                    leave=False)
         try:
             with torch.inference_mode():
                 self.step = 1
-                for z in range(self.start, self.num_slices):
+                for z in range(self.start, self.hi):
                     self._visit(z)
                     bar.update(1)
                 self._finish_half()
-                if self.start > 0:
+                if self.start > self.lo:
                     self.step = -1
                     self.standalone = {}
                     self._seed_backward_half()
-                    for z in range(self.start - 1, -1, -1):
+                    for z in range(self.start - 1, self.lo - 1, -1):
                         self._visit(z)
                         bar.update(1)
                     self._finish_half()
@@ -468,7 +538,8 @@ class _VolumeRun:
 
     def _visit(self, z: int) -> None:
         plane = self.stack[z]
-        forced = self.step == 1 and z in self.object_starts
+        forced = self.step == 1 and (z in self.object_starts or
+                                     (self.exemplar_text is not None and z == self.exemplar_slice))
         rule = self.p.empty_slices
         if rule is not None and not forced and rule.is_empty(plane):
             record = _Record(z, True)
@@ -476,6 +547,7 @@ class _VolumeRun:
             self.predictor.set_image(context_planes(self.stack, z, self.context))
             self.stats["slices_encoded"] += 1
             hidden = self.predictor.vision_hidden_state if self.tracker is not None else None
+            self.visiting = z
             record = _Record(z, False, hidden, rows=self._detect())
             self.presences[z] = [row.presence for row in record.rows]
         self.waiting.append(record)
@@ -507,12 +579,15 @@ class _VolumeRun:
 
     # ------------------------------------------------------------------ detection
     def _detect(self) -> list[DetectorRow]:
-        """The detector's rows for the text prompts on the current slice. A row that waits for
-        its presence window keeps only the queries that can pass the score threshold whatever
-        the window decides (``quality x presence`` with presence <= 1)."""
+        """The detector's rows for the text prompts on the current slice (``self.visiting``; with
+        their exemplar boxes on the exemplar slice). A row that waits for its presence window keeps
+        only the queries that can pass the score threshold whatever the window decides
+        (``quality x presence`` with presence <= 1)."""
         rows: list[DetectorRow] = []
-        if self.text:
-            for batch, out in self.predictor.detect(self.text):
+        on_exemplar = self.exemplar_text is not None and self.visiting == self.exemplar_slice
+        prompts = self.exemplar_text if on_exemplar else self.text
+        if prompts:
+            for batch, out in self.predictor.detect(prompts):
                 rows += [self.predictor.detector_row(out, i) for i in range(len(batch))]
         if self.delay:
             for row in rows:
@@ -799,7 +874,7 @@ class _VolumeRun:
             entries += self._standalone(k + 1, [c for c in cands if c.strong and c.owner is None])
         if not record.candidates:
             self.standalone = {}
-        if record.index == self.start and self.step == 1 and self.start > 0:
+        if record.index == self.start and self.step == 1 and self.start > self.lo:
             self.seeds = [(tid, logits) for _, tid, logits in entries if tid in self.track_ids]
             self.seed_features = self._features(record) if self.seeds else None
         record.hidden = record._features = None
@@ -808,6 +883,9 @@ class _VolumeRun:
         entries.sort(key=lambda e: (e[0], e[1]))
         logits = torch.stack([e[2] for e in entries]).float()
         probs = upsample_mask_logits(logits, self.plane_shape)
+        if self.sink is not None:
+            self.sink(record.index, [e[0] for e in entries], probs)
+            return
         label_plane, id_plane = resolve_voxels(probs, [e[0] for e in entries], [e[1] for e in entries],
                                                self.predictor.mask_threshold)
         z = record.index

@@ -16,6 +16,7 @@ from medsam3 import __version__
 from medsam3.errors import ArgumentError
 from medsam3.image import Image
 from medsam3.model.loader import MedSAM3
+from medsam3.model.precision import check_precision
 from medsam3.predict.image import ImagePredictor, TextPrompt
 from medsam3.predict.orientation import choose_orientation
 from medsam3.predict.results import PromptResult, combine_label_map
@@ -50,13 +51,14 @@ class Segmentation:
     extra: dict = field(default_factory=dict)
 
 
-def load_model(model: str | MedSAM3 | None, device: str = "auto", dtype=None) -> MedSAM3:
-    """A :class:`MedSAM3`, loaded once per (source, device, dtype) in this process."""
+def load_model(model: str | MedSAM3 | None, device: str = "auto", dtype=None, precision=None) -> MedSAM3:
+    """A :class:`MedSAM3`, loaded once per (source, device, dtype, precision) in this process
+    (a loaded model passed in keeps its own precision)."""
     if isinstance(model, MedSAM3):
         return model
-    key = (str(model or DEFAULT_MODEL), str(device), str(dtype))
+    key = (str(model or DEFAULT_MODEL), str(device), str(dtype), check_precision(precision))
     if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = MedSAM3.from_pretrained(key[0], device=device, dtype=dtype)
+        _MODEL_CACHE[key] = MedSAM3.from_pretrained(key[0], device=device, dtype=dtype, precision=key[3])
     return _MODEL_CACHE[key]
 
 
@@ -70,7 +72,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             instances: bool = False, skip_empty: bool = True, backward_slices: int = 8,
             max_unsupported: int = 2, iou_threshold: float = 0.3, key_score: float = 0.5,
             presence_window: int | None = None, size: int | None = None, series_uid: str | None = None,
-            output_format: str | None = None) -> Segmentation:
+            output_format: str | None = None, precision: str | None = None) -> Segmentation:
     """Segment a 2D image or 3D volume from text, box and point prompts.
 
     Args:
@@ -90,6 +92,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             box/point pixels are that array plane's columns (x) and rows (y).
         model: model directory, hub id, ``random:NAME`` or a loaded :class:`MedSAM3`.
         device: ``auto``, ``cpu``, ``cuda``.
+        precision: ``fp32`` (default), ``bf16`` or ``int8`` inference (:mod:`medsam3.model.precision`).
         modality, window: intensity normalisation (see :func:`medsam3.preprocess.normalize_intensity`).
         threshold: instance score threshold; presence_threshold: below it a prompt is "absent";
         mask_threshold: pixel probability threshold.
@@ -149,7 +152,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         # DICOM SEG / RTSTRUCT reference the source series: check that before the model runs
         source_series(image, output, "DICOM output")
     normalized = normalize_intensity(image, modality=modality, window=window)
-    loaded = load_model(model, device=device, dtype=dtype)
+    loaded = load_model(model, device=device, dtype=dtype, precision=precision)
     predictor = ImagePredictor(loaded, score_threshold=threshold, presence_threshold=presence_threshold,
                                mask_threshold=mask_threshold, batch_size=batch_size)
     unknown = _unknown_prompts(loaded, prompts)
@@ -199,6 +202,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         "unknown_to_model": unknown,
         "scores": {r.prompt: round(float(r.presence_score), 6) for r in results},
         "model": loaded.source,
+        "precision": getattr(loaded, "precision", "fp32"),
         "input": str(image.path) if image.path else None,
         "modality": modality or image.modality,
         "window": window if window is None or isinstance(window, str) else list(window),

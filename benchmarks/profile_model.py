@@ -9,7 +9,10 @@ counter does not know, is counted here as 4·B·H·Lq·Lk·D), the busiest aten 
 ``torch.profiler``. The machine's matmul peak in fp32 and bf16 is measured in the same run,
 so GFLOP/s can be read as a fraction of what this machine can do.
 
-    python benchmarks/profile.py --model random:default --prompts 1 --precision fp32 -o profile.json
+    python benchmarks/profile_model.py --model random:default --prompts 1 --precision fp32 -o profile.json
+
+(Not ``profile.py``: in ``benchmarks/`` that name would shadow the standard library's
+``profile``, which torch imports through cProfile, and break every script there.)
 
 ``--size`` runs the model at a smaller input (e.g. 504 px: ~4x less ViT work) when the full
 1008 px is too slow on a loaded machine; the JSON says which size was used.
@@ -21,11 +24,7 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
-
-# this file's name shadows the standard library's `profile` (cProfile imports it): drop its folder
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 from collections import defaultdict
 
 import numpy as np

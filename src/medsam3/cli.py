@@ -11,6 +11,7 @@ import sys
 
 from medsam3 import __version__
 from medsam3.errors import ArgumentError, MedSAM3Error
+from medsam3.precision_options import add_precision_arguments, resolve_precision
 
 
 class _AppendPoint(argparse.Action):
@@ -113,6 +114,7 @@ def _add_segment(subparsers) -> None:
                    "(random weights, for tests and benchmarks); default: facebook/sam3")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    add_precision_arguments(p)
     p.add_argument("--modality", default=None, help="CT, MR, PT, XR, US, RGB, OTHER (default: from the file)")
     p.add_argument("--window", default=None,
                    help=f"CT window: a preset ({', '.join(CT_WINDOWS)}) or LEVEL,WIDTH in HU, e.g. 40,400")
@@ -155,7 +157,8 @@ def _run_segment(args) -> int:
                   key_score=args.key_score, presence_window=args.presence_window, size=args.size,
                   series_uid=args.series_uid,
                   output_format=args.output_format, clip_length=args.clip_length, clip_overlap=args.clip_overlap,
-                  clip_fusion=args.clip_fusion)
+                  clip_fusion=args.clip_fusion,
+                  precision=resolve_precision(args, args.device))
     if args.json:
         print(json.dumps([summary_dict(r) for r in seg.results], indent=2))
     for k, name in enumerate(seg.prompts, start=1):

@@ -16,6 +16,7 @@ from medsam3 import __version__
 from medsam3.errors import ArgumentError
 from medsam3.image import Image
 from medsam3.model.loader import MedSAM3
+from medsam3.model.precision import check_precision
 from medsam3.predict.image import ImagePredictor, TextPrompt
 from medsam3.orientation import choose_orientation
 from medsam3.predict.results import PromptResult, combine_label_map
@@ -50,13 +51,14 @@ class Segmentation:
     extra: dict = field(default_factory=dict)
 
 
-def load_model(model: str | MedSAM3 | None, device: str = "auto", dtype=None) -> MedSAM3:
-    """A :class:`MedSAM3`, loaded once per (source, device, dtype) in this process."""
+def load_model(model: str | MedSAM3 | None, device: str = "auto", dtype=None, precision=None) -> MedSAM3:
+    """A :class:`MedSAM3`, loaded once per (source, device, dtype, precision) in this process
+    (a loaded model passed in keeps its own precision)."""
     if isinstance(model, MedSAM3):
         return model
-    key = (str(model or DEFAULT_MODEL), str(device), str(dtype))
+    key = (str(model or DEFAULT_MODEL), str(device), str(dtype), check_precision(precision))
     if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = MedSAM3.from_pretrained(key[0], device=device, dtype=dtype)
+        _MODEL_CACHE[key] = MedSAM3.from_pretrained(key[0], device=device, dtype=dtype, precision=key[3])
     return _MODEL_CACHE[key]
 
 
@@ -71,7 +73,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             max_unsupported: int = 2, iou_threshold: float = 0.3, key_score: float = 0.5,
             presence_window: int | None = None, size: int | None = None, series_uid: str | None = None,
             output_format: str | None = None, clip_length: int = 4, clip_overlap: int = 0,
-            clip_fusion: str = "mean") -> Segmentation:
+            clip_fusion: str = "mean", precision: str | None = None) -> Segmentation:
     """Segment a 2D image or 3D volume from text, box and point prompts.
 
     Args:
@@ -93,6 +95,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
             box/point pixels are that array plane's columns (x) and rows (y).
         model: model directory, hub id, ``random:NAME`` or a loaded :class:`MedSAM3`.
         device: ``auto``, ``cpu``, ``cuda``.
+        precision: ``fp32`` (default), ``bf16`` or ``int8`` inference (:mod:`medsam3.model.precision`).
         modality, window: intensity normalisation (see :func:`medsam3.preprocess.normalize_intensity`).
         threshold: instance score threshold; presence_threshold: below it a prompt is "absent";
         mask_threshold: pixel probability threshold.
@@ -156,7 +159,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         # DICOM SEG / RTSTRUCT reference the source series: check that before the model runs
         source_series(image, output, "DICOM output")
     normalized = normalize_intensity(image, modality=modality, window=window)
-    loaded = load_model(model, device=device, dtype=dtype)
+    loaded = load_model(model, device=device, dtype=dtype, precision=precision)
     predictor = ImagePredictor(loaded, score_threshold=threshold, presence_threshold=presence_threshold,
                                mask_threshold=mask_threshold, batch_size=batch_size)
     sent, prompt_records = map_prompts(prompts, loaded)  # the model's own text for each prompt, and why
@@ -209,6 +212,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         "prompts": prompt_records,  # typed, sent, rule (medsam3.prompt_mapping)
         "scores": {r.prompt: round(float(r.presence_score), 6) for r in results},
         "model": loaded.source,
+        "precision": getattr(loaded, "precision", "fp32"),
         "input": str(image.path) if image.path else None,
         "modality": modality or image.modality,
         "window": window if window is None or isinstance(window, str) else list(window),

@@ -8,12 +8,14 @@ import signal
 import sys
 
 from medsam3.errors import ArgumentError, MedSAM3Error
+from medsam3.precision_options import add_precision_arguments, resolve_precision
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model directory, Hugging Face hub id, or random:NAME; "
                    "default: facebook/sam3 (loaded once, when the server starts)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_precision_arguments(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; the default serves only this machine (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
@@ -45,6 +47,7 @@ def run(args) -> int:
     """Load the model, build the app and serve it until interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a clinical workstation
     from medsam3.app.ui import AppSettings, build_app
+    from medsam3.segmentation import load_model
     if args.max_upload_mb <= 0:
         raise ArgumentError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     if args.concurrency < 1:
@@ -53,7 +56,8 @@ def run(args) -> int:
                            presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
                            max_upload_mb=args.max_upload_mb, workdir=args.workdir, concurrency=args.concurrency)
     print(f"medsam3 serve: loading model {args.model or 'facebook/sam3'} ...", flush=True)
-    demo, files = build_app(settings)
+    demo, files = build_app(settings, model=load_model(args.model, device=args.device,
+                                                       precision=resolve_precision(args, args.device)))
     previous = _stop_on_termination()
     try:
         demo.queue(default_concurrency_limit=args.concurrency)

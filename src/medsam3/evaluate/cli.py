@@ -12,6 +12,7 @@ import argparse
 
 from medsam3.errors import ArgumentError
 from medsam3.evaluate.metrics import BOTH_EMPTY_CHOICES, ONE_EMPTY_DISTANCE_CHOICES
+from medsam3.precision_options import add_precision_arguments, resolve_precision
 
 _DESCRIPTION = """\
 Score label maps that already exist (from medsam3, nnU-Net, TotalSegmentator, ...) against
@@ -99,6 +100,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     m = p.add_argument_group("model runs (--model)")
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
     m.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights' precision (default float32)")
+    add_precision_arguments(m)
     m.add_argument("--threshold", type=float, default=0.5, help="instance score threshold (default 0.5)")
     m.add_argument("--presence-threshold", type=float, default=0.5,
                    help="below this presence a class is answered absent (default 0.5)")
@@ -271,8 +273,11 @@ def _run_manifest(args: argparse.Namespace) -> int:
         if args.protocol == "paper":
             return _run_paper(args, common)
         from medsam3.evaluate.model import evaluate_model
+        from medsam3.segmentation import load_model
 
-        result = evaluate_model(args.model, args.manifest, args.out, prompt_mode=args.prompt_mode,
+        precision = resolve_precision(args, args.device)  # fp32: the model loads on first use, as before
+        model = args.model if precision == "fp32" else load_model(args.model, args.device, args.dtype, precision)
+        result = evaluate_model(model, args.manifest, args.out, prompt_mode=args.prompt_mode,
                                 device=args.device, dtype=args.dtype, threshold=args.threshold,
                                 presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
                                 volume_mode=args.volume_mode, axis=args.axis, max_objects=args.max_objects,

@@ -29,6 +29,7 @@ from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3VideoCo
 from medsam3.errors import ArgumentError, InputError
 from medsam3.model.configs import build_config, config_names
 from medsam3.model.directory import build_processor, is_model_directory
+from medsam3.model.precision import apply_precision, apply_precision_to, check_precision
 from medsam3.model.weights import check_tracker_finite, check_weights, load_config, load_detector, load_tracker
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ class MedSAM3:
         # whether the weights hold the tracker (checked at load; a detector-only directory has none)
         self.has_tracker = tracker is not None if has_tracker is None else bool(has_tracker)
         self.info = read_model_info(directory) if info is None else info
+        #: inference precision, fp32 / bf16 / int8 (set by :func:`medsam3.model.precision.apply_precision`)
+        self.precision = "fp32"
 
     @property
     def concepts(self) -> list[str] | None:
@@ -143,8 +146,11 @@ class MedSAM3:
         return int(self.config.detector_config.vision_config.backbone_config.image_size)
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | os.PathLike, device: str = "auto", dtype=None) -> MedSAM3:
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, device: str = "auto", dtype=None,
+                        precision=None) -> MedSAM3:
         """Load a model from a directory, a hub id, or ``random:NAME`` (see the module docstring).
+
+        ``precision``: ``fp32`` (default), ``bf16`` or ``int8`` inference (:mod:`medsam3.model.precision`).
 
         A directory's weights are loaded strictly (:mod:`medsam3.model.weights`): a tensor
         missing, left over, wrongly shaped or not finite, or a corrupt ``model.safetensors``, is
@@ -152,6 +158,7 @@ class MedSAM3:
         """
         device_ = resolve_device(device)
         dtype_ = resolve_dtype(dtype)
+        precision = check_precision(precision)  # a bad name is refused before anything is loaded
         name = str(name_or_dir)
         if name.startswith(RANDOM_PREFIX):
             size = name[len(RANDOM_PREFIX):]
@@ -163,8 +170,8 @@ class MedSAM3:
             video = Sam3VideoModel(config)
             detector, tracker = video.detector_model, _tracker_from_video(video)
             del video
-            return cls(detector.to(device_, dtype_), build_processor(config.image_size), config, name,
-                       device_, dtype_, tracker=tracker.to(device_, dtype_))
+            return apply_precision(cls(detector.to(device_, dtype_), build_processor(config.image_size), config,
+                                       name, device_, dtype_, tracker=tracker.to(device_, dtype_)), precision)
         directory = model_directory(name)
         config = load_config(directory)
         has_tracker = check_weights(directory, config)  # the header, before anything is built
@@ -173,8 +180,8 @@ class MedSAM3:
         if has_tracker:
             check_tracker_finite(directory)  # the tracker loads on first use; a NaN in it is refused now
         processor = Sam3Processor.from_pretrained(directory)
-        return cls(detector, processor, config, name, device_, dtype_, directory=directory, has_tracker=has_tracker,
-                   info=info)
+        return apply_precision(cls(detector, processor, config, name, device_, dtype_, directory=directory,
+                                   has_tracker=has_tracker, info=info), precision)
 
     def require_tracker(self) -> None:
         """Raise unless the model has tracker weights (box/point prompts, tracker propagation)."""
@@ -195,7 +202,7 @@ class MedSAM3:
         tracker = self._tracker.eval()
         # Both load the same detector_model.vision_encoder.backbone tensors: keep one copy.
         tracker.vision_encoder.backbone = self.detector.vision_encoder.backbone
-        return tracker
+        return apply_precision_to(tracker, self.precision, self.device, self.dtype)
 
 
 def read_model_info(directory) -> dict:

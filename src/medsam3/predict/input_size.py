@@ -26,6 +26,7 @@ from medsam3.errors import ArgumentError
 from medsam3.model.configs import PATCH_SIZE
 from medsam3.model.directory import build_processor
 from medsam3.model.loader import MedSAM3
+from medsam3.model.precision import apply_precision, apply_precision_to
 
 
 #: The largest input resolution accepted: 4x the published 1008 px. Activations grow with its
@@ -53,9 +54,11 @@ def check_input_size(size: int) -> int:
     return int(size)
 
 
-def _rebuilt(cls, config, source: torch.nn.Module) -> torch.nn.Module:
+def _rebuilt(cls, config, source: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
     with no_init_weights():
         module = cls(config)
+    if precision == "int8":  # the source's Linear layers are quantised: load into quantised ones
+        apply_precision_to(module, precision, source.device, torch.float32)
     missing, unexpected = module.load_state_dict(source.state_dict(), strict=False, assign=True)
     if missing or unexpected:  # a size-dependent persistent tensor: this checkpoint cannot change size
         raise ArgumentError(f"this model cannot run at another input size: {sorted(missing + unexpected)[:3]}")
@@ -76,9 +79,11 @@ def with_input_size(model: MedSAM3, size: int | None) -> MedSAM3:
     grid = size // PATCH_SIZE
     config.detector_config.vision_config.backbone_feature_sizes = [[4 * grid] * 2, [2 * grid] * 2, [grid] * 2]
     config.low_res_mask_size = 4 * grid
-    detector = _rebuilt(Sam3Model, config.detector_config, model.detector)
-    tracker = _rebuilt(Sam3TrackerModel, config.tracker_config, model.tracker)
+    precision = getattr(model, "precision", "fp32")
+    detector = _rebuilt(Sam3Model, config.detector_config, model.detector, precision)
+    tracker = _rebuilt(Sam3TrackerModel, config.tracker_config, model.tracker, precision)
     tracker.vision_encoder.backbone = detector.vision_encoder.backbone  # one copy of the ViT
     resized = MedSAM3(detector, build_processor(size), config, f"{model.source}@{size}px", model.device,
                       model.dtype, directory=model.directory, tracker=tracker)
+    apply_precision(resized, precision)  # bf16's autocast wrappers; int8 is already in place
     return resized

@@ -1,0 +1,49 @@
+"""The ``--precision`` and ``--fast`` command-line options (``segment``, ``evaluate``, ``serve``).
+
+Kept apart from :mod:`medsam3.model.precision` so building the argument parser does not
+import torch; what the options do is documented there and in docs/speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from medsam3.errors import ArgumentError
+
+PRECISIONS = ("fp32", "bf16", "int8")
+#: names accepted for each precision (``--precision``, ``precision=``)
+ALIASES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "int8": "int8", "qint8": "int8"}
+DEFAULT_PRECISION = "fp32"
+
+
+def check_precision(precision) -> str:
+    """``fp32`` / ``bf16`` / ``int8`` for a name or alias (``None`` -> the default ``fp32``)."""
+    if precision is None:
+        return DEFAULT_PRECISION
+    name = ALIASES.get(str(precision).lower())
+    if name is None:
+        raise ArgumentError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
+    return name
+
+
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--precision fp32|bf16|int8`` and ``--fast`` (see :func:`resolve_precision`)."""
+    parser.add_argument("--precision", default=None, metavar="{fp32,bf16,int8}",
+                        help="inference precision: fp32 (default), bf16 (autocast; fast on GPUs and CPUs with "
+                             "AVX-512 BF16/AMX), int8 (dynamic quantisation of the linear layers, CPU only)")
+    parser.add_argument("--fast", action="store_true",
+                        help="the fastest measured setting for this device: bf16 where the hardware has it, "
+                             "else int8 on a CPU (accuracy cost: docs/speed.md)")
+
+
+def resolve_precision(args, device="auto") -> str:
+    """The precision an ``argparse`` namespace from :func:`add_precision_arguments` asks for:
+    ``--precision`` when given, else ``--fast``'s choice for ``device``, else fp32."""
+    if getattr(args, "precision", None) is not None:
+        return check_precision(args.precision)
+    if getattr(args, "fast", False):
+        from medsam3.model.loader import resolve_device
+        from medsam3.model.precision import fast_precision
+
+        return fast_precision(resolve_device(device))
+    return DEFAULT_PRECISION

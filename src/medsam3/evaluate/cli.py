@@ -89,23 +89,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     m = p.add_argument_group("model runs (--model)")
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
     m.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights' precision (default float32)")
-    m.add_argument("--threshold", type=float, default=0.5, help="instance score threshold (default 0.5)")
-    m.add_argument("--presence-threshold", type=float, default=0.5,
-                   help="below this presence a class is answered absent (default 0.5)")
-    m.add_argument("--mask-threshold", type=float, default=0.5, help="pixel probability threshold (default 0.5)")
-    m.add_argument("--volume-mode", choices=("merged", "propagate", "slices"), default="merged",
-                   help="text mode on volumes, as `medsam3 segment --mode` (default merged)")
-    m.add_argument("--axis", choices=("axial", "coronal", "sagittal"),
-                   help="slicing plane of volumes (default: the acquisition plane)")
-    m.add_argument("--presence-window", type=int, metavar="N",
-                   help="--volume-mode slices: the present / absent answer on a slice is the median presence "
-                        "over the N slices centred on it, as `medsam3 segment --presence-window` (default: the "
-                        "model's own, else 1)")
+    from medsam3.predict.settings import add_arguments as add_predict_arguments
+
+    # as `medsam3 segment` (the volume options apply to text mode; --axis to every mode)
+    add_predict_arguments(m, mode_flag="--volume-mode", exclude=("instances",), show_defaults=True)
     m.add_argument("--max-objects", type=int, metavar="N",
                    help="box/point modes: prompt only the N largest components of a class per image or slice "
                         "(default all; the rest are counted, and scored as misses)")
     m.add_argument("--window", help="CT window for CT items: preset name or LEVEL,WIDTH (default soft tissue)")
-    m.add_argument("--batch-size", type=int, default=8, help="text prompts per detector batch (default 8)")
     c = p.add_argument_group("comparison")
     c.add_argument("--names", metavar="A,B", help="display names of the two compared runs")
     c.add_argument("--group-by", choices=("class", "dataset", "modality", "dimension"),
@@ -197,13 +188,11 @@ def _run_manifest(args: argparse.Namespace) -> int:
             raise ArgumentError("give --model (predict and score) or --predictions (score existing label maps), "
                                 "not both")
         from medsam3.evaluate.model import evaluate_model
+        from medsam3.predict.settings import from_args as settings_from_args
 
         result = evaluate_model(args.model, args.manifest, args.out, prompt_mode=args.prompt_mode,
-                                device=args.device, dtype=args.dtype, threshold=args.threshold,
-                                presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
-                                volume_mode=args.volume_mode, axis=args.axis, max_objects=args.max_objects,
-                                presence_window=args.presence_window, window=args.window,
-                                batch_size=args.batch_size, **common)
+                                device=args.device, dtype=args.dtype, settings=settings_from_args(args),
+                                max_objects=args.max_objects, window=args.window, **common)
     else:
         if not args.predictions:
             raise ArgumentError("--manifest needs --model M (predict and score) or --predictions DIR "

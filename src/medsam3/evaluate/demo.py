@@ -90,7 +90,7 @@ def absent_rates(model, manifest, *, stride: int = 1, progress: bool = True) -> 
     from medsam3.preprocess import context_planes, normalize_intensity
 
     manifest = load_manifest(manifest)
-    predictor = ImagePredictor(model)
+    predictor = ImagePredictor(model, gate_concepts=False)  # never-trained concepts: what the network itself says
     rates: dict[str, dict[str, float]] = {}
     for item in manifest:
         concepts = ABSENT_CHECKS.get(item.dataset, ()) + NEVER_TRAINED

@@ -80,5 +80,5 @@ def with_input_size(model: MedSAM3, size: int | None) -> MedSAM3:
     tracker = _rebuilt(Sam3TrackerModel, config.tracker_config, model.tracker)
     tracker.vision_encoder.backbone = detector.vision_encoder.backbone  # one copy of the ViT
     resized = MedSAM3(detector, build_processor(size), config, f"{model.source}@{size}px", model.device,
-                      model.dtype, directory=model.directory, tracker=tracker)
+                      model.dtype, directory=model.directory, tracker=tracker, info=model.info)
     return resized

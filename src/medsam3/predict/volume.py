@@ -67,6 +67,8 @@ import torch
 from tqdm.auto import tqdm
 
 from medsam3.errors import ArgumentError
+from medsam3.model.info import VOLUME_MODES, check_presence_window
+from medsam3.predict.concepts import ConceptGate
 from medsam3.predict.image import ImagePredictor, TextPrompt, _as_prompt, upsample_mask_logits
 from medsam3.predict.merge import (
     EMPTY,
@@ -83,7 +85,7 @@ from medsam3.predict.orientation import SliceOrientation, choose_orientation
 from medsam3.predict.propagation import TrackedObject, VolumeTracker, logit
 from medsam3.preprocess import context_planes
 
-MODES = ("merged", "propagate", "slices")
+MODES = VOLUME_MODES  # the one list, with the model's facts (medsam3.model.info)
 
 
 @dataclass
@@ -297,15 +299,33 @@ class VolumePredictor:
         if len(spacing) != 3:
             raise ArgumentError(f"a volume's spacing must be 3 numbers (sx, sy, sz), got {spacing}")
         offset = self.predictor.context_offset(spacing[2 - orientation.slice_axis])
-        return _VolumeRun(self, volume, text, objects, orientation, instances, description, offset).execute()
+        gate = ConceptGate.apply(self.predictor.model, text, getattr(self.predictor, "gate_concepts", True))
+        if gate.complete:
+            return _VolumeRun(self, volume, text, objects, orientation, instances, description, offset).execute()
+        if not gate.run and not objects:  # every prompt outside the model's concepts: nothing to run
+            labels = np.zeros(volume.shape, np.uint8 if len(text) < 256 else np.uint16)
+            result = VolumeSegmentation(labels, [], np.zeros(volume.shape, np.uint32) if instances else None, {},
+                                        {}, orientation, [], self.mode, {"slices_encoded": 0, "tracks": 0,
+                                                                         "tracker_steps": 0})
+        else:
+            result = _VolumeRun(self, volume, gate.model_prompts, objects, orientation, instances, description,
+                                offset).execute()
+        return _ungated(result, gate, len(objects))
 
 
-def check_presence_window(window) -> int:
-    """``window`` if it is an odd whole number >= 1 (a presence window), else :class:`ArgumentError`."""
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
-        raise ArgumentError(f"the presence window must be an odd whole number of slices >= 1 (1, 3, 5, ...), "
-                            f"got {window!r}")
-    return int(window)
+def _ungated(result: VolumeSegmentation, gate: ConceptGate, n_objects: int) -> VolumeSegmentation:
+    """A run of the gate's known prompts as the answer to all of them: labels renumbered so
+    that label k is the k-th prompt again, absent summaries for the prompts not run."""
+    lookup = gate.label_lookup(n_objects)
+    n_run = len(gate.run)
+    labels = lookup[np.asarray(result.labels, dtype=np.int64)].astype(
+        np.uint8 if len(lookup) - 1 < 256 else np.uint16)
+    text = gate.answers(result.summaries[:n_run], lambda p: VolumePromptSummary(prompt=p, present=False,
+                                                                                    presence_score=0.0))
+    result.labels = labels
+    result.summaries = text + result.summaries[n_run:]
+    result.instance_labels = {i: int(lookup[k]) for i, k in result.instance_labels.items()}
+    return result
 
 
 def segment_volume(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),

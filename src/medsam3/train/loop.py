@@ -687,7 +687,7 @@ class Trainer:
     def _save_model_directory(self, target: Path, state: dict | None = None, extra: dict | None = None) -> None:
         """Main process: a model directory (detector + the source's tracker tensors), atomically."""
         from medsam3.model.directory import save_model_directory
-        from medsam3.model.loader import INFO_NAME
+        from medsam3.model.info import INFO_NAME
 
         state = self._detector_state() if state is None else state
         if not self.is_main:
@@ -913,10 +913,10 @@ def train(config: TrainingConfig, resume: bool | str | os.PathLike = False) -> T
 def _inference_info(source_dir, context_mm: float | None) -> dict:
     """What a checkpoint's ``medsam3.json`` must tell inference: the source model's mask source
     and 2.5D context (``data.context_mm`` overrides the context; ``null`` keeps the model's)."""
-    from medsam3.model.loader import read_model_info
+    from medsam3.model.info import ModelInfo
 
-    source = read_model_info(source_dir)
-    info = {k: source[k] for k in ("masks", "context_mm") if k in source}
+    source = ModelInfo.read(source_dir)
+    info = {k: source[k] for k in ("masks", "context_mm") if k in source}  # as the source's file has them
     if context_mm is not None:
         info["context_mm"] = float(context_mm)
     if not info.get("context_mm"):

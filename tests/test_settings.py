@@ -165,3 +165,29 @@ def test_segment_settings_object_equals_its_keyword_arguments(tiny_model):
     with pytest.raises(ArgumentError, match="--axis coronal given, but .* is a 2D image"):
         medsam3.segment(source, None, ["liver"], model=tiny_model,
                         settings=PredictSettings(volume=VolumeSettings(axis="coronal")))
+
+
+def test_volume_prompts_outside_the_concepts_are_gated_by_the_volume_predictor(tiny_model_dir, tmp_path):
+    """On a volume, the unknown prompt is answered absent without running and the known one keeps
+    its label number: the same voxels as asking the known prompt alone, under label 2."""
+    import numpy as np
+
+    from medsam3.io import read_image, write_image
+    from medsam3.model import MedSAM3
+
+    directory = tmp_path / "brain-only"
+    shutil.copytree(tiny_model_dir, directory)
+    (directory / INFO_NAME).write_text(json.dumps({"concepts": ["brain"]}))
+    model = MedSAM3.from_pretrained(directory, device="cpu")
+    block = read_image(SAMPLE)
+    small = write_image(block.with_array(block.array[10:13, 20:40, 20:40]), tmp_path / "block.nii.gz")
+    open_ = {"threshold": 0.0, "presence_threshold": 0.0, "mode": "slices", "instances": True, "progress": False}
+    with pytest.warns(UserWarning, match="'spleen' is not a concept model"):
+        gated = medsam3.segment(small, tmp_path / "g.nii.gz", ["spleen", "whole brain"], model=model, **open_)
+    alone = medsam3.segment(small, None, ["brain"], model=model, **open_)
+    assert alone.labels.array.any()
+    np.testing.assert_array_equal(gated.labels.array, np.where(alone.labels.array == 1, 2, 0))
+    assert [r.prompt for r in gated.results] == ["spleen", "whole brain"]
+    assert not gated.results[0].present and gated.results[0].presence_score == 0.0
+    assert set(gated.extra["instance_labels"].values()) == {2}
+    assert gated.sidecar["unknown_to_model"] == ["spleen"]

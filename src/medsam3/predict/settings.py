@@ -106,12 +106,11 @@ class VolumeSettings:
     def check_for_2d(self, where: str) -> None:
         """Refuse, for the 2D image ``where``, the options only volumes take (``mode`` and the
         merge rule are quietly unused: they have defaults a user rarely sets for one image)."""
-        for name, flag in (("axis", "--axis"), ("size", "--size"), ("presence_window", "--presence-window")):
-            value = getattr(self, name)
-            if value is not None:
-                shown = f"{flag} {value}" if name == "axis" else flag
-                raise ArgumentError(f"{shown} given, but {where} is a 2D image" if name == "axis"
-                                    else f"{shown} is for volumes, but {where} is a 2D image")
+        if self.axis is not None:
+            raise ArgumentError(f"--axis {self.axis} given, but {where} is a 2D image")
+        for name, flag in (("size", "--size"), ("presence_window", "--presence-window")):
+            if getattr(self, name) is not None:
+                raise ArgumentError(f"{flag} is for volumes, but {where} is a 2D image")
         if self.instances:
             raise ArgumentError(f"--instances is for volumes, but {where} is a 2D image")
 

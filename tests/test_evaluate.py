@@ -24,7 +24,7 @@ from medsam3 import Image
 from medsam3.errors import ArgumentError, InputError
 from medsam3.evaluate import compare_reports, evaluate_folder, score_masks
 from medsam3.evaluate.cli import register
-from medsam3.evaluate.folder import CSV_COLUMNS, read_cases_csv
+from medsam3.evaluate.cases import CSV_COLUMNS, read_cases_csv
 from medsam3.io import read_label_map, write_label_map
 
 FAST = {"n_bootstrap": 200, "progress": False}

@@ -30,7 +30,7 @@ from medsam3.data.manifest import ManifestItem
 from medsam3.errors import ArgumentError
 from medsam3.evaluate import compare_reports, evaluate_manifest, evaluate_model, gt_objects
 from medsam3.evaluate.cli import register
-from medsam3.evaluate.folder import CSV_COLUMNS
+from medsam3.evaluate.cases import CSV_COLUMNS
 from medsam3.evaluate.manifest import item_classes, prediction_stems
 from medsam3.io import read_image, read_label_map, sidecar_path
 from medsam3.predict import ImagePredictor
@@ -248,6 +248,30 @@ def test_absent_answers_are_dice_zero_and_listed(tiny_model, manifest_2d, tmp_pa
     assert "absent_answer" in result.report_md.read_text()
 
 
+def test_2d_evaluation_gates_classes_outside_the_models_concepts(tiny_model_dir, manifest_2d, text_run, tmp_path):
+    """A model trained on ``liver`` only answers ``spleen`` absent (with a warning, never run),
+    in 2D evaluation as in ``segment``; ``liver`` is still predicted (thresholds at 0: drawn)."""
+    from medsam3.model import MedSAM3
+
+    directory = tmp_path / "liver-only"
+    shutil.copytree(tiny_model_dir, directory)
+    (directory / "medsam3.json").write_text(json.dumps({"concepts": ["liver"]}))
+    model = MedSAM3.from_pretrained(directory, device="cpu")
+    with pytest.warns(UserWarning, match="'spleen' is not a concept model .* was trained on"):
+        result = evaluate_model(model, manifest_2d, tmp_path / "gated", "text", **OPEN, **FAST)
+    rows = {(r["case"], r["class"]): r for r in _csv_rows(result.cases_csv)}
+    ungated = {(r["case"], r["class"]): r for r in _csv_rows(text_run[0].cases_csv)}
+    assert rows.keys() == ungated.keys()
+    for key, row in rows.items():
+        if key[1] == "spleen":
+            assert row["status"] in ("absent_answer", "true_negative") and row["pred_voxels"] == "0"
+        else:
+            assert int(row["pred_voxels"]) > 0 and ungated[key]["status"] != "absent_answer"
+    assert any(r["status"] == "absent_answer" for k, r in rows.items() if k[1] == "spleen")
+    side = json.loads(sidecar_path(result.predictions / "ct/test/slice.nii.gz").read_text())
+    assert "spleen" in side["absent"] and side["scores"]["spleen"] == 0.0
+
+
 # ----------------------------------------------------------------------------- 2D, ground-truth modes
 
 
@@ -338,19 +362,23 @@ def test_cli_model_and_manifest_modes(tiny_model, manifest_2d, text_run, tmp_pat
 
 
 def test_3d_text_mode_runs_segment_on_the_whole_volume(tiny_model, manifest_3d, tmp_path, monkeypatch):
-    import medsam3.segmentation
+    """segment's own prediction step, on the volume normalised once (no second normalisation)."""
+    import medsam3.predict.pipeline
+    from medsam3.data.loading import normalised_image
 
-    shapes = []
-    original = medsam3.segmentation.segment
+    calls = []
+    original = medsam3.predict.pipeline.predict_normalized
 
-    def spy(image, *args, **kwargs):
-        shapes.append(image.shape)
-        return original(image, *args, **kwargs)
+    def spy(predictor, image, normalized, *args, **kwargs):
+        calls.append((image.shape, normalized))
+        return original(predictor, image, normalized, *args, **kwargs)
 
-    monkeypatch.setattr(medsam3.segmentation, "segment", spy)
+    monkeypatch.setattr(medsam3.predict.pipeline, "predict_normalized", spy)
     result = evaluate_model(tiny_model, manifest_3d, tmp_path / "t3", "text", threshold=0.5, presence_threshold=0.0,
                             **FAST)
-    assert shapes == [(4, 64, 64)]  # one call, the whole volume
+    assert [shape for shape, _ in calls] == [(4, 64, 64)]  # one call, the whole volume
+    manifest = read_manifest(manifest_3d)
+    np.testing.assert_array_equal(calls[0][1], normalised_image(manifest, manifest.items[0]))
     assert result.split == "all" and any("no test split" in n for n in result.notes)
     rows = _csv_rows(result.cases_csv)
     assert [(r["class"], r["dimension"]) for r in rows] == [("gray matter", "3D"), ("white matter", "3D")]

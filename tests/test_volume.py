@@ -734,5 +734,5 @@ def test_a_model_with_context_gets_each_slice_with_its_neighbours(tiny_model_dir
                    progress=False)
     assert fed and all(f.ndim == 2 for f in fed)
     (directory / "medsam3.json").write_text(json.dumps({"context_mm": "wide"}))
-    with pytest.raises(ArgumentError, match="context_mm"):
-        ImagePredictor(MedSAM3.from_pretrained(directory, device="cpu"))
+    with pytest.raises(InputError, match="medsam3.json: 'context_mm' must be a number of mm"):
+        MedSAM3.from_pretrained(directory, device="cpu")  # refused when loaded, before any prediction

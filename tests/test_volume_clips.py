@@ -138,7 +138,7 @@ def test_bad_clips_inputs(tiny_model, colin_block, tiny_model_dir, tmp_path, cap
 
 
 def test_one_list_of_volume_modes():
-    from medsam3.evaluate.model import VOLUME_MODES
+    from medsam3.model.info import VOLUME_MODES
 
     parser = build_parser()
     segment = next(a for a in parser._subparsers._group_actions[0].choices["segment"]._actions if a.dest == "mode")

@@ -41,6 +41,7 @@ class _AppendExemplar(argparse.Action):
 
 def _add_segment(subparsers) -> None:
     from medsam3.io import SUPPORTED_INPUT_FORMATS, SUPPORTED_OUTPUT_FORMATS
+    from medsam3.predict.settings import add_arguments as add_predict_arguments
     from medsam3.preprocess import CT_WINDOWS
 
     p = subparsers.add_parser(
@@ -74,42 +75,6 @@ def _add_segment(subparsers) -> None:
     v = p.add_argument_group("volumes", "3D inputs: the detector finds the prompts on every slice, the SAM3 tracker "
                              "propagates what it found (and any --box/--point) through the volume, and the two are "
                              "merged; see medsam3.predict.volume")
-    # = medsam3.predict.volume.MODES, written out so that building the parser imports no torch (a test checks)
-    v.add_argument("--mode", choices=("merged", "propagate", "slices", "clips"), default="merged",
-                   help="merged: detection + tracker propagation, merged; propagate: tracker masks from detected "
-                        "key slices; slices: detection on each slice only; clips: Medical SAM3's official scheme "
-                        "(independent short clips through the tracker, fused per pixel by probability)")
-    v.add_argument("--clip-length", type=int, default=4, metavar="N",
-                   help="--mode clips: slices per clip (official: 4)")
-    v.add_argument("--clip-overlap", type=int, default=0, metavar="N",
-                   help="--mode clips: slices shared by neighbouring clips (official: 0), 0..N-1")
-    v.add_argument("--clip-fusion", choices=("mean", "max"), default="mean",
-                   help="--mode clips: how overlapping clips' probabilities are fused on a shared slice")
-    v.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default=None,
-                   help="slice the volume in this physical plane (not array order); default: the plane closest "
-                        "to the acquisition plane")
-    v.add_argument("--instances", action="store_true",
-                   help="also write an instance map (one id per object, the same on every slice) as "
-                        "OUTPUT_instances.EXT with its own sidecar")
-    v.add_argument("--keep-empty", dest="skip_empty", action="store_false",
-                   help="run the model on empty background slices too (by default a slice is skipped when fewer "
-                        "than 0.1%% of its pixels are 0.05 above its minimum, in normalised intensity)")
-    v.add_argument("--backward-slices", type=int, default=8, metavar="N",
-                   help="propagate each track back this many slices from the slice it was first detected on")
-    v.add_argument("--max-unsupported", type=int, default=2, metavar="N",
-                   help="merge rule: a tracked mask may go N slices without a detection agreeing; "
-                        "N+1 such slices in a row are drift and removed")
-    v.add_argument("--iou-threshold", type=float, default=0.3,
-                   help="merge rule: IoU at which a tracked mask and a detection are the same object")
-    v.add_argument("--presence-window", type=int, default=None, metavar="N",
-                   help="--mode slices: a structure's present / absent answer on a slice is the median of the "
-                        "presence on the N slices centred on it (odd; 3: no structure on one slice alone, no "
-                        "one-slice gap); default: the model's own (medsam3.json), else 1")
-    v.add_argument("--size", type=int, default=None, metavar="PX",
-                   help="the model's input resolution (a multiple of 14 up to 4032, e.g. 504 for ~4x less compute "
-                        "than 1008); default: the checkpoint's own")
-    v.add_argument("--key-score", type=float, default=0.5,
-                   help="merge rule: a detection this confident that no track explains starts a new track")
     p.add_argument("--model", default=None, help="model directory, Hugging Face hub id, or random:NAME "
                    "(random weights, for tests and benchmarks); default: facebook/sam3")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -118,11 +83,7 @@ def _add_segment(subparsers) -> None:
     p.add_argument("--modality", default=None, help="CT, MR, PT, XR, US, RGB, OTHER (default: from the file)")
     p.add_argument("--window", default=None,
                    help=f"CT window: a preset ({', '.join(CT_WINDOWS)}) or LEVEL,WIDTH in HU, e.g. 40,400")
-    p.add_argument("--threshold", type=float, default=0.5, help="instance score threshold")
-    p.add_argument("--presence-threshold", type=float, default=0.5,
-                   help="below this presence probability a prompt is reported absent")
-    p.add_argument("--mask-threshold", type=float, default=0.5, help="pixel probability threshold")
-    p.add_argument("--batch-size", type=int, default=8, help="text prompts run together through the detector")
+    add_predict_arguments(p, volumes=v)
     p.add_argument("--overlay", default=None, metavar="PNG", help="also write an overlay picture")
     p.add_argument("--json", action="store_true", help="print the per-prompt results as JSON")
     from medsam3.batch.cli import add_batch_arguments  # -i FOLDER|LIST|MANIFEST -o OUTDIR
@@ -133,6 +94,7 @@ def _add_segment(subparsers) -> None:
 
 def _run_segment(args) -> int:
     from medsam3.io import sidecar_path
+    from medsam3.predict.settings import from_args as settings_from_args
     from medsam3.segmentation import segment, summary_dict
 
     if args.window is not None and "," in args.window:
@@ -149,15 +111,8 @@ def _run_segment(args) -> int:
     seg = segment(args.input, args.output, args.prompts, box=args.box, points=args.points,
                   point_labels=args.point_labels, exemplars=args.exemplars, exemplar_labels=args.exemplar_labels,
                   slice_index=args.slice_index, model=args.model, device=args.device, dtype=args.dtype,
-                  modality=args.modality, window=window, threshold=args.threshold,
-                  presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
-                  overlay=args.overlay, batch_size=args.batch_size, mode=args.mode, axis=args.axis,
-                  instances=args.instances, skip_empty=args.skip_empty, backward_slices=args.backward_slices,
-                  max_unsupported=args.max_unsupported, iou_threshold=args.iou_threshold,
-                  key_score=args.key_score, presence_window=args.presence_window, size=args.size,
-                  series_uid=args.series_uid,
-                  output_format=args.output_format, clip_length=args.clip_length, clip_overlap=args.clip_overlap,
-                  clip_fusion=args.clip_fusion,
+                  modality=args.modality, window=window, settings=settings_from_args(args), overlay=args.overlay,
+                  series_uid=args.series_uid, output_format=args.output_format,
                   precision=resolve_precision(args, args.device))
     if args.json:
         print(json.dumps([summary_dict(r) for r in seg.results], indent=2))
@@ -240,10 +195,9 @@ def _run_model_export(args) -> int:
             info[key] = value
     if args.untrained_tracker:
         info["tracker_trained"] = False
-    if "presence_window" in info:  # refused here rather than when the exported model is loaded
-        from medsam3.predict.volume import check_presence_window
+    from medsam3.model.info import ModelInfo
 
-        check_presence_window(info["presence_window"])
+    ModelInfo.from_json(info, "--info")  # a bad entry is refused here rather than when the exported model is loaded
     _check_export_output(args)
     files = {}
     if args.card:

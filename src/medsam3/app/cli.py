@@ -20,10 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="address to listen on; the default serves only this machine (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--max-upload-mb", type=float, default=512.0, help="largest upload accepted, in MB")
-    p.add_argument("--threshold", type=float, default=0.5, help="starting instance score threshold in the UI")
-    p.add_argument("--presence-threshold", type=float, default=0.5,
-                   help="starting presence threshold in the UI (below it a prompt is reported absent)")
-    p.add_argument("--mask-threshold", type=float, default=0.5, help="starting pixel probability threshold in the UI")
+    from medsam3.predict.settings import add_arguments as add_predict_arguments
+
+    v = p.add_argument_group("volumes", "how uploaded volumes are segmented (as `medsam3 segment`; the view plane "
+                             "shown is the one segmented)")
+    add_predict_arguments(p, volumes=v, exclude=("instances",), threshold_help=" (the UI's starting value)")
     p.add_argument("--concurrency", type=int, default=1,
                    help="segmentations run at once; further requests wait in the queue")
     p.add_argument("--workdir", default=None,
@@ -52,8 +53,9 @@ def run(args) -> int:
         raise ArgumentError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     if args.concurrency < 1:
         raise ArgumentError(f"--concurrency must be >= 1, got {args.concurrency}")
-    settings = AppSettings(model=args.model, device=args.device, threshold=args.threshold,
-                           presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
+    from medsam3.predict.settings import from_args as settings_from_args
+
+    settings = AppSettings(model=args.model, device=args.device, predict=settings_from_args(args),
                            max_upload_mb=args.max_upload_mb, workdir=args.workdir, concurrency=args.concurrency)
     print(f"medsam3 serve: loading model {args.model or 'facebook/sam3'} ...", flush=True)
     demo, files = build_app(settings, model=load_model(args.model, device=args.device,

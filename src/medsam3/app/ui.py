@@ -16,6 +16,7 @@ the browser name the user's file, never a path on the server.
 """
 
 
+import dataclasses
 import html
 import os
 import re
@@ -29,6 +30,7 @@ import numpy as np
 
 from medsam3.errors import MedSAM3Error
 from medsam3.image import Image
+from medsam3.predict.settings import PredictSettings, VolumeSettings
 from medsam3.preprocess import CT_WINDOWS
 
 AUTO_WINDOW = "auto (from modality)"
@@ -43,7 +45,9 @@ class AppSettings:
     Attributes:
         model: model directory, hub id or ``random:NAME`` (see :func:`medsam3.segmentation.load_model`).
         device: ``auto``, ``cpu``, ``cuda``.
-        threshold, presence_threshold, mask_threshold: the UI's starting thresholds.
+        predict: the prediction settings (:class:`medsam3.predict.settings.PredictSettings`): its
+            thresholds are the UI's starting ones, its volume settings apply to every volume
+            (its axis is the starting view plane; the plane shown is the one segmented).
         max_upload_mb: the largest upload accepted, in MB.
         workdir: where the server's temporary folder is made (the system's temporary folder when
             ``None``); the folder itself is new and removed when the server stops.
@@ -52,9 +56,7 @@ class AppSettings:
 
     model: str | None = None
     device: str = "auto"
-    threshold: float = 0.5
-    presence_threshold: float = 0.5
-    mask_threshold: float = 0.5
+    predict: PredictSettings = field(default_factory=PredictSettings)
     max_upload_mb: float = 512.0
     workdir: str | None = None
     concurrency: int = 1
@@ -253,7 +255,7 @@ def build_app(settings: AppSettings | None = None, model=None):
         if state.is_volume:
             from medsam3.orientation import choose_orientation
 
-            state.axis = choose_orientation(image.direction, None).axis
+            state.axis = choose_orientation(image.direction, settings.predict.volume.axis).axis
             n = num_slices(image, state.axis)
             state.index = n // 2
             slider = gr.Slider(minimum=0, maximum=n - 1, step=1, value=state.index, visible=True,
@@ -330,12 +332,15 @@ def build_app(settings: AppSettings | None = None, model=None):
         output = out_dir / (safe_stem(state.name) + ("_labels.nii.gz" if state.is_volume else "_labels.png"))
         interactive = state.has_clicks
         try:
+            # the server's settings, with the UI's thresholds and, for a volume, the plane on screen
+            run_settings = PredictSettings.build(
+                settings.predict if state.is_volume else dataclasses.replace(settings.predict, volume=VolumeSettings()),
+                threshold=float(threshold), presence_threshold=float(presence), mask_threshold=float(mask_threshold),
+                axis=state.axis if state.is_volume else None)
             seg = segment(state.image, output, prompts, box=state.box if interactive else None,
                           points=state.points or None, point_labels=state.point_labels or None,
                           slice_index=state.prompt_index if interactive and state.is_volume else None,
-                          model=loaded, window=state.window, threshold=float(threshold),
-                          presence_threshold=float(presence), mask_threshold=float(mask_threshold),
-                          axis=state.axis if state.is_volume else None, progress=True)
+                          model=loaded, window=state.window, settings=run_settings, progress=True)
         except MedSAM3Error as exc:
             shutil.rmtree(out_dir, ignore_errors=True)
             raise fail(strip_paths(str(exc))) from None
@@ -389,12 +394,12 @@ def build_app(settings: AppSettings | None = None, model=None):
                                      placeholder="e.g. brain, ventricles", elem_id="medsam3-prompts")
                 run = gr.Button("Segment", variant="primary", elem_id="medsam3-segment")
                 with gr.Accordion("thresholds", open=False):
-                    threshold = gr.Slider(0, 1, value=settings.threshold, step=0.01, label="instance score threshold",
+                    threshold = gr.Slider(0, 1, value=settings.predict.threshold, step=0.01, label="instance score threshold",
                                           elem_id="medsam3-threshold")
-                    presence = gr.Slider(0, 1, value=settings.presence_threshold, step=0.01,
+                    presence = gr.Slider(0, 1, value=settings.predict.presence_threshold, step=0.01,
                                          label="presence threshold (below it a prompt is absent)",
                                          elem_id="medsam3-presence")
-                    mask_threshold = gr.Slider(0, 1, value=settings.mask_threshold, step=0.01,
+                    mask_threshold = gr.Slider(0, 1, value=settings.predict.mask_threshold, step=0.01,
                                                label="mask (pixel probability) threshold", elem_id="medsam3-mask")
                 with gr.Row():
                     axis = gr.Radio(choices=list(AXES), label="view plane", visible=False, elem_id="medsam3-axis")

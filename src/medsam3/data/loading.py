@@ -151,10 +151,19 @@ def _normalised(manifest: Manifest, item: ManifestItem, window=None) -> tuple[np
     if image.shape != tuple(item.shape):
         raise InputError(f"{image.path} has shape {image.shape} but the manifest says {tuple(item.shape)} "
                          f"for {item.id}: the file changed since the manifest was written; convert again")
+    return normalised_array(image, item.modality, window), image
+
+
+def normalised_array(image: Image, modality: str | None, window=None) -> np.ndarray:
+    """A manifest item's loaded image in ``[0, 1]`` (float32), by the one rule of the data
+    module: BiomedSegFM ``uint8`` images (``meta["prenormalised"]``, already windowed by the
+    challenge) / 255; others by ``modality`` (:func:`medsam3.preprocess.normalize_intensity`),
+    ``window`` applied to CT only."""
+    from medsam3.preprocess import normalize_intensity
+
     if image.meta.get("prenormalised"):
-        return np.asarray(image.array, dtype=np.float32) / np.float32(255.0), image
-    return normalize_intensity(image, modality=item.modality,
-                               window=window if item.modality == "CT" else None), image
+        return np.asarray(image.array, dtype=np.float32) / np.float32(255.0)
+    return normalize_intensity(image, modality=modality, window=window if modality == "CT" else None)
 
 
 # ---------------------------------------------------------------------- labels

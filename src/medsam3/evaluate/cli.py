@@ -101,23 +101,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
     m.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights' precision (default float32)")
     add_precision_arguments(m)
-    m.add_argument("--threshold", type=float, default=0.5, help="instance score threshold (default 0.5)")
-    m.add_argument("--presence-threshold", type=float, default=0.5,
-                   help="below this presence a class is answered absent (default 0.5)")
-    m.add_argument("--mask-threshold", type=float, default=0.5, help="pixel probability threshold (default 0.5)")
-    m.add_argument("--volume-mode", choices=("merged", "propagate", "slices", "clips"), default="merged",
-                   help="text mode on volumes, as `medsam3 segment --mode` (default merged)")
-    m.add_argument("--axis", choices=("axial", "coronal", "sagittal"),
-                   help="slicing plane of volumes (default: the acquisition plane)")
-    m.add_argument("--presence-window", type=int, metavar="N",
-                   help="--volume-mode slices: the present / absent answer on a slice is the median presence "
-                        "over the N slices centred on it, as `medsam3 segment --presence-window` (default: the "
-                        "model's own, else 1)")
+    from medsam3.predict.settings import add_arguments as add_predict_arguments
+
+    # as `medsam3 segment` (the volume options apply to text mode; --axis to every mode)
+    add_predict_arguments(m, mode_flag="--volume-mode", exclude=("instances",), show_defaults=True)
     m.add_argument("--max-objects", type=int, metavar="N",
                    help="box/point modes: prompt only the N largest components of a class per image or slice "
                         "(default all; the rest are counted, and scored as misses)")
     m.add_argument("--window", help="CT window for CT items: preset name or LEVEL,WIDTH (default soft tissue)")
-    m.add_argument("--batch-size", type=int, default=8, help="text prompts per detector batch (default 8)")
     c = p.add_argument_group("comparison")
     c.add_argument("--names", metavar="A,B", help="display names of the two compared runs")
     c.add_argument("--group-by", choices=("class", "dataset", "modality", "dimension"),
@@ -223,7 +214,7 @@ def _run_suite(args: argparse.Namespace) -> int:
 
 def _check_paper_flags(args: argparse.Namespace) -> None:
     given = [flag for flag, value, default in (("--prompt-mode", args.prompt_mode, "text"),
-                                               ("--volume-mode", args.volume_mode, "merged"),
+                                               ("--volume-mode", args.mode, None),
                                                ("--presence-window", args.presence_window, None)) if value != default]
     if given:
         raise ArgumentError(f"--protocol paper sets the prompt modes (text, text+box, box) and runs volumes slice by "
@@ -273,16 +264,14 @@ def _run_manifest(args: argparse.Namespace) -> int:
         if args.protocol == "paper":
             return _run_paper(args, common)
         from medsam3.evaluate.model import evaluate_model
+        from medsam3.predict.settings import from_args as settings_from_args
         from medsam3.segmentation import load_model
 
         precision = resolve_precision(args, args.device)  # fp32: the model loads on first use, as before
         model = args.model if precision == "fp32" else load_model(args.model, args.device, args.dtype, precision)
         result = evaluate_model(model, args.manifest, args.out, prompt_mode=args.prompt_mode,
-                                device=args.device, dtype=args.dtype, threshold=args.threshold,
-                                presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
-                                volume_mode=args.volume_mode, axis=args.axis, max_objects=args.max_objects,
-                                presence_window=args.presence_window, window=args.window,
-                                batch_size=args.batch_size, **common)
+                                device=args.device, dtype=args.dtype, settings=settings_from_args(args),
+                                max_objects=args.max_objects, window=args.window, **common)
     else:
         if args.protocol:
             raise ArgumentError(f"--protocol {args.protocol} runs a model: give --model M")

@@ -69,7 +69,7 @@ def otsu_predictions(manifest, out: str | os.PathLike) -> Path:
 
 def _scores(out: Path) -> dict[str, dict[str, dict[str, float]]]:
     """``{dataset: {class: {metric: value}}}`` from an evaluation folder's cases.csv."""
-    from medsam3.evaluate.folder import CASES_CSV, read_cases_csv
+    from medsam3.evaluate.cases import CASES_CSV, read_cases_csv
 
     table: dict[str, dict[str, dict[str, float]]] = {}
     for row in read_cases_csv(out / CASES_CSV):
@@ -90,7 +90,7 @@ def absent_rates(model, manifest, *, stride: int = 1, progress: bool = True) -> 
     from medsam3.preprocess import context_planes, normalize_intensity
 
     manifest = load_manifest(manifest)
-    predictor = ImagePredictor(model)
+    predictor = ImagePredictor(model, gate_concepts=False)  # never-trained concepts: what the network itself says
     rates: dict[str, dict[str, float]] = {}
     for item in manifest:
         concepts = ABSENT_CHECKS.get(item.dataset, ()) + NEVER_TRAINED

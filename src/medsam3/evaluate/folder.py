@@ -62,6 +62,7 @@ from medsam3.evaluate.cases import (
 from medsam3.evaluate.metrics import MaskScores, check_same_grid, score_masks
 from medsam3.evaluate.report import write_folder_report
 from medsam3.image import Image
+from medsam3.io.sidecar import read_sidecar
 
 # --------------------------------------------------------------------------- files
 
@@ -126,26 +127,6 @@ def match_cases(predictions: str | os.PathLike, ground_truth: str | os.PathLike)
     cases = [CaseFiles(cid, gt[cid], pred.get(cid)) for cid in sorted(gt)]
     unmatched = [pred[cid] for cid in sorted(pred) if cid not in gt]
     return cases, unmatched
-
-
-def read_sidecar(label_map: Path) -> dict[str, Any]:
-    """The JSON sidecar next to ``label_map`` as a dict, or ``{}`` when there is none.
-
-    Raises:
-        InputError: the sidecar exists but is not a JSON object.
-    """
-    from medsam3.io import sidecar_path
-
-    path = sidecar_path(Path(label_map))
-    if not path.is_file():
-        return {}
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read sidecar {path}: {exc}") from None
-    if not isinstance(content, dict):
-        raise InputError(f"sidecar {path} must hold a JSON object with 'labels' (and 'absent')")
-    return content
 
 
 def _sidecar_labels(sidecar: dict[str, Any], where: str) -> dict[int, str]:

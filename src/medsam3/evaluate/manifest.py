@@ -64,8 +64,9 @@ from medsam3.errors import ArgumentError, InputError
 from medsam3.evaluate.cases import (
     CASES_CSV, SETTINGS_JSON, EvaluationSettings, append_case_rows, read_cases_csv, rows_to_csv_text,
 )
-from medsam3.evaluate.folder import FolderEvaluation, read_sidecar, score_case
+from medsam3.evaluate.folder import FolderEvaluation, score_case
 from medsam3.image import Image
+from medsam3.io.sidecar import read_sidecar
 
 #: Ending of the prediction files ``evaluate --model`` writes (full geometry, 2D and 3D).
 PREDICTION_EXTENSION = ".nii.gz"

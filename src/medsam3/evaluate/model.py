@@ -13,13 +13,14 @@ ground truth before the prediction is written; ``text+box``, ``box`` and ``point
 boxes / clicks from it (see :mod:`medsam3.evaluate.gt_prompts`, which also says how volumes
 are prompted slice by slice in those modes).
 
-Images are normalised once, by the data module's rule (as
-:func:`medsam3.data.loading.normalised_image`: the item's modality, an optional CT window,
-BiomedSegFM ``uint8`` volumes / 255). 2D items go through one
-:class:`~medsam3.predict.ImagePredictor` (the image is encoded once for all classes).
-3D items in ``text`` mode go through :func:`medsam3.segment` on the **whole volume**
-(``volume_mode``: detection + tracker propagation merged, by default), given the
-normalised volume with the identity window ``(0.5, 1)`` so that nothing is normalised twice.
+Images are normalised once, by the data module's rule
+(:func:`medsam3.data.loading.normalised_array`: the item's modality, an optional CT window,
+BiomedSegFM ``uint8`` volumes / 255). In ``text`` mode, items then go through the
+prediction step of :func:`medsam3.segment` (:func:`medsam3.predict.pipeline.predict_normalized`,
+with the run's :class:`~medsam3.predict.settings.PredictSettings`): a 2D image is encoded once
+for all classes; a volume is segmented whole (the volume mode given, else the model's own,
+else ``merged``: detection + tracker propagation merged). Prompts outside a model's concepts
+are answered absent, as by ``segment``.
 
 Resume: an item is done when its prediction (made with the same run settings, recorded in
 its sidecar) and its rows in ``cases.csv`` exist. A prediction without rows is scored
@@ -30,10 +31,10 @@ with other settings is refused.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,11 +49,8 @@ from medsam3.evaluate.manifest import (
     score_item, select_labelled_items, write_manifest_report,
 )
 from medsam3.image import Image
+from medsam3.predict.settings import PredictSettings, VolumeSettings
 from medsam3.preprocess import context_planes
-
-VOLUME_MODES = ("merged", "propagate", "slices", "clips")  # = medsam3.predict.volume.MODES (a test checks)
-#: The identity window: a normalised volume given to :func:`medsam3.segment` stays as it is.
-_IDENTITY_WINDOW = (0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -65,37 +63,54 @@ class ModelRunSettings:
         model: the model as given (hub id, directory, ``random:NAME``).
         dtype: the weights' precision.
         split: the split evaluated (``all``: every item).
-        score_threshold, presence_threshold, mask_threshold: the predictor's thresholds.
-        volume_mode: how ``text`` mode runs volumes (:func:`medsam3.segment`'s ``mode``).
-        axis: the slicing plane of volumes (``None``: closest to the acquisition plane).
+        settings: the prediction settings (thresholds; for ``text`` mode on volumes, the
+            volume mode (``None``: the model's own, else ``merged``), presence window, merge
+            rule, input size, empty slices; the slicing axis in every mode).
         max_objects: ``box``/``point``: prompts per class and image/slice (largest components).
         window: CT window applied to CT items (``None``: the default soft-tissue window).
-        presence_window: ``text`` mode, volume mode ``slices``: the presence window in slices
-            (``None``: the model's own, see :mod:`medsam3.predict.volume`).
     """
 
     prompt_mode: str
     model: str
     dtype: str
     split: str
-    score_threshold: float = 0.5
-    presence_threshold: float = 0.5
-    mask_threshold: float = 0.5
-    volume_mode: str = "merged"
-    axis: str | None = None
+    settings: PredictSettings = field(default_factory=PredictSettings)
     max_objects: int | None = None
     window: Any = None
-    presence_window: int | None = None
+
+    @property
+    def score_threshold(self) -> float:
+        return self.settings.threshold
+
+    @property
+    def presence_threshold(self) -> float:
+        return self.settings.presence_threshold
+
+    @property
+    def mask_threshold(self) -> float:
+        return self.settings.mask_threshold
+
+    @property
+    def volume_mode(self) -> str | None:
+        return self.settings.volume.mode
+
+    @property
+    def axis(self) -> str | None:
+        return self.settings.volume.axis
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        if isinstance(d["window"], tuple):
-            d["window"] = list(d["window"])
-        return d
+        v = self.settings.volume
+        return {"prompt_mode": self.prompt_mode, "model": self.model, "dtype": self.dtype, "split": self.split,
+                "score_threshold": self.score_threshold, "presence_threshold": self.presence_threshold,
+                "mask_threshold": self.mask_threshold, "volume_mode": v.mode, "axis": v.axis,
+                "max_objects": self.max_objects, "window": list(self.window) if isinstance(self.window, tuple)
+                else self.window, "presence_window": v.presence_window, "skip_empty": v.skip_empty,
+                "backward_slices": v.backward_slices, "max_unsupported": v.max_unsupported,
+                "iou_threshold": v.iou_threshold, "key_score": v.key_score, "size": v.size}
 
 
 @dataclass
-class _ClassAnswer:
+class ClassAnswer:
     """A class's answer over a whole item (accumulated over slices for volumes)."""
 
     present: bool = False
@@ -107,37 +122,40 @@ class _ClassAnswer:
     slices_prompted: list[int] = field(default_factory=list)
 
 
-def _check_arguments(prompt_mode, threshold, presence_threshold, mask_threshold, volume_mode, axis, max_objects,
-                     presence_window=None):
+def check_run_arguments(model, prompt_mode, settings: PredictSettings, max_objects):
     if prompt_mode not in PROMPT_MODES:
         raise ArgumentError(f"unknown prompt mode {prompt_mode!r}; use one of {', '.join(PROMPT_MODES)}")
-    for label, value in (("--threshold", threshold), ("--presence-threshold", presence_threshold),
-                         ("--mask-threshold", mask_threshold)):
-        if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-            raise ArgumentError(f"{label} {value!r} must be a number in [0, 1]")
-    if volume_mode not in VOLUME_MODES:
-        raise ArgumentError(f"unknown volume mode {volume_mode!r}; use one of {', '.join(VOLUME_MODES)}")
-    if axis is not None:
-        from medsam3.orientation import AXES
-
-        if str(axis).lower() not in AXES:
-            raise ArgumentError(f"unknown slicing axis {axis!r}; use one of {', '.join(AXES)}")
     if max_objects is not None and (not isinstance(max_objects, int) or max_objects < 1):
         raise ArgumentError(f"--max-objects {max_objects!r} must be a whole number >= 1")
-    if presence_window is not None:
-        from medsam3.predict.volume import check_presence_window
-
-        check_presence_window(presence_window)
-        if prompt_mode != "text" or volume_mode != "slices":
+    v = settings.volume
+    if v.instances:
+        raise ArgumentError("instance maps are not written by evaluation runs: leave out instances")
+    if v.presence_window is not None:
+        mode = v.mode if v.mode is not None else _model_info(model).resolve_volume_mode(None)[0]
+        if prompt_mode != "text" or mode != "slices":
             raise ArgumentError(f"--presence-window is for text prompts on volumes with --volume-mode slices "
-                                f"(got prompt mode {prompt_mode}, volume mode {volume_mode})")
+                                f"(got prompt mode {prompt_mode}, volume mode {mode})")
+
+
+def _model_info(model):
+    """The :class:`~medsam3.model.info.ModelInfo` of ``model`` (loaded, or named: read without the weights)."""
+    from medsam3.model.info import ModelInfo
+    from medsam3.model.loader import RANDOM_PREFIX, model_directory
+
+    if not isinstance(model, (str, os.PathLike)):
+        return model.info
+    if str(model).startswith(RANDOM_PREFIX):
+        return ModelInfo()
+    return ModelInfo.read(model_directory(model))
 
 
 def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "text", split: str | None = None,
                    datasets: Sequence[str] | str | None = None, *, device: str = "auto", dtype=None,
-                   threshold: float = 0.5, presence_threshold: float = 0.5, mask_threshold: float = 0.5,
-                   volume_mode: str = "merged", axis: str | None = None, max_objects: int | None = None,
-                   presence_window: int | None = None, window=None, batch_size: int = 8, nsd_tolerance: float = 2.0,
+                   settings: PredictSettings | None = None, threshold: float | None = None,
+                   presence_threshold: float | None = None, mask_threshold: float | None = None,
+                   volume_mode: str | None = None, axis: str | None = None, max_objects: int | None = None,
+                   presence_window: int | None = None, window=None, batch_size: int | None = None,
+                   nsd_tolerance: float = 2.0,
                    both_empty: str = "nan",
                    one_empty_distance: str = "diagonal", instances: bool = True, name: str | None = None,
                    n_bootstrap: int = 2000, seed: int = 0, overwrite: bool = False, progress: bool = True,
@@ -160,17 +178,17 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
             the report) when the manifest has no test split.
         datasets: only items of these datasets.
         device, dtype: where and in which precision the model runs.
-        threshold, presence_threshold, mask_threshold: the predictor's thresholds (as
-            ``medsam3 segment``); a class whose presence is below ``presence_threshold`` is
-            answered "absent" (listed, Dice 0 on a positive case).
-        volume_mode: ``text`` mode on volumes: ``merged``, ``propagate`` or ``slices``.
-        presence_window: ``text`` mode, ``volume_mode`` ``slices``: slices whose median presence
-            decides each slice's answer (odd; default: the model's own, see :func:`medsam3.segment`).
-        axis: slicing plane of volumes (default: the acquisition plane).
+        settings: the prediction settings (:class:`~medsam3.predict.settings.PredictSettings`,
+            as ``medsam3 segment``): thresholds (a class whose presence is below the presence
+            threshold is answered "absent": listed, Dice 0 on a positive case), batch size, and
+            for volumes the slicing axis and, in ``text`` mode, the volume mode (default: the
+            model's own, else ``merged``), presence window, merge rule, input size.
+        threshold, presence_threshold, mask_threshold, volume_mode, axis, presence_window,
+            batch_size: the same settings one by one (those not ``None`` replace the fields of
+            ``settings``; ``volume_mode`` is the volume settings' ``mode``).
         max_objects: ``box``/``point`` modes: prompt at most the N largest components of a
             class per image / slice (default: all); the rest are counted in the sidecar.
         window: CT window for CT items (preset or ``(level, width)``).
-        batch_size: text prompts per detector batch.
         Scoring, report and resume arguments: as :func:`~medsam3.evaluate.folder.evaluate_folder`.
 
     Raises:
@@ -180,8 +198,10 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
     """
     from tqdm.auto import tqdm
 
-    _check_arguments(prompt_mode, threshold, presence_threshold, mask_threshold, volume_mode, axis, max_objects,
-                     presence_window)
+    settings = PredictSettings.build(settings, threshold=threshold, presence_threshold=presence_threshold,
+                                     mask_threshold=mask_threshold, mode=volume_mode, axis=axis,
+                                     presence_window=presence_window, batch_size=batch_size)
+    check_run_arguments(model, prompt_mode, settings, max_objects)
     if window is not None:
         from medsam3.preprocess import parse_window
 
@@ -196,15 +216,12 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
                      "propagation); for a like-for-like text baseline run text mode with --volume-mode slices")
 
     if isinstance(model, (str, os.PathLike)):  # named: loaded (torch imported) only if an item needs it
-        model_name, dtype_name = str(model), _dtype_name(dtype)
+        model_name, dtype_name = str(model), weights_dtype_name(dtype)
     else:  # a loaded MedSAM3
-        model_name, dtype_name = str(model.source), _dtype_name(model.dtype)
+        model_name, dtype_name = str(model.source), weights_dtype_name(model.dtype)
     run = ModelRunSettings(prompt_mode=prompt_mode, model=model_name, dtype=dtype_name, split=split_used,
-                           score_threshold=float(threshold), presence_threshold=float(presence_threshold),
-                           mask_threshold=float(mask_threshold), volume_mode=volume_mode,
-                           axis=None if axis is None else str(axis).lower(), max_objects=max_objects,
-                           window=list(window) if isinstance(window, tuple) else window,
-                           presence_window=presence_window)
+                           settings=settings, max_objects=max_objects,
+                           window=list(window) if isinstance(window, tuple) else window)
     manifest_path = str(Path(manifest.path).resolve()) if manifest.path else None
     settings_json = {**scoring.to_json(), "manifest": manifest_path,
                      "datasets": sorted({it.dataset for it in items}), "run": run.to_json()}
@@ -215,7 +232,7 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
     run_json = run.to_json()
 
     def prediction_ok(item) -> bool:
-        return not overwrite and _prediction_matches(paths[item.id], run_json, classes[item.id])
+        return not overwrite and prediction_matches(paths[item.id], run_json, classes[item.id])
 
     csv_path = out / CASES_CSV
     valid = {it.id for it in labelled if prediction_ok(it)}
@@ -223,7 +240,7 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
     done = {r["case"] for r in kept}
     todo = [it for it in labelled if it.id not in done]
 
-    runner = _Runner(model, device, dtype, run, batch_size)
+    runner = ModelRunner(model, device, dtype, run)
     scored_now, predicted_now = [], []
     for item in tqdm(todo, desc=f"evaluate {prompt_mode}", unit="case", disable=not progress, file=sys.stderr):
         try:
@@ -256,7 +273,7 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
     run_report = {"kind": "model", **run_json, "mode_definition": MODE_DEFINITIONS[prompt_mode],
                   "sees_ground_truth": prompt_mode in GT_MODES,
                   "volume_protocol": VOLUME_GT_PROTOCOL if prompt_mode in GT_MODES
-                  else f"volumes: medsam3.segment on the whole volume, mode {volume_mode}",
+                  else f"volumes: medsam3.segment on the whole volume, mode {_mode_text(run.volume_mode)}",
                   "manifest": manifest_path, "datasets": settings_json["datasets"], "items": len(items),
                   "scored_items": len(labelled), "unlabelled_items": unlabelled,
                   "prompts": prompts if prompt_mode in ("text", "text+box") else None,
@@ -268,7 +285,8 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
              f"thresholds: score {run.score_threshold:g}, presence {run.presence_threshold:g}, "
              f"mask {run.mask_threshold:g}; CT window: {run.window or 'default'}",
              (VOLUME_GT_PROTOCOL if prompt_mode in GT_MODES
-              else f"volumes: medsam3.segment on the whole volume, mode {volume_mode}, axis {run.axis or 'auto'}")
+              else f"volumes: medsam3.segment on the whole volume, mode {_mode_text(run.volume_mode)}, "
+                   f"axis {run.axis or 'auto'}")
              + (f"; at most {max_objects} prompts per class and image/slice" if max_objects else ""),
              f"predictions: `{pred_dir}` (label k = the item's k-th class; sidecars name classes, prompts, "
              "absent answers)"]
@@ -282,7 +300,11 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
                               predictions=pred_dir, predicted_now=predicted_now, notes=notes)
 
 
-def _dtype_name(dtype) -> str:
+def _mode_text(mode: str | None) -> str:
+    return mode if mode is not None else "the model's own (else merged)"
+
+
+def weights_dtype_name(dtype) -> str:
     aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
     if dtype is None:
         return "float32"
@@ -313,32 +335,30 @@ def _prompt_table(classes: dict[str, list[ItemClass]], prompt_mode: str, notes: 
     return table
 
 
-def _prediction_matches(path: Path, run_json: dict[str, Any], classes: list[ItemClass]) -> bool:
+def prediction_matches(path: Path, run_json: dict[str, Any], classes: list[ItemClass]) -> bool:
     """The prediction exists, was made with these run settings, and all its layer files exist."""
-    from medsam3.io import sidecar_path
+    from medsam3.io.sidecar import read_sidecar
 
-    side = sidecar_path(path)
-    if not path.is_file() or not side.is_file():
+    if not path.is_file():
         return False
     try:
-        content = json.loads(side.read_text())
-    except (OSError, ValueError):
+        content = read_sidecar(path)
+    except MedSAM3Error:
         return False
-    if not isinstance(content, dict) or content.get("run") != run_json:
+    if content.get("run") != run_json:
         return False
     layers = max(c.layer for c in classes) if classes else 0
     return all(layer_path(path, j).is_file() for j in range(1, layers + 1))
 
 
 def _unprompted_totals(paths: dict[str, Path], items: list) -> int:
-    from medsam3.io import sidecar_path
+    from medsam3.io.sidecar import read_sidecar
 
     total = 0
     for item in items:
-        side = sidecar_path(paths[item.id])
         try:
-            content = json.loads(side.read_text())
-        except (OSError, ValueError):
+            content = read_sidecar(paths[item.id])
+        except MedSAM3Error:
             continue
         for info in (content.get("gt_prompts") or {}).values():
             total += int(info.get("unprompted_components", 0))
@@ -348,15 +368,14 @@ def _unprompted_totals(paths: dict[str, Path], items: list) -> int:
 # --------------------------------------------------------------------------- prediction
 
 
-class _Runner:
+class ModelRunner:
     """Loads the model on first use and predicts items in one prompt mode."""
 
-    def __init__(self, model, device, dtype, run: ModelRunSettings, batch_size: int):
+    def __init__(self, model, device, dtype, run: ModelRunSettings):
         self._model_arg = model
         self.device = device
         self.dtype = dtype
         self.run = run
-        self.batch_size = batch_size
         self._model = None
         self._predictor = None
 
@@ -373,56 +392,72 @@ class _Runner:
         if self._predictor is None:
             from medsam3.predict import ImagePredictor
 
-            self._predictor = ImagePredictor(self.model, score_threshold=self.run.score_threshold,
-                                             presence_threshold=self.run.presence_threshold,
-                                             mask_threshold=self.run.mask_threshold, batch_size=self.batch_size)
+            self._predictor = ImagePredictor.from_settings(self.model, self.run.settings)
         return self._predictor
 
     def predict_item(self, manifest, item, classes: list[ItemClass], reference: Image, gt_label: np.ndarray | None,
                      path: Path) -> None:
         """Predict every class of ``item`` and write the label map(s) and sidecar(s) at ``path``."""
-        normalised = _normalised(reference, item, self.run.window)
+        from medsam3.data.loading import normalised_array
+
+        normalised = normalised_array(reference, item.modality, self.run.window)
         mode = self.run.prompt_mode
         n_layers = max(c.layer for c in classes) + 1
-        answers = {c.index: _ClassAnswer() for c in classes}
+        answers = {c.index: ClassAnswer() for c in classes}
         dtype = np.uint8 if len(classes) < 256 else np.uint16
         layers = [np.zeros(reference.shape, dtype) for _ in range(n_layers)]
         extra: dict[str, Any] = {}
         if reference.ndim == 2:
-            spacing = (reference.spacing[1], reference.spacing[0])
-            results = _answer_plane(self.predictor, normalised, classes, gt_label, item.ignore_value, mode,
-                                    self.run.max_objects, spacing, answers, None)
+            if mode == "text":
+                results = self._text_image(reference, normalised, classes, answers)
+            else:
+                spacing = (reference.spacing[1], reference.spacing[0])
+                results = answer_plane(self.predictor, normalised, classes, gt_label, item.ignore_value, mode,
+                                        self.run.max_objects, spacing, answers, None)
             for j in range(n_layers):
-                layers[j][...] = _combine(results, [c for c in classes if c.layer == j])
+                layers[j][...] = combine_layer(results, [c for c in classes if c.layer == j])
         elif mode == "text":
             extra = self._text_volume(reference, normalised, item, classes, layers, answers)
         else:
             extra = self._gt_volume(reference, normalised, item, classes, gt_label, layers, answers)
         self._write(reference, item, classes, layers, answers, path, extra)
 
-    def _text_volume(self, reference, normalised, item, classes, layers, answers) -> dict[str, Any]:
-        """``text`` mode on a volume: :func:`medsam3.segment` on the whole volume, once per layer."""
-        from medsam3.segmentation import segment
+    def _text_image(self, reference, normalised, classes, answers) -> dict[int, Any]:
+        """``text`` mode on a 2D image: the prediction step of :func:`medsam3.segment`, all
+        classes on one encoding."""
+        from medsam3.predict import TextPrompt
+        from medsam3.predict.pipeline import predict_normalized
 
-        image = reference.with_array(normalised, modality=item.modality)
-        image.meta.pop("rgb", None)
+        plain = dataclasses.replace(self.run.settings, volume=VolumeSettings())  # volume options: not for 2D
+        prediction = predict_normalized(self.predictor, reference, normalised, [TextPrompt(c.prompt) for c in classes],
+                                        settings=plain, progress=False)
+        results = {}
+        for cls, result in zip(classes, prediction.results, strict=True):
+            results[cls.index] = result
+            _record(answers[cls.index], result, None, prompted=True)
+        return results
+
+    def _text_volume(self, reference, normalised, item, classes, layers, answers) -> dict[str, Any]:
+        """``text`` mode on a volume: the prediction step of :func:`medsam3.segment` on the whole
+        normalised volume, once per layer."""
+        from medsam3.predict import TextPrompt
+        from medsam3.predict.pipeline import predict_normalized
+
         volume_info = None
         for j in range(len(layers)):
             layer_classes = [c for c in classes if c.layer == j]
-            seg = segment(image, None, [c.prompt for c in layer_classes], model=self.model,
-                          window=_IDENTITY_WINDOW, threshold=self.run.score_threshold,
-                          presence_threshold=self.run.presence_threshold, mask_threshold=self.run.mask_threshold,
-                          batch_size=self.batch_size, progress=False, mode=self.run.volume_mode, axis=self.run.axis,
-                          presence_window=self.run.presence_window)
+            prediction = predict_normalized(self.predictor, reference, normalised,
+                                            [TextPrompt(c.prompt) for c in layer_classes], settings=self.run.settings,
+                                            progress=False)
             lut = np.array([0] + [c.index for c in layer_classes], dtype=layers[j].dtype)
-            layers[j][...] = lut[np.asarray(seg.labels.array)]
-            for cls, result in zip(layer_classes, seg.results, strict=True):
+            layers[j][...] = lut[np.asarray(prediction.labels)]
+            for cls, result in zip(layer_classes, prediction.results, strict=True):
                 a = answers[cls.index]
                 a.prompted = True
                 a.present = bool(result.present)
                 a.presence = float(result.presence_score)
                 a.slices_present = [int(s) for s in getattr(result, "slices_present", [])]
-            volume_info = volume_info or seg.sidecar.get("volume")
+            volume_info = volume_info or prediction.volume
         return {"volume": volume_info, "whole_volume": True}
 
     def _gt_volume(self, reference, normalised, item, classes, gt_label, layers, answers) -> dict[str, Any]:
@@ -441,41 +476,30 @@ class _Runner:
             truth = np.asarray(truths[k])
             if mode != "text+box" and not any(class_mask(truth, c.values, item.ignore_value).any() for c in classes):
                 continue  # box / point: nothing to prompt on this slice, nothing is encoded
-            results = _answer_plane(self.predictor, np.ascontiguousarray(context_planes(images, k, context)), classes, truth,
+            results = answer_plane(self.predictor, np.ascontiguousarray(context_planes(images, k, context)), classes, truth,
                                     item.ignore_value, mode, self.run.max_objects, spacing, answers, k)
             for j, out in enumerate(outputs):
-                out[k] = _combine(results, [c for c in classes if c.layer == j])
+                out[k] = combine_layer(results, [c for c in classes if c.layer == j])
         return {"volume": {"mode": "slice-wise (ground-truth prompts)", "axis": orientation.axis,
                            "slice_axis": "zyx"[orientation.slice_axis]}, "whole_volume": True}
 
     def _write(self, reference, item, classes, layers, answers, path: Path, extra: dict[str, Any]) -> None:
-        from medsam3 import __version__
         from medsam3.io import write_label_map
+        from medsam3.io.sidecar import prediction_sidecar
 
         mode = self.run.prompt_mode
         n_layers = len(layers)
         layer_files = [layer_path(path, j) for j in range(n_layers)]
         for j in reversed(range(n_layers)):  # the main file last: it marks the item as predicted
             layer_classes = [c for c in classes if c.layer == j]
-            sidecar = {
-                "labels": {str(c.index): c.name for c in layer_classes},
-                "prompts": {str(c.index): (c.prompt if mode in ("text", "text+box") else mode) for c in layer_classes},
-                "absent": [c.name for c in layer_classes if answers[c.index].prompted and not answers[c.index].present],
-                "not_prompted": [c.name for c in layer_classes if not answers[c.index].prompted],
-                "scores": {c.name: round(answers[c.index].presence, 6) for c in layer_classes},
-                "item": item.id,
-                "dataset": item.dataset,
-                "input": str(reference.path) if reference.path else None,
-                "modality": item.modality,
-                "model": self.run.model,
-                "prompt_mode": mode,
-                "thresholds": {"score": self.run.score_threshold, "presence": self.run.presence_threshold,
-                               "mask": self.run.mask_threshold},
-                "run": self.run.to_json(),
-                "geometry": {"size": list(reference.size), "spacing": list(reference.spacing),
-                             "origin": list(reference.origin), "direction": list(reference.direction)},
-                "medsam3_version": __version__,
-            }
+            sidecar = prediction_sidecar(
+                labels={c.index: c.name for c in layer_classes},
+                absent=[c.name for c in layer_classes if answers[c.index].prompted and not answers[c.index].present],
+                scores={c.name: answers[c.index].presence for c in layer_classes}, model=self.run.model,
+                image=reference, modality=item.modality, thresholds=self.run.settings.thresholds,
+                prompts={str(c.index): (c.prompt if mode in ("text", "text+box") else mode) for c in layer_classes},
+                not_prompted=[c.name for c in layer_classes if not answers[c.index].prompted],
+                item=item.id, dataset=item.dataset, prompt_mode=mode, run=self.run.to_json())
             if mode in GT_MODES:
                 sidecar["gt_prompts"] = {
                     c.name: {"objects": answers[c.index].objects,
@@ -493,21 +517,11 @@ class _Runner:
             write_label_map(layers[j], reference, layer_files[j], sidecar=sidecar)
 
 
-def _normalised(reference: Image, item, window) -> np.ndarray:
-    """The item's intensities in [0, 1], as :func:`medsam3.data.loading.normalised_image` makes them."""
-    from medsam3.preprocess import normalize_intensity
-
-    if reference.meta.get("prenormalised"):
-        return np.asarray(reference.array, dtype=np.float32) / np.float32(255.0)
-    return normalize_intensity(reference, modality=item.modality, window=window if item.modality == "CT" else None)
-
-
-def _answer_plane(predictor, plane: np.ndarray, classes: list[ItemClass], truth: np.ndarray | None,
+def answer_plane(predictor, plane: np.ndarray, classes: list[ItemClass], truth: np.ndarray | None,
                   ignore_value: int | None, mode: str, max_objects: int | None, spacing, answers: dict,
                   slice_index: int | None) -> dict[int, Any]:
-    """Every class's :class:`~medsam3.predict.results.PromptResult` on one 2D image or slice.
-
-    ``truth`` (the plane's ground-truth labels) is used only in the ground-truth modes.
+    """Every class's :class:`~medsam3.predict.results.PromptResult` on one 2D image or slice,
+    prompted from ``truth`` (the plane's ground-truth labels) in a ground-truth mode.
     Updates ``answers`` (presence, prompted, object counts) per class.
     """
     from medsam3.evaluate.gt_prompts import gt_objects
@@ -516,11 +530,6 @@ def _answer_plane(predictor, plane: np.ndarray, classes: list[ItemClass], truth:
     predictor.set_image(plane)
     shape = plane.shape[:2]
     results: dict[int, Any] = {}
-    if mode == "text":
-        for cls, result in zip(classes, predictor.predict([TextPrompt(c.prompt) for c in classes]), strict=True):
-            results[cls.index] = result
-            _record(answers[cls.index], result, slice_index, prompted=True)
-        return results
     masks = {c.index: class_mask(truth, c.values, ignore_value) for c in classes}
     if mode == "text+box":
         prompts = []
@@ -556,7 +565,7 @@ def _answer_plane(predictor, plane: np.ndarray, classes: list[ItemClass], truth:
     return results
 
 
-def _record(answer: _ClassAnswer, result, slice_index: int | None, prompted: bool) -> None:
+def _record(answer: ClassAnswer, result, slice_index: int | None, prompted: bool) -> None:
     answer.prompted = answer.prompted or prompted
     answer.presence = max(answer.presence, float(result.presence_score))
     if result.present:
@@ -581,7 +590,7 @@ def _union(name: str, parts: list, shape) -> Any:
                         probability=np.maximum.reduce([p.probability for p in present]), kind="interactive")
 
 
-def _combine(results: dict[int, Any], layer_classes: list[ItemClass]) -> np.ndarray:
+def combine_layer(results: dict[int, Any], layer_classes: list[ItemClass]) -> np.ndarray:
     """The label map of one layer: label = class index; overlaps go to the most probable class."""
     from medsam3.predict.results import combine_label_map
 

@@ -114,11 +114,15 @@ def evaluate_paper(model, manifest, out: str | os.PathLike, split: str | None = 
         prediction_stems, select_labelled_items,
     )
     from medsam3.evaluate.model import (
-        ModelRunSettings, _check_arguments, _dtype_name, _prediction_matches, _Runner, evaluate_model,
+        ModelRunSettings, check_run_arguments, weights_dtype_name, prediction_matches, ModelRunner, evaluate_model,
     )
 
+    from medsam3.predict.settings import PredictSettings
+
+    settings = PredictSettings.build(threshold=threshold, presence_threshold=presence_threshold,
+                                     mask_threshold=mask_threshold, mode="slices", axis=axis, batch_size=batch_size)
     for mode in PAPER_MODES:
-        _check_arguments(mode, threshold, presence_threshold, mask_threshold, "slices", axis, max_objects, None)
+        check_run_arguments(model, mode, settings, max_objects)
     if window is not None:
         from medsam3.preprocess import parse_window
 
@@ -130,27 +134,24 @@ def evaluate_paper(model, manifest, out: str | os.PathLike, split: str | None = 
     items, split_used, _notes, labelled, _unlabelled = select_labelled_items(manifest, split, datasets, "evaluated")
     classes = {it.id: item_classes(it) for it in labelled}
     if isinstance(model, (str, os.PathLike)):
-        model_name, dtype_name = str(model), _dtype_name(dtype)
+        model_name, dtype_name = str(model), weights_dtype_name(dtype)
     else:
-        model_name, dtype_name = str(model.source), _dtype_name(model.dtype)
+        model_name, dtype_name = str(model.source), weights_dtype_name(model.dtype)
     runs = {mode: ModelRunSettings(prompt_mode=mode, model=model_name, dtype=dtype_name, split=split_used,
-                                   score_threshold=float(threshold), presence_threshold=float(presence_threshold),
-                                   mask_threshold=float(mask_threshold), volume_mode="slices",
-                                   axis=None if axis is None else str(axis).lower(), max_objects=max_objects,
-                                   window=list(window) if isinstance(window, tuple) else window,
-                                   presence_window=None)
+                                   settings=settings, max_objects=max_objects,
+                                   window=list(window) if isinstance(window, tuple) else window)
             for mode in PAPER_MODES}
     stems = prediction_stems([it.id for it in labelled])
     paths = {mode: {it.id: out / MODE_DIRS[mode] / PREDICTIONS_DIR / f"{stems[it.id]}{PREDICTION_EXTENSION}"
                     for it in labelled} for mode in PAPER_MODES}
     todo = [it for it in labelled
-            if overwrite or not all(_prediction_matches(paths[m][it.id], runs[m].to_json(), classes[it.id])
+            if overwrite or not all(prediction_matches(paths[m][it.id], runs[m].to_json(), classes[it.id])
                                     for m in PAPER_MODES)]
 
     if overwrite:  # rows scored from the predictions about to be replaced must go
         for mode in PAPER_MODES:
             (out / MODE_DIRS[mode] / CASES_CSV).unlink(missing_ok=True)
-    runners = {mode: _Runner(model, device, dtype, runs[mode], batch_size) for mode in PAPER_MODES}
+    runners = {mode: ModelRunner(model, device, dtype, runs[mode]) for mode in PAPER_MODES}
     shared = None
     predicted_now: list[str] = []
     for item in tqdm(todo, desc="evaluate paper protocol", unit="case", disable=not progress, file=sys.stderr):
@@ -189,26 +190,27 @@ def evaluate_paper(model, manifest, out: str | os.PathLike, split: str | None = 
 
 def _predict_item(runners, shared: _EncodeOnce, item, classes, reference, gt_label, paths: dict[str, Path]) -> None:
     """The three modes' predictions of one item, each image / slice encoded once."""
-    from medsam3.evaluate.model import _answer_plane, _ClassAnswer, _combine, _normalised
+    from medsam3.data.loading import normalised_array
+    from medsam3.evaluate.model import ClassAnswer, answer_plane, combine_layer
     from medsam3.evaluate.manifest import class_mask
     from medsam3.preprocess import context_planes
 
     run = runners["text"].run
-    normalised = _normalised(reference, item, run.window)
+    normalised = normalised_array(reference, item.modality, run.window)
     n_layers = max(c.layer for c in classes) + 1
     dtype = np.uint8 if len(classes) < 256 else np.uint16
     layers = {m: [np.zeros(reference.shape, dtype) for _ in range(n_layers)] for m in PAPER_MODES}
-    answers = {m: {c.index: _ClassAnswer() for c in classes} for m in PAPER_MODES}
+    answers = {m: {c.index: ClassAnswer() for c in classes} for m in PAPER_MODES}
     extra: dict[str, dict[str, Any]] = {m: {} for m in PAPER_MODES}
     if reference.ndim == 2:
         spacing = (reference.spacing[1], reference.spacing[0])
         for mode in PAPER_MODES:
-            results = _answer_plane(shared, normalised, classes, gt_label, item.ignore_value, mode, run.max_objects,
+            results = answer_plane(shared, normalised, classes, gt_label, item.ignore_value, mode, run.max_objects,
                                     spacing, answers[mode], None)
             for j in range(n_layers):
-                layers[mode][j][...] = _combine(results, [c for c in classes if c.layer == j])
+                layers[mode][j][...] = combine_layer(results, [c for c in classes if c.layer == j])
     else:
-        from medsam3.predict.orientation import choose_orientation
+        from medsam3.orientation import choose_orientation
 
         orientation = choose_orientation(reference.direction, run.axis)
         images, truths = orientation.stack(normalised), orientation.stack(gt_label)
@@ -223,10 +225,10 @@ def _predict_item(runners, shared: _EncodeOnce, item, classes, reference, gt_lab
             for mode in PAPER_MODES:
                 if mode == "box" and not has_truth:
                     continue  # nothing to prompt with a box on this slice
-                results = _answer_plane(shared, plane, classes, truth if mode != "text" else None,
+                results = answer_plane(shared, plane, classes, truth if mode != "text" else None,
                                         item.ignore_value, mode, run.max_objects, spacing, answers[mode], k)
                 for j, o in enumerate(outputs[mode]):
-                    o[k] = _combine(results, [c for c in classes if c.layer == j])
+                    o[k] = combine_layer(results, [c for c in classes if c.layer == j])
         info = {"mode": "slice-wise (paper protocol: one ViT pass per slice for the three prompt modes)",
                 "axis": orientation.axis, "slice_axis": "zyx"[orientation.slice_axis]}
         extra = {m: {"volume": info, "whole_volume": True} for m in PAPER_MODES}
@@ -237,7 +239,7 @@ def _predict_item(runners, shared: _EncodeOnce, item, classes, reference, gt_lab
 def _paper_report(out: Path, results: dict[str, Any], n_bootstrap: int, seed: int, plots: bool, model_name: str,
                   split: str, encoded: int, predicted_now: list[str]) -> PaperEvaluation:
     from medsam3.evaluate.compare import compare_reports
-    from medsam3.evaluate.report import _write_text, write_json
+    from medsam3.evaluate.report import write_text_file, write_json
     from medsam3.evaluate.summary import known_values
 
     comparisons: dict[str, dict[str, Any]] = {}
@@ -296,7 +298,7 @@ def _paper_report(out: Path, results: dict[str, Any], n_bootstrap: int, seed: in
                              f"{_ci_cell(d['mean_diff'], d['ci_low'], d['ci_high'])} | {_fmt(d['p_value'])} |")
             lines += ["", f"details and plots: `{comp.compare_md.relative_to(out)}`", ""]
     paper_json = write_json(out / "paper.json", content)
-    paper_md = _write_text(out / "paper.md", "\n".join(lines) + "\n")
+    paper_md = write_text_file(out / "paper.md", "\n".join(lines) + "\n")
     return PaperEvaluation(out=out, paper_md=paper_md, paper_json=paper_json, runs=results, comparisons=comparisons,
                            encoded=encoded, predicted_now=predicted_now, plots=plot_paths)
 
@@ -353,7 +355,7 @@ def evaluate_suite(model, suite: str, local: dict[str, str | os.PathLike], out: 
             local copy at all.
     """
     from medsam3.data.registry import get_dataset, list_datasets, prepare_dataset
-    from medsam3.evaluate.report import _write_text, write_json
+    from medsam3.evaluate.report import write_text_file, write_json
 
     if suite not in SUITES:
         raise ArgumentError(f"unknown suite {suite!r}; accepted: {', '.join(SUITES)}")
@@ -396,5 +398,5 @@ def evaluate_suite(model, suite: str, local: dict[str, str | os.PathLike], out: 
         lines += ["", f"not run (no local copy given): {', '.join(missing)}"]
     suite_json = write_json(out / "suite.json", {"format": PAPER_FORMAT, "suite": suite, "datasets": table,
                                                  "missing": missing})
-    suite_md = _write_text(out / "suite.md", "\n".join(lines) + "\n")
+    suite_md = write_text_file(out / "suite.md", "\n".join(lines) + "\n")
     return SuiteEvaluation(out=out, suite_md=suite_md, suite_json=suite_json, runs=runs, missing=missing)

@@ -10,7 +10,8 @@ from transformers import Sam3Processor
 
 from medsam3.errors import ArgumentError
 from medsam3.model.directory import save_model_directory
-from medsam3.model.loader import INFO_NAME, model_directory, read_model_info
+from medsam3.model.info import INFO_NAME, ModelInfo
+from medsam3.model.loader import model_directory
 from medsam3.model.weights import check_weights, load_config, read_tensors
 
 
@@ -36,10 +37,11 @@ def export_model(source, output, *, half: bool = True, concepts: list[str] | Non
         if overflow:
             raise ArgumentError(f"{len(overflow)} tensors of {src} exceed the float16 range "
                                 f"({', '.join(overflow[:5])}): export the model in float32 (--float32)")
-    meta = {**read_model_info(src), **(info or {})}
+    meta = {**ModelInfo.read(src).to_json(), **(info or {})}
     if concepts is not None:
         meta["concepts"] = list(concepts)
     meta["weights_dtype"] = "float16" if half else "float32"
+    ModelInfo.from_json(meta, f"{output}/{INFO_NAME}")  # what is written must load back
     extra = {INFO_NAME: json.dumps(meta, indent=2) + "\n", **(files or {})}
     return save_model_directory(state, config, output, processor=Sam3Processor.from_pretrained(src),
                                 extra_files=extra)

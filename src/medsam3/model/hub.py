@@ -98,7 +98,7 @@ def hub_file_id(repo_id: str, filename: str, revision: str | None) -> str:
 def hub_download(repo_id: str, filename: str, revision: str | None) -> str:
     from huggingface_hub import hf_hub_download
 
-    return hfhub_download(repo_id, filename, revision=revision)
+    return hf_hub_download(repo_id, filename, revision=revision)
 
 
 def hub_checkpoint_files(files: list[str]) -> list[str]:

@@ -10,9 +10,10 @@
 * ``random:NAME``: a randomly initialised model of a named configuration
   (:func:`medsam3.model.configs.config_names`), for tests and speed/memory benchmarks only.
 
-A model directory may carry ``medsam3.json`` with ``concepts``: the classes it was trained to
-segment. Text prompts outside that list are answered "absent" with a warning instead of
-being guessed (:meth:`MedSAM3.knows`).
+A model directory may carry ``medsam3.json`` (:class:`medsam3.model.info.ModelInfo`): the
+classes it was trained to segment (text prompts outside them are answered "absent" with a
+warning instead of being guessed, :meth:`MedSAM3.knows`), its mask source, 2.5D context,
+best volume mode and whether its tracker was trained.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import os
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3VideoConfig, Sam3VideoModel
 
@@ -30,6 +30,7 @@ from medsam3.errors import ArgumentError, InputError
 from medsam3.model.configs import build_config, config_names
 from medsam3.model.directory import build_processor, is_model_directory
 from medsam3.model.precision import apply_precision, apply_precision_to, check_precision
+from medsam3.model.info import INFO_NAME, ModelInfo
 from medsam3.model.weights import check_tracker_finite, check_weights, load_config, load_detector, load_tracker
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 RANDOM_PREFIX = "random:"
 DEMO_NAME = "demo"
 DEMO_DIRECTORY = Path(__file__).resolve().parent / "demo"
-INFO_NAME = "medsam3.json"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -103,7 +103,7 @@ class MedSAM3:
     def __init__(self, detector: Sam3Model, processor: Sam3Processor, config: Sam3VideoConfig, source: str,
                  device: torch.device, dtype: torch.dtype, directory: Path | None = None,
                  tracker: Sam3TrackerModel | None = None, has_tracker: bool | None = None,
-                 info: dict | None = None):
+                 info: ModelInfo | dict | None = None):
         self.detector = detector.eval()
         self.processor = processor
         self.config = config
@@ -114,31 +114,33 @@ class MedSAM3:
         self._tracker = tracker
         # whether the weights hold the tracker (checked at load; a detector-only directory has none)
         self.has_tracker = tracker is not None if has_tracker is None else bool(has_tracker)
-        self.info = read_model_info(directory) if info is None else info
+        self.info = ModelInfo.read(directory) if info is None else info
         #: inference precision, fp32 / bf16 / int8 (set by :func:`medsam3.model.precision.apply_precision`)
         self.precision = "fp32"
 
     @property
+    def info(self) -> ModelInfo:
+        """The model's ``medsam3.json`` (:class:`~medsam3.model.info.ModelInfo`)."""
+        return self._info
+
+    @info.setter
+    def info(self, value: ModelInfo | dict) -> None:
+        self._info = ModelInfo.from_json(value, f"model {self.source}: {INFO_NAME}")
+
+    @property
     def concepts(self) -> list[str] | None:
         """The classes the model was trained to segment (``medsam3.json``), or ``None``: any text."""
-        concepts = self.info.get("concepts")
-        return list(concepts) if concepts else None
+        return list(self.info.concepts) if self.info.concepts else None
 
     @property
     def tracker_trained(self) -> bool:
         """False when ``medsam3.json`` says the tracker weights were never trained (the demo
         model before tracker fine-tuning): box/point prompts and propagation then refuse."""
-        return bool(self.info.get("tracker_trained", True))
+        return self.info.tracker_trained
 
     def knows(self, text: str) -> bool:
         """Whether a text prompt names a concept of :attr:`concepts` (always true without a list)."""
-        if self.concepts is None:
-            return True
-        from medsam3.prompts import resolve_prompt
-
-        resolved = resolve_prompt(text, warn=False, check_length=False)
-        name = resolved.concept.name if resolved.concept is not None else resolved.prompt
-        return name in self.concepts
+        return self.info.knows(text)
 
     @property
     def image_size(self) -> int:
@@ -175,7 +177,7 @@ class MedSAM3:
         directory = model_directory(name)
         config = load_config(directory)
         has_tracker = check_weights(directory, config)  # the header, before anything is built
-        info = read_model_info(directory)  # a bad medsam3.json is refused before the weights are read
+        info = ModelInfo.read(directory)  # a bad medsam3.json is refused before the weights are read
         detector = load_detector(directory, dtype_, config, checked=True).to(device_)
         if has_tracker:
             check_tracker_finite(directory)  # the tracker loads on first use; a NaN in it is refused now
@@ -206,33 +208,9 @@ class MedSAM3:
 
 
 def read_model_info(directory) -> dict:
-    """``medsam3.json`` of a model directory (``{}`` when there is none)."""
-    import json
-
-    if directory is None or not (Path(directory) / INFO_NAME).is_file():
-        return {}
-    path = Path(directory) / INFO_NAME
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(info, dict) or not isinstance(info.get("concepts", []), list):
-        raise InputError(f"{path}: expected an object whose 'concepts' is a list of class names")
-    window = info.get("presence_window", 1)
-    try:
-        check_presence_window(window)
-    except ArgumentError:
-        raise InputError(f"{path}: 'presence_window' must be an odd whole number of slices >= 1, "
-                         f"got {window!r}") from None
-    return info
-
-
-def check_presence_window(window) -> int:
-    """``window`` if it is an odd whole number >= 1 (a presence window), else :class:`ArgumentError`."""
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
-        raise ArgumentError(f"the presence window must be an odd whole number of slices >= 1 (1, 3, 5, ...), "
-                            f"got {window!r}")
-    return int(window)
+    """``medsam3.json`` of a model directory as a checked JSON object (``{}`` when there is none);
+    see :class:`medsam3.model.info.ModelInfo`."""
+    return ModelInfo.read(directory).to_json()
 
 
 def _tracker_from_video(video: Sam3VideoModel) -> Sam3TrackerModel:

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 from medsam3.errors import ArgumentError
+from medsam3.predict.image import TextPrompt
+from medsam3.predict.results import VolumePromptSummary, VolumeSegmentation
 
 #: Ways of fusing the probabilities of clips that overlap on a slice.
 CLIP_FUSIONS = ("mean", "max")
@@ -96,9 +98,9 @@ class ClipsRun:
     """One volume through the clips scheme (module docstring), written like the other modes."""
 
     def __init__(self, owner, volume: np.ndarray, text, objects, orientation, instances: bool, description: str,
-                 context: int, exemplar_slice):
-        from medsam3.predict.volume import VolumePromptSummary
-
+                 context: int, exemplar_slice, pass_run):
+        # pass_run: the class running one ``merged`` pass (medsam3.predict.volume's), given by the
+        # volume predictor that dispatches here, so that this module does not import it back
         if objects:
             raise ArgumentError("volume mode clips is text-prompted (Medical SAM3's 3D scheme): box, point and mask "
                                 "prompts need mode merged or propagate")
@@ -112,6 +114,7 @@ class ClipsRun:
             raise ArgumentError(f"exemplar boxes on a volume need the slice they are drawn on (--slice K, "
                                 f"the {orientation.axis} slice index, 0..{n - 1}), got {exemplar_slice}")
         self.p, self.volume, self.text, self.orientation = owner, volume, list(text), orientation
+        self.pass_run = pass_run
         self.description, self.context, self.exemplar_slice = description, context, exemplar_slice
         self.stack = orientation.stack(volume)
         self.num_slices = self.stack.shape[0]
@@ -123,12 +126,10 @@ class ClipsRun:
         self.skipped: set[int] = set()
 
     def execute(self):
-        from medsam3.predict.volume import TextPrompt, VolumePredictor, VolumeSegmentation, _VolumeRun
-
         p = self.p
         clips = clip_ranges(self.num_slices, p.clip_length, p.clip_overlap)
         # a clip's video is propagated forwards from its first slice: no backward reach, no memory across clips
-        inner = VolumePredictor(p.predictor, mode="merged", rule=p.rule, backward_slices=0, max_objects=p.max_objects,
+        inner = type(p)(p.predictor, mode="merged", rule=p.rule, backward_slices=0, max_objects=p.max_objects,
                                 empty_slices=p.empty_slices, progress=False)
         plain = [TextPrompt(t.text) for t in self.text]
         with_boxes = any(t.exemplar_boxes for t in self.text)
@@ -145,7 +146,7 @@ class ClipsRun:
                     plane[label - 1] = torch.maximum(plane[label - 1], prob.float().cpu())
                 clip_maps[z] = plane
 
-            run = _VolumeRun(inner, self.volume, self.text if here else plain, [], self.orientation, False,
+            run = self.pass_run(inner, self.volume, self.text if here else plain, [], self.orientation, False,
                              self.description, self.context, self.exemplar_slice if here else None,
                              slice_range=(lo, hi), sink=sink)
             result = run.execute()

@@ -29,6 +29,7 @@ from medsam3.predict.decode import (
     upsample_mask_logits,
 )
 from medsam3.predict.prompt_checks import check_box, check_point, check_point_labels
+from medsam3.predict.concepts import ConceptGate
 from medsam3.predict.results import PromptResult
 from medsam3.preprocess import context_offset
 
@@ -88,6 +89,9 @@ class ImagePredictor:
         mask_threshold: probability above which a pixel belongs to an instance mask.
         batch_size: text prompts run through the detector together.
 
+        gate_concepts: answer text prompts outside the model's ``medsam3.json`` concepts "absent"
+            with a warning (default), instead of running them.
+
     Masks come from SAM3's instance queries (``pred_masks``, scored by ``pred_logits`` x
     presence; the semantic mask is their union) unless the model's ``medsam3.json`` says
     ``"masks": "semantic"`` (the demo model, whose instance queries are undertrained): then
@@ -96,31 +100,35 @@ class ImagePredictor:
     """
 
     def __init__(self, model: MedSAM3, score_threshold: float = 0.5, presence_threshold: float = 0.5,
-                 mask_threshold: float = 0.5, batch_size: int = 8):
-        for name, value in (("score threshold", score_threshold), ("presence threshold", presence_threshold),
-                            ("mask threshold", mask_threshold)):
-            if not 0.0 <= value <= 1.0:
-                raise ArgumentError(f"{name} {value} is outside [0, 1]")
+                 mask_threshold: float = 0.5, batch_size: int = 8, gate_concepts: bool = True):
+        from medsam3.predict.settings import PredictSettings
+
+        settings = PredictSettings(threshold=score_threshold, presence_threshold=presence_threshold,
+                                   mask_threshold=mask_threshold, batch_size=batch_size)  # checks the values
         self.model = model
-        self.score_threshold = score_threshold
-        self.presence_threshold = presence_threshold
-        self.mask_threshold = mask_threshold
-        self.batch_size = max(1, int(batch_size))
+        self.score_threshold = settings.threshold
+        self.presence_threshold = settings.presence_threshold
+        self.mask_threshold = settings.mask_threshold
+        self.batch_size = settings.batch_size
+        #: whether text prompts outside the model's concepts are answered absent (:mod:`medsam3.predict.concepts`);
+        #: ``False`` asks the network any text (to measure what it says about concepts it never learnt)
+        self.gate_concepts = bool(gate_concepts)
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._features: Sam3VisionEncoderOutput | None = None
         self._pixel_values: torch.Tensor | None = None
         self._tracker_embeddings: list[torch.Tensor] | None = None
         self.original_size: tuple[int, int] | None = None
-        self.mask_source = str(getattr(model, "info", {}).get("masks", "instances"))
-        if self.mask_source not in ("instances", "semantic"):
-            raise ArgumentError(f"model {model.source}: medsam3.json 'masks' must be 'instances' or 'semantic', "
-                                f"got {self.mask_source!r}")
-        context = getattr(model, "info", {}).get("context_mm", 0.0)
-        if not isinstance(context, (int, float)) or not 0 <= context <= 100:
-            raise ArgumentError(f"model {model.source}: medsam3.json 'context_mm' must be a number of mm in "
-                                f"[0, 100], got {context!r}")
+        info = model.info  # checked when the model was loaded (medsam3.model.info.ModelInfo)
+        self.mask_source = info.masks
         #: 2.5D input: a volume's slices go in with their neighbours this many mm away (0: alone).
-        self.context_mm = float(context)
+        self.context_mm = float(info.context_mm)
+
+    @classmethod
+    def from_settings(cls, model: MedSAM3, settings, gate_concepts: bool = True) -> ImagePredictor:
+        """A predictor with a :class:`~medsam3.predict.settings.PredictSettings`' thresholds and batch size."""
+        return cls(model, score_threshold=settings.threshold, presence_threshold=settings.presence_threshold,
+                   mask_threshold=settings.mask_threshold, batch_size=settings.batch_size,
+                   gate_concepts=gate_concepts)
 
     def context_offset(self, slice_spacing: float) -> int:
         """Slices between a volume's slice and each neighbour it is fed with (0: the slice alone,
@@ -234,11 +242,23 @@ class ImagePredictor:
 
         Returns one :class:`PromptResult` per prompt, in order: every instance above the
         score threshold (masks, boxes, scores), their union as the semantic mask, and the
-        presence score; "absent" with empty masks when the presence is below threshold.
+        presence score; "absent" with empty masks when the presence is below threshold, and
+        (presence 0, with a warning) for a prompt outside the model's concepts
+        (:mod:`medsam3.predict.concepts`).
         """
         prompts = [as_text_prompt(p) for p in prompts]
         if not prompts:
             raise ArgumentError("no prompts given")
+        self._require_image()
+        gate = ConceptGate.apply(self.model, prompts, self.gate_concepts)
+        if gate.complete:
+            return self._answer(prompts)
+        # some prompts are outside the model's concepts, or run under the vocabulary's canonical text
+        answered = self._answer(gate.model_prompts) if gate.run else []
+        return gate.answers(answered, lambda text: PromptResult.absent(text, 0.0, self.original_size))
+
+    def _answer(self, prompts: list[TextPrompt]) -> list[PromptResult]:
+        """The detector's answers to ``prompts``, as they are (no gating)."""
         results: list[PromptResult | None] = [None] * len(prompts)
         # Prompts with exemplar boxes run apart from text-only ones: text-only batches then
         # carry one padding box per row instead of as many as the longest exemplar list.

@@ -84,6 +84,6 @@ def with_input_size(model: MedSAM3, size: int | None) -> MedSAM3:
     tracker = _rebuilt(Sam3TrackerModel, config.tracker_config, model.tracker, precision)
     tracker.vision_encoder.backbone = detector.vision_encoder.backbone  # one copy of the ViT
     resized = MedSAM3(detector, build_processor(size), config, f"{model.source}@{size}px", model.device,
-                      model.dtype, directory=model.directory, tracker=tracker)
+                      model.dtype, directory=model.directory, tracker=tracker, info=model.info)
     apply_precision(resized, precision)  # bf16's autocast wrappers; int8 is already in place
     return resized

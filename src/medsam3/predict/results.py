@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from medsam3.orientation import SliceOrientation
+
 
 @dataclass
 class PromptResult:
@@ -89,3 +91,49 @@ def combine_label_map(results: list[PromptResult], dtype=None) -> np.ndarray:
         labels[take] = k
         best[take] = rank[take]
     return labels
+
+
+@dataclass
+class VolumePromptSummary:
+    """A prompt's answer over a whole volume.
+
+    ``slices_present`` are indices along the slicing axis (array order), ``voxels`` the
+    voxel count of its label, ``instance_ids`` the ids it holds in the instance map.
+    """
+
+    prompt: str
+    present: bool
+    presence_score: float  # the highest presence probability over the slices (presence window: of its medians)
+    slices_present: list[int] = field(default_factory=list)
+    voxels: int = 0
+    kind: str = "text"
+    instance_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class VolumeSegmentation:
+    """What :meth:`VolumePredictor.segment` returns.
+
+    Attributes:
+        labels: ``(Z, Y, X)`` label map in the input's array order; label k = k-th prompt
+            (text prompts, then objects).
+        summaries: one :class:`VolumePromptSummary` per label.
+        instances: ``(Z, Y, X)`` instance ids (0 = background), when asked for.
+        instance_labels: instance id -> its label.
+        key_slices: instance id -> the slice its track started on (detections and objects).
+        orientation: how the volume was sliced.
+        skipped_slices: slices skipped as empty background.
+        mode: ``merged``, ``propagate`` or ``slices``.
+        stats: work done: ``slices_encoded`` (ViT passes), ``tracks`` started,
+            ``tracker_steps`` (tracker runs on a slice, all objects and directions).
+    """
+
+    labels: np.ndarray
+    summaries: list[VolumePromptSummary]
+    instances: np.ndarray | None
+    instance_labels: dict[int, int]
+    key_slices: dict[int, int]
+    orientation: SliceOrientation
+    skipped_slices: list[int]
+    mode: str
+    stats: dict = field(default_factory=dict)

@@ -78,7 +78,9 @@ import torch
 from tqdm.auto import tqdm
 
 from medsam3.errors import ArgumentError
-from medsam3.model.loader import check_presence_window
+from medsam3.model.info import VOLUME_MODES, check_presence_window
+from medsam3.predict.clips import ClipsRun, check_clip_options
+from medsam3.predict.concepts import ConceptGate
 from medsam3.predict.decode import DetectorRow, confident_queries, query_scores, upsample_mask_logits
 from medsam3.predict.image import ImagePredictor, TextPrompt, as_text_prompt
 from medsam3.predict.merge import (
@@ -94,11 +96,11 @@ from medsam3.predict.merge import (
 )
 from medsam3.orientation import SliceOrientation, choose_orientation
 from medsam3.predict.prompt_checks import check_box, check_point, check_point_labels
+from medsam3.predict.results import VolumePromptSummary, VolumeSegmentation  # noqa: F401 (re-exported)
 from medsam3.predict.propagation import TrackedObject, VolumeTracker, logit
 from medsam3.preprocess import context_planes
 
-#: The volume modes (module docstring; ``clips``: :mod:`medsam3.predict.clips`).
-MODES = ("merged", "propagate", "slices", "clips")
+MODES = VOLUME_MODES  # the one list, with the model's facts (medsam3.model.info; clips: medsam3.predict.clips)
 
 #: How exemplar boxes (``--exemplar`` / ``--negative-exemplar``) act on a volume; written to the sidecar.
 EXEMPLAR_RULE = ("exemplar boxes are drawn on one slice (--slice K): they are converted into that slice's "
@@ -106,23 +108,6 @@ EXEMPLAR_RULE = ("exemplar boxes are drawn on one slice (--slice K): they are co
                  "every other slice is detected from the text alone. In merged/propagate modes the pass starts "
                  "at slice K, so what the exemplars found there starts tracks that the tracker carries through "
                  "the volume both ways (slices mode: slice K's answer only)")
-
-
-@dataclass
-class VolumePromptSummary:
-    """A prompt's answer over a whole volume.
-
-    ``slices_present`` are indices along the slicing axis (array order), ``voxels`` the
-    voxel count of its label, ``instance_ids`` the ids it holds in the instance map.
-    """
-
-    prompt: str
-    present: bool
-    presence_score: float  # the highest presence probability over the slices (presence window: of its medians)
-    slices_present: list[int] = field(default_factory=list)
-    voxels: int = 0
-    kind: str = "text"
-    instance_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -174,35 +159,6 @@ class EmptySliceRule:
             return True
         needed = max(1, math.ceil(self.min_fraction * plane.size))
         return int(np.count_nonzero(plane > plane.min() + self.level)) < needed
-
-
-@dataclass
-class VolumeSegmentation:
-    """What :meth:`VolumePredictor.segment` returns.
-
-    Attributes:
-        labels: ``(Z, Y, X)`` label map in the input's array order; label k = k-th prompt
-            (text prompts, then objects).
-        summaries: one :class:`VolumePromptSummary` per label.
-        instances: ``(Z, Y, X)`` instance ids (0 = background), when asked for.
-        instance_labels: instance id -> its label.
-        key_slices: instance id -> the slice its track started on (detections and objects).
-        orientation: how the volume was sliced.
-        skipped_slices: slices skipped as empty background.
-        mode: ``merged``, ``propagate`` or ``slices``.
-        stats: work done: ``slices_encoded`` (ViT passes), ``tracks`` started,
-            ``tracker_steps`` (tracker runs on a slice, all objects and directions).
-    """
-
-    labels: np.ndarray
-    summaries: list[VolumePromptSummary]
-    instances: np.ndarray | None
-    instance_labels: dict[int, int]
-    key_slices: dict[int, int]
-    orientation: SliceOrientation
-    skipped_slices: list[int]
-    mode: str
-    stats: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -285,8 +241,6 @@ class VolumePredictor:
         self.empty_slices = empty_slices
         self.presence_window = int(presence_window)
         self.progress = progress
-        from medsam3.predict.clips import check_clip_options
-
         self.clip_length, self.clip_overlap, self.clip_fusion = check_clip_options(clip_length, clip_overlap,
                                                                                    clip_fusion)
 
@@ -323,13 +277,40 @@ class VolumePredictor:
         if len(spacing) != 3:
             raise ArgumentError(f"a volume's spacing must be 3 numbers (sx, sy, sz), got {spacing}")
         offset = self.predictor.context_offset(spacing[2 - orientation.slice_axis])
-        if self.mode == "clips":
-            from medsam3.predict.clips import ClipsRun
+        gate = ConceptGate.apply(self.predictor.model, text, getattr(self.predictor, "gate_concepts", True))
 
-            return ClipsRun(self, volume, text, objects, orientation, instances, description, offset,
-                            exemplar_slice).execute()
-        return _VolumeRun(self, volume, text, objects, orientation, instances, description, offset,
-                          exemplar_slice).execute()
+        def run(prompts):
+            if self.mode == "clips":
+                return ClipsRun(self, volume, prompts, objects, orientation, instances, description, offset,
+                                exemplar_slice, _VolumeRun).execute()
+            return _VolumeRun(self, volume, prompts, objects, orientation, instances, description, offset,
+                              exemplar_slice).execute()
+
+        if gate.complete:
+            return run(text)
+        if not gate.run and not objects:  # every prompt outside the model's concepts: nothing to run
+            labels = np.zeros(volume.shape, np.uint8 if len(text) < 256 else np.uint16)
+            result = VolumeSegmentation(labels, [], np.zeros(volume.shape, np.uint32) if instances else None, {},
+                                        {}, orientation, [], self.mode, {"slices_encoded": 0, "tracks": 0,
+                                                                         "tracker_steps": 0})
+        else:
+            result = run(gate.model_prompts)
+        return _ungated(result, gate, len(objects))
+
+
+def _ungated(result: VolumeSegmentation, gate: ConceptGate, n_objects: int) -> VolumeSegmentation:
+    """A run of the gate's known prompts as the answer to all of them: labels renumbered so
+    that label k is the k-th prompt again, absent summaries for the prompts not run."""
+    lookup = gate.label_lookup(n_objects)
+    n_run = len(gate.run)
+    labels = lookup[np.asarray(result.labels, dtype=np.int64)].astype(
+        np.uint8 if len(lookup) - 1 < 256 else np.uint16)
+    text = gate.answers(result.summaries[:n_run], lambda p: VolumePromptSummary(prompt=p, present=False,
+                                                                                    presence_score=0.0))
+    result.labels = labels
+    result.summaries = text + result.summaries[n_run:]
+    result.instance_labels = {i: int(lookup[k]) for i, k in result.instance_labels.items()}
+    return result
 
 
 def segment_volume(predictor: ImagePredictor, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),

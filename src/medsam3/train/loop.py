@@ -55,7 +55,7 @@ import torch
 from medsam3.data import PromptSegmentationDataset, balanced_weights, class_weighted
 from medsam3.errors import ArgumentError, InputError, MedSAM3Error
 from medsam3.model.directory import save_model_directory
-from medsam3.model.loader import INFO_NAME, read_model_info
+from medsam3.model.info import INFO_NAME, ModelInfo
 from medsam3.model.weights import check_finite, check_weights, load_config, load_detector
 from medsam3.train.batch import EpochIndexedDataset, RowCollator, StreamBatchSampler, validation_keys
 from medsam3.train.checkpoints import (
@@ -703,8 +703,8 @@ def train(config: TrainingConfig, resume: bool | str | os.PathLike = False) -> T
 def _inference_info(source_dir, context_mm: float | None) -> dict:
     """What a checkpoint's ``medsam3.json`` must tell inference: the source model's mask source
     and 2.5D context (``data.context_mm`` overrides the context; ``null`` keeps the model's)."""
-    source = read_model_info(source_dir)
-    info = {k: source[k] for k in ("masks", "context_mm") if k in source}
+    source = ModelInfo.read(source_dir)
+    info = {k: source[k] for k in ("masks", "context_mm") if k in source}  # as the source's file has them
     if context_mm is not None:
         info["context_mm"] = float(context_mm)
     if not info.get("context_mm"):

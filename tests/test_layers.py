@@ -17,6 +17,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "medsam3.image": ("medsam3.errors",),
     "medsam3.palette": ("medsam3.errors",),
     "medsam3.orientation": ("medsam3.errors",),
+    # the --precision/--fast options and precision names, without torch (the CLI's parser imports it)
+    "medsam3.precision_options": ("medsam3.errors",),
     "medsam3.io": ("medsam3.image", "medsam3.palette"),
     "medsam3.preprocess": ("medsam3.io",),
     "medsam3.overlay": ("medsam3.preprocess", "medsam3.orientation"),
@@ -25,7 +27,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "medsam3.prompts": ("medsam3.model.tokenizer",),
     # how typed text maps onto a model's own prompts (convert writes a model's vocabulary)
     "medsam3.prompt_mapping": ("medsam3.prompts",),
-    "medsam3.model": ("medsam3.preprocess", "medsam3.prompt_mapping"),
+    "medsam3.model": ("medsam3.preprocess", "medsam3.prompt_mapping", "medsam3.precision_options"),
     "medsam3.predict": ("medsam3.model", "medsam3.orientation"),
     "medsam3.data": ("medsam3.prompts", "medsam3.overlay"),
     "medsam3.segmentation": ("medsam3.predict", "medsam3.overlay"),

@@ -82,7 +82,8 @@ def test_fast_picks_by_hardware():
     assert resolve_precision(Namespace(precision="int8", fast=True)) == "int8"  # explicit wins
     expected = "bf16" if native_bf16("cpu") else "int8"
     assert fast_precision("cpu") == expected
-    assert resolve_precision(Namespace(precision=None, fast=True), "cpu") == expected
+    assert resolve_precision(Namespace(precision=None, fast=True), "cpu") == "fast"  # chosen at load
+    assert MedSAM3.from_pretrained("random:tiny", device="cpu", precision="fast").precision == expected
 
 
 def test_segment_records_precision_in_sidecar(tiny_model_dir, tmp_path, capsys):

@@ -14,12 +14,18 @@ PRECISIONS = ("fp32", "bf16", "int8")
 #: names accepted for each precision (``--precision``, ``precision=``)
 ALIASES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "int8": "int8", "qint8": "int8"}
 DEFAULT_PRECISION = "fp32"
+#: ``--fast``: the fastest measured precision of the device the model loads on, chosen at load
+#: (:func:`medsam3.model.precision.fast_precision`), so that this module needs no torch.
+FAST = "fast"
 
 
 def check_precision(precision) -> str:
-    """``fp32`` / ``bf16`` / ``int8`` for a name or alias (``None`` -> the default ``fp32``)."""
+    """``fp32`` / ``bf16`` / ``int8`` for a name or alias (``None`` -> the default ``fp32``), or
+    :data:`FAST` (resolved when the model loads)."""
     if precision is None:
         return DEFAULT_PRECISION
+    if str(precision).lower() == FAST:
+        return FAST
     name = ALIASES.get(str(precision).lower())
     if name is None:
         raise ArgumentError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
@@ -38,12 +44,11 @@ def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_precision(args, device="auto") -> str:
     """The precision an ``argparse`` namespace from :func:`add_precision_arguments` asks for:
-    ``--precision`` when given, else ``--fast``'s choice for ``device``, else fp32."""
+    ``--precision`` when given, else :data:`FAST` for ``--fast`` (the device's choice, made
+    when the model loads on it), else fp32. ``device`` is kept for callers; the choice is the
+    loaded model's device's."""
     if getattr(args, "precision", None) is not None:
         return check_precision(args.precision)
     if getattr(args, "fast", False):
-        from medsam3.model.loader import resolve_device
-        from medsam3.model.precision import fast_precision
-
-        return fast_precision(resolve_device(device))
+        return FAST
     return DEFAULT_PRECISION

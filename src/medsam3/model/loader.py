@@ -29,7 +29,7 @@ from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3VideoCo
 from medsam3.errors import ArgumentError, InputError
 from medsam3.model.configs import build_config, config_names
 from medsam3.model.directory import build_processor, is_model_directory
-from medsam3.model.precision import apply_precision, apply_precision_to, check_precision
+from medsam3.model.precision import FAST, apply_precision, apply_precision_to, check_precision, fast_precision
 from medsam3.model.info import INFO_NAME, ModelInfo
 from medsam3.model.weights import check_tracker_finite, check_weights, load_config, load_detector, load_tracker
 
@@ -161,6 +161,8 @@ class MedSAM3:
         device_ = resolve_device(device)
         dtype_ = resolve_dtype(dtype)
         precision = check_precision(precision)  # a bad name is refused before anything is loaded
+        if precision == FAST:  # --fast: the fastest measured precision on this device
+            precision = fast_precision(device_)
         name = str(name_or_dir)
         if name.startswith(RANDOM_PREFIX):
             size = name[len(RANDOM_PREFIX):]

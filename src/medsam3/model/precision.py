@@ -28,7 +28,7 @@ from medsam3.errors import ArgumentError
 
 log = logging.getLogger(__name__)
 
-from medsam3.precision_options import DEFAULT_PRECISION, PRECISIONS, check_precision
+from medsam3.precision_options import DEFAULT_PRECISION, FAST, PRECISIONS, check_precision
 
 __all__ = ["PRECISIONS", "DEFAULT_PRECISION", "check_precision", "apply_precision", "apply_precision_to",
            "native_bf16", "fast_precision"]

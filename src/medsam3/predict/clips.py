@@ -38,24 +38,7 @@ import torch
 from medsam3.errors import ArgumentError
 from medsam3.predict.image import TextPrompt
 from medsam3.predict.results import VolumePromptSummary, VolumeSegmentation
-
-#: Ways of fusing the probabilities of clips that overlap on a slice.
-CLIP_FUSIONS = ("mean", "max")
-#: The official scheme: 4-slice clips, no overlap.
-DEFAULT_CLIP_LENGTH = 4
-
-
-def check_clip_options(length, overlap, fusion) -> tuple[int, int, str]:
-    """``(length, overlap, fusion)`` if valid, else :class:`ArgumentError` naming the value."""
-    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
-        raise ArgumentError(f"the clip length must be a whole number of slices >= 1, got {length!r}")
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < length:
-        raise ArgumentError(f"the clip overlap must be a whole number of slices from 0 to the clip length - 1 "
-                            f"({length - 1}), got {overlap!r}")
-    if fusion not in CLIP_FUSIONS:
-        raise ArgumentError(f"unknown clip fusion {fusion!r}; accepted: {', '.join(CLIP_FUSIONS)}")
-    return int(length), int(overlap), str(fusion)
-
+from medsam3.predict.settings import CLIP_FUSIONS, DEFAULT_CLIP_LENGTH, check_clip_options  # noqa: F401 (re-exported)
 
 def clip_ranges(num_slices: int, length: int, overlap: int = 0) -> list[tuple[int, int]]:
     """The clips ``[start, end)`` covering ``num_slices`` slices: starts every ``length - overlap``

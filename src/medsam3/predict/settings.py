@@ -38,6 +38,24 @@ def _check_whole(name: str, value, low: int) -> int:
     return int(value)
 
 
+#: Ways of fusing the probabilities of clips that overlap on a slice.
+CLIP_FUSIONS = ("mean", "max")
+#: The official scheme: 4-slice clips, no overlap.
+DEFAULT_CLIP_LENGTH = 4
+
+
+def check_clip_options(length, overlap, fusion) -> tuple[int, int, str]:
+    """``(length, overlap, fusion)`` if valid, else :class:`ArgumentError` naming the value."""
+    if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 1:
+        raise ArgumentError(f"the clip length must be a whole number of slices >= 1, got {length!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral) or not 0 <= overlap < length:
+        raise ArgumentError(f"the clip overlap must be a whole number of slices from 0 to the clip length - 1 "
+                            f"({length - 1}), got {overlap!r}")
+    if fusion not in CLIP_FUSIONS:
+        raise ArgumentError(f"unknown clip fusion {fusion!r}; accepted: {', '.join(CLIP_FUSIONS)}")
+    return int(length), int(overlap), str(fusion)
+
+
 @dataclass(frozen=True)
 class VolumeSettings:
     """How a 3D volume is segmented (:mod:`medsam3.predict.volume`); ignored for 2D images,
@@ -77,8 +95,6 @@ class VolumeSettings:
     clip_fusion: str = "mean"
 
     def __post_init__(self):
-        from medsam3.predict.clips import check_clip_options
-
         check_clip_options(self.clip_length, self.clip_overlap, self.clip_fusion)
         if self.mode is not None:
             check_volume_mode(self.mode)

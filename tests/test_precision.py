@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from medsam3.errors import ArgumentError
+from medsam3.model.loader import MedSAM3
 from medsam3.precision_options import check_precision, resolve_precision
 
 IMAGE = np.random.default_rng(0).random((100, 120)).astype(np.float32)

@@ -250,6 +250,7 @@ def test_demo_model_gets_its_concepts_and_nothing_else(typed, sent):
         assert record.rule == "outside the model's concepts" and "answered absent" in record.note
     # the same decision as the loader's gate (MedSAM3.knows), which segment() applies
     model = MedSAM3.__new__(MedSAM3)
+    model.source = "demo"
     model.info = read_model_info(DEMO_DIRECTORY)
     assert model.knows(typed) == (sent is not None)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_train_helpers import brain_manifest, tiny_config
+from helpers.train import brain_manifest, tiny_config
 
 from medsam3.train.loop import weights_digest
 

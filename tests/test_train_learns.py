@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 
-from test_train_helpers import brain_manifest, tiny_config
+from helpers.train import brain_manifest, tiny_config
 
 from medsam3.train.config import config_from_dict
 from medsam3.train.loop import train

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_helpers import tiny_config
+from helpers.train import tiny_config
 
 import medsam3
 from medsam3.data.manifest import ManifestItem, write_manifest

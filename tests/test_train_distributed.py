@@ -27,6 +27,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_hold_identical_weights(tmp_path):
     from medsam3.model import create_random_model
 

@@ -135,6 +135,7 @@ def test_prompt_sampling_covers_masks_boxes_and_clicks():
     assert set(kinds) == {"mask", "box", "points"} and kinds["mask"] < kinds["box"]
 
 
+@pytest.mark.slow
 def test_tracker_training_improves_propagation(model112, spheres, tmp_path):
     manifest, root = spheres
     before = propagation_dice(model112, root)

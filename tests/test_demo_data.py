@@ -15,8 +15,6 @@ from helpers.recipes import DEMO, demo_script
 
 from medsam3.data import read_manifest
 
-pytestmark = pytest.mark.slow  # builds real volumes: minutes on 2 cores
-
 build_data = demo_script("build_data")
 CRANIUM, MRICRON, colin27 = build_data.CRANIUM, build_data.MRICRON, build_data.colin27
 build_training_set, mni_brain_mask, resample_labels = (build_data.build_training_set, build_data.mni_brain_mask,
@@ -32,6 +30,7 @@ def build(tmp_path_factory):
     return out, build_training_set(out, variants=1, stripped=2, progress=False)
 
 
+@pytest.mark.slow  # builds real volumes
 def test_training_build_items(build):
     out, manifest = build
     items = {item.id: item for item in read_manifest(manifest).items}
@@ -43,6 +42,7 @@ def test_training_build_items(build):
     assert items["cranium/v0"].modality == "CT" and items["nuclei/q0"].dim == 2
 
 
+@pytest.mark.slow  # builds real volumes
 def test_skull_stripped_copies_keep_the_brain_and_nothing_else(build):
     out, _ = build
     with_skull = np.asarray(nib.load(out / "colin27/v00_t1.nii.gz").dataobj)
@@ -76,6 +76,7 @@ def test_build_data_rejects_negative_counts(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow  # builds real volumes
 def test_brain_margin_follows_the_mni_mask_convention():
     """--brain-margin-mm 1.5 grows BET's Colin27 brain by up to 1.5 mm, nothing else changes, and
     gives it the volume of nilearn's MNI152 brain mask (the held-out reference) on Colin27's grid."""

@@ -23,8 +23,6 @@ from helpers.recipes import DEMO, demo_script
 import medsam3
 from medsam3.io import read_label_map
 
-pytestmark = pytest.mark.slow  # the held-out evaluation and the diagnostics: minutes on 2 cores
-
 ROOT = Path(__file__).resolve().parents[1]
 build_data, evaluate = demo_script("build_data"), demo_script("evaluate_demo")
 SAMPLE = Path(medsam3.__file__).parent / "data" / "samples" / "colin27_t1_2mm.nii.gz"
@@ -62,6 +60,7 @@ def test_demo_model_is_small_and_knows_its_concepts(demo):
     assert next(demo.detector.parameters()).dtype.is_floating_point
 
 
+@pytest.mark.slow
 def test_heldout_numbers_match_the_recorded_ones(demo, heldout, recorded, tmp_path):
     results = evaluate.evaluate_demo(demo, heldout, tmp_path / "eval", baselines=False,
                             absent_stride=recorded["absent_stride"], progress=False)
@@ -77,6 +76,7 @@ def test_heldout_numbers_match_the_recorded_ones(demo, heldout, recorded, tmp_pa
                 assert results["absent"][dataset][concept] == pytest.approx(rate, abs=ABSENT_MARGIN), (dataset, concept)
 
 
+@pytest.mark.slow
 def test_readme_first_command_runs_on_a_fresh_install(tmp_path):
     """The README's main job (after `pip install .`): the demo model on the bundled sample."""
     readme = (ROOT / "README.md").read_text()
@@ -100,6 +100,7 @@ def test_readme_first_command_runs_on_a_fresh_install(tmp_path):
     assert all(counts[k] > 0 for k in range(1, len(prompts) + 1)), counts
 
 
+@pytest.mark.slow
 def test_prompt_outside_the_demo_vocabulary_is_reported_unknown(demo, tmp_path):
     with pytest.warns(UserWarning, match="'spleen' is not a concept model demo was trained on"):
         seg = medsam3.segment(SAMPLE, tmp_path / "s.nii.gz", ["spleen", "brain"], model=demo)
@@ -121,6 +122,7 @@ def _demo_errors(heldout, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_brain_error_diagnostic(heldout):
     """recipes/demo/demo_errors.py, as docs/demo-model.md runs it: on the FSL T1 the "brain" misses are a thin
     rim around the predicted mask, and since the label follows the reference's convention the
@@ -137,6 +139,7 @@ def test_brain_error_diagnostic(heldout):
     assert bad.returncode == 2 and "does not label 'liver'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_presence_diagnostic(heldout):
     """--oracle-presence keeps the model's masks and takes each slice's present / absent decision
     from the reference: the FSL hippocampus row of docs/demo-model.md's table (each slice alone 0.482,

@@ -62,7 +62,7 @@ def otsu_predictions(manifest, out: str | os.PathLike) -> Path:
     manifest = read_manifest(manifest)
     out = Path(out)
     for item in manifest:
-        image = read_image(manifest.resolve(item.image))
+        image = read_image(manifest.resolve(item.image), modality=item.modality)
         array = np.asarray(image.array, dtype=np.float32)
         mask = array > threshold_otsu(array)
         if item.dim == 3:
@@ -111,7 +111,7 @@ def absent_rates(model, manifest, *, stride: int = 1, progress: bool = True) -> 
     rates: dict[str, dict[str, float]] = {}
     for item in manifest:
         concepts = ABSENT_CHECKS.get(item.dataset, ()) + NEVER_TRAINED
-        image = read_image(manifest.resolve(item.image))
+        image = read_image(manifest.resolve(item.image), modality=item.modality)
         normalized = normalize_intensity(image, modality=item.modality)
         if item.dim == 3:
             orientation = choose_orientation(image.direction, "axial")

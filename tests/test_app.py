@@ -364,6 +364,7 @@ def _wait(driver, condition, timeout, what):
         raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
 
 
+@pytest.mark.slow
 def test_app_in_browser_matches_the_cli(server, browser, tmp_path, tiny_model_dir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_data_helpers import (
+from helpers.data import (
     make_busi,
     make_coco,
     make_isic,

@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_data_helpers import make_busi, make_coco, make_isic, make_kvasir, make_nnunet, picture, save_png
+from helpers.data import make_busi, make_coco, make_isic, make_kvasir, make_nnunet, picture, save_png
 
 from medsam3.data import REGISTRY, get_dataset, list_datasets, prepare_dataset, read_manifest
 from medsam3.data.cli import register

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
-from test_data_helpers import make_busi, make_coco, save_png, write_volume
+from helpers.data import make_busi, make_coco, save_png, write_volume
 
 from medsam3.data import (
     BalancedSampler,

@@ -1,4 +1,4 @@
-"""The demo model's training build (``medsam3 data build-demo``) on the real sources: Colin27 from
+"""The demo model's training build (``recipes/demo/build_data.py``) on the real sources: Colin27 from
 Debian's mricron-data (with skull and skull-stripped copies), the InVesalius head CT, the stardist
 nuclei tiles. Small (one deformed and two skull-stripped copies) to stay fast."""
 
@@ -11,8 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medsam3.data.demo import CRANIUM, MRICRON, build_training_set, colin27, mni_brain_mask, resample_labels
-from medsam3.data.manifest import read_manifest
+from helpers.recipes import DEMO, demo_script
+
+from medsam3.data import read_manifest
+
+build_data = demo_script("build_data")
+CRANIUM, MRICRON, colin27 = build_data.CRANIUM, build_data.MRICRON, build_data.colin27
+build_training_set, mni_brain_mask, resample_labels = (build_data.build_training_set, build_data.mni_brain_mask,
+                                                       build_data.resample_labels)
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +30,7 @@ def build(tmp_path_factory):
     return out, build_training_set(out, variants=1, stripped=2, progress=False)
 
 
+@pytest.mark.slow  # builds real volumes
 def test_training_build_items(build):
     out, manifest = build
     items = {item.id: item for item in read_manifest(manifest).items}
@@ -35,6 +42,7 @@ def test_training_build_items(build):
     assert items["cranium/v0"].modality == "CT" and items["nuclei/q0"].dim == 2
 
 
+@pytest.mark.slow  # builds real volumes
 def test_skull_stripped_copies_keep_the_brain_and_nothing_else(build):
     out, _ = build
     with_skull = np.asarray(nib.load(out / "colin27/v00_t1.nii.gz").dataobj)
@@ -55,18 +63,20 @@ def test_skull_stripped_copies_keep_the_brain_and_nothing_else(build):
     assert 0.75 < (moved_labels > 0).sum() * voxel_ml / (brain.sum() / 1000) < 1.35  # scale 0.9-1.1 per axis
 
 
-def test_build_demo_rejects_negative_counts(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "medsam3.cli", "data", "build-demo", "-o", str(tmp_path / "d"),
-                          "--stripped", "-1"], capture_output=True, text=True)
-    assert run.returncode != 0
+def test_build_data_rejects_negative_counts(tmp_path):
+    script = str(DEMO / "build_data.py")
+    run = subprocess.run([sys.executable, script, "-o", str(tmp_path / "d"), "--stripped", "-1"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2
     assert "--stripped must be >= 0, got -1" in run.stderr
     assert not (tmp_path / "d").exists()
-    run = subprocess.run([sys.executable, "-m", "medsam3.cli", "data", "build-demo", "-o", str(tmp_path / "d"),
-                          "--brain-margin-mm", "-1"], capture_output=True, text=True)
-    assert run.returncode != 0 and "--brain-margin-mm must be in [0, 10], got -1.0" in run.stderr
+    run = subprocess.run([sys.executable, script, "-o", str(tmp_path / "d"), "--brain-margin-mm", "-1"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "--brain-margin-mm must be in [0, 10], got -1.0" in run.stderr
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow  # builds real volumes
 def test_brain_margin_follows_the_mni_mask_convention():
     """--brain-margin-mm 1.5 grows BET's Colin27 brain by up to 1.5 mm, nothing else changes, and
     gives it the volume of nilearn's MNI152 brain mask (the held-out reference) on Colin27's grid."""

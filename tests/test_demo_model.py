@@ -2,8 +2,8 @@
 normalising, slicing, the model, post-processing, writing or scoring changes these numbers.
 
 The numbers asserted are those recorded when the shipped weights were evaluated
-(``medsam3.json`` -> ``heldout``, written by ``scripts/evaluate_demo.py --record``) and printed
-in the README; the README must show exactly those numbers.
+(``evaluation.json`` beside the model card in ``src/medsam3/model/demo/``, written by
+``recipes/demo/evaluate_demo.py --record``; docs/demo-model.md prints them).
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.recipes import DEMO, demo_script
+
 import medsam3
-from medsam3.data.demo import DEMO_CLASSES, MRICRON, build_heldout_set
-from medsam3.evaluate.demo import evaluate_demo, markdown_table, volume_modes_table
 from medsam3.io import read_label_map
 
 ROOT = Path(__file__).resolve().parents[1]
+build_data, evaluate = demo_script("build_data"), demo_script("evaluate_demo")
 SAMPLE = Path(medsam3.__file__).parent / "data" / "samples" / "colin27_t1_2mm.nii.gz"
 DICE_MARGIN = 0.01  # CPU runs are deterministic; the margin covers BLAS differences between machines
 ABSENT_MARGIN = 0.02
@@ -38,23 +39,30 @@ def demo():
 
 @pytest.fixture(scope="module")
 def heldout(tmp_path_factory):
-    if not (MRICRON / "aal.nii.gz").is_file():
+    if not (build_data.MRICRON / "aal.nii.gz").is_file():
         pytest.fail("the held-out ground truth needs Debian's mricron-data (apt-get install mricron-data)")
-    return build_heldout_set(tmp_path_factory.mktemp("heldout"))
+    return build_data.build_heldout_set(tmp_path_factory.mktemp("heldout"))
+
+
+@pytest.fixture(scope="module")
+def recorded(demo):
+    """The held-out results recorded for the shipped weights."""
+    return json.loads((demo.directory / evaluate.EVALUATION_NAME).read_text())
 
 
 def test_demo_model_is_small_and_knows_its_concepts(demo):
     weights = demo.directory / "model.safetensors"
     assert weights.stat().st_size <= 30 * 2**20
-    assert sorted(demo.concepts) == sorted(DEMO_CLASSES)
+    assert sorted(demo.concepts) == sorted(build_data.DEMO_CLASSES)
     assert demo.info["weights_dtype"] == "float16" and demo.info["masks"] == "semantic"
-    assert demo.tracker_trained and "heldout" in demo.info
+    assert demo.tracker_trained and "heldout" not in demo.info  # the results live in evaluation.json
+    assert (demo.directory / "README.md").is_file() and (demo.directory / evaluate.EVALUATION_NAME).is_file()
     assert next(demo.detector.parameters()).dtype.is_floating_point
 
 
-def test_heldout_numbers_match_the_recorded_ones_and_the_readme(demo, heldout, tmp_path):
-    recorded = demo.info["heldout"]
-    results = evaluate_demo(demo, heldout, tmp_path / "eval", baselines=False,
+@pytest.mark.slow
+def test_heldout_numbers_match_the_recorded_ones(demo, heldout, recorded, tmp_path):
+    results = evaluate.evaluate_demo(demo, heldout, tmp_path / "eval", baselines=False,
                             absent_stride=recorded["absent_stride"], progress=False)
     for dataset, classes in recorded["scores"]["model"].items():
         for cls, expected in classes.items():
@@ -66,13 +74,9 @@ def test_heldout_numbers_match_the_recorded_ones_and_the_readme(demo, heldout, t
         for concept, rate in rates.items():
             if concept != "images":
                 assert results["absent"][dataset][concept] == pytest.approx(rate, abs=ABSENT_MARGIN), (dataset, concept)
-    # the README prints exactly the recorded tables (held-out scores; volume modes of the
-    # training stages, measured by scripts/evaluate_demo.py --volume-modes)
-    readme = (ROOT / "README.md").read_text()
-    assert markdown_table(recorded) in readme
-    assert volume_modes_table(recorded["volume_modes"]) in readme
 
 
+@pytest.mark.slow
 def test_readme_first_command_runs_on_a_fresh_install(tmp_path):
     """The README's main job (after `pip install .`): the demo model on the bundled sample."""
     readme = (ROOT / "README.md").read_text()
@@ -96,6 +100,7 @@ def test_readme_first_command_runs_on_a_fresh_install(tmp_path):
     assert all(counts[k] > 0 for k in range(1, len(prompts) + 1)), counts
 
 
+@pytest.mark.slow
 def test_prompt_outside_the_demo_vocabulary_is_reported_unknown(demo, tmp_path):
     with pytest.warns(UserWarning, match="'spleen' is not a concept model demo was trained on"):
         seg = medsam3.segment(SAMPLE, tmp_path / "s.nii.gz", ["spleen", "brain"], model=demo)
@@ -104,8 +109,8 @@ def test_prompt_outside_the_demo_vocabulary_is_reported_unknown(demo, tmp_path):
 
 
 def _run_demo_errors(heldout, *args: str) -> subprocess.CompletedProcess:
-    """scripts/demo_errors.py on the held-out FSL T1 with the shipped model."""
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_errors.py"), "--manifest", str(heldout),
+    """recipes/demo/demo_errors.py on the held-out FSL T1 with the shipped model."""
+    return subprocess.run([sys.executable, str(DEMO / "demo_errors.py"), "--manifest", str(heldout),
                            "--item", "mni152-fsl-2mm", "--model", "demo", *args],
                           cwd=ROOT, capture_output=True, text=True, check=False)
 
@@ -117,8 +122,9 @@ def _demo_errors(heldout, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_brain_error_diagnostic_matches_the_readme(heldout):
-    """scripts/demo_errors.py, as the README runs it: on the FSL T1 the "brain" misses are a thin
+@pytest.mark.slow
+def test_brain_error_diagnostic(heldout):
+    """recipes/demo/demo_errors.py, as docs/demo-model.md runs it: on the FSL T1 the "brain" misses are a thin
     rim around the predicted mask, and since the label follows the reference's convention the
     mask errs outward (more false positives than misses; dilating it scores lower)."""
     found = _demo_errors(heldout, "--class", "brain")
@@ -133,9 +139,10 @@ def test_brain_error_diagnostic_matches_the_readme(heldout):
     assert bad.returncode == 2 and "does not label 'liver'" in bad.stderr
 
 
-def test_presence_diagnostic_matches_the_readme(heldout):
+@pytest.mark.slow
+def test_presence_diagnostic(heldout):
     """--oracle-presence keeps the model's masks and takes each slice's present / absent decision
-    from the reference: the FSL hippocampus row of the README's table (each slice alone 0.482,
+    from the reference: the FSL hippocampus row of docs/demo-model.md's table (each slice alone 0.482,
     the shipped presence window of 3 slices 0.513, the reference's decision 0.568), the pair that
     reaches 0.5 only with the window."""
     alone = _demo_errors(heldout, "--class", "hippocampus", "--presence-window", "1")

@@ -80,9 +80,9 @@ def cranium():
         pytest.fail(f"{CRANIUM} is missing: these tests need the real head CT of Debian's "
                     "invesalius-examples package (apt-get install invesalius-examples; images "
                     "that drop /usr/share/doc must keep this file)")
-    from medsam3.data.demo import cranium_project
+    from helpers.recipes import demo_script
 
-    ct, bone, head = cranium_project(CRANIUM)
+    ct, bone, head = demo_script("build_data").cranium_project(CRANIUM)
     ct = np.round(_pool(ct[SLICES].astype(np.float32))).astype(np.int16)
     head = _largest_component(_pool(head[SLICES]) >= 0.5)
     bone = _largest_component((_pool(bone[SLICES]) >= 0.5) & head)  # the skull: a ring with holes

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_data_helpers import LPS_DIRECTION, write_volume
+from helpers.data import LPS_DIRECTION, write_volume
 
 from medsam3.cli import main
 from medsam3.data import PromptSegmentationDataset, convert_dataset

@@ -86,7 +86,7 @@ def test_a_run_with_metas_loss_and_one_to_many_queries(tmp_path):
     logged, no step is skipped, validation (eval mode: no copies) runs."""
     import dataclasses
 
-    from test_train_helpers import brain_manifest, tiny_config
+    from helpers.train import brain_manifest, tiny_config
 
     from medsam3.model import create_random_model
     from medsam3.train.config import config_from_dict

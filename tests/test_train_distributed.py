@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_train_helpers import brain_manifest, tiny_config
+from helpers.train import brain_manifest, tiny_config
 
 from medsam3.train.loop import weights_digest
 
@@ -27,6 +27,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_hold_identical_weights(tmp_path):
     from medsam3.model import create_random_model
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import csv
 
-from test_train_helpers import brain_manifest, tiny_config
+import pytest
+from helpers.train import brain_manifest, tiny_config
 
 from medsam3.train.config import config_from_dict
 from medsam3.train.loop import train
@@ -31,6 +32,7 @@ MARGIN = 0.25
 STEPS = 100
 
 
+@pytest.mark.slow
 def test_validation_dice_rises_on_real_slices(tmp_path):
     from medsam3.model import create_random_model
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_helpers import brain_manifest, tiny_config
+from helpers.train import brain_manifest, tiny_config
 
 from medsam3.errors import ArgumentError
 from medsam3.train.config import config_from_dict

@@ -25,6 +25,7 @@ from medsam3.train.optim import (
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEMO_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +121,10 @@ def test_inverse_sqrt_schedule_by_hand():
 def test_example_configs_parse():
     names = sorted(p.name for p in CONFIGS.glob("train-*.yaml"))
     assert {"train-tiny-cpu.yaml", "train-paper-gpu.yaml", "train-lora.yaml"} <= set(names)
-    for name in names:
-        cfg = load_config(CONFIGS / name)
+    demo = sorted(DEMO_CONFIGS.glob("train-demo-*.yaml"))
+    assert len(demo) == 15  # the demo model's shipped chain: 9 detector stages, 6 tracker runs
+    for path in [CONFIGS / name for name in names] + demo:
+        cfg = load_config(path)
         assert cfg.model and cfg.output_dir and cfg.data.manifest
     paper = load_config(CONFIGS / "train-paper-gpu.yaml")
     assert paper.optim.lr == {"decoder": 3e-4, "geometry": 1e-4, "vision": 5e-5, "text": 5e-5}

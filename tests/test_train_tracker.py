@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_helpers import tiny_config
+from helpers.train import tiny_config
 
 import medsam3
 from medsam3.data.manifest import ManifestItem, write_manifest
@@ -135,6 +135,7 @@ def test_prompt_sampling_covers_masks_boxes_and_clicks():
     assert set(kinds) == {"mask", "box", "points"} and kinds["mask"] < kinds["box"]
 
 
+@pytest.mark.slow
 def test_tracker_training_improves_propagation(model112, spheres, tmp_path):
     manifest, root = spheres
     before = propagation_dice(model112, root)

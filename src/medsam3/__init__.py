@@ -18,6 +18,8 @@ _LAZY = {
     "MedSAM3": "medsam3.model.loader",
     "ImagePredictor": "medsam3.predict.image",
     "TextPrompt": "medsam3.predict.image",
+    "PredictSettings": "medsam3.predict.settings",
+    "VolumeSettings": "medsam3.predict.settings",
     "read_image": "medsam3.io",
     "read_label_map": "medsam3.io",
     "write_label_map": "medsam3.io",

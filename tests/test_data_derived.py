@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from test_data_helpers import picture
+from helpers.data import picture
 
 from medsam3.data import convert_dataset
 from medsam3.data.loading import load_item
@@ -232,7 +232,7 @@ def test_monuseg_aperio_xml_instances(tmp_path):
 
 
 def test_urocell_one_item_per_class_mask(tmp_path):
-    from test_data_helpers import write_volume
+    from helpers.data import write_volume
 
     root = tmp_path / "UroCell"
     rng = np.random.default_rng(0)

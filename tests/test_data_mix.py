@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_helpers import make_busi, make_kvasir
+from helpers.data import make_busi, make_kvasir
 
 from medsam3.cli import main
 from medsam3.data import convert_dataset, read_manifest
@@ -177,7 +177,7 @@ def test_registry_records_the_paper_prompts_and_what_is_ready():
 def test_a_training_run_merges_its_mix_and_draws_by_its_weights(manifests, tmp_path):
     """mix: in a config: the run writes the merged manifest (paper prompts) to data.manifest and
     its sampler draws the datasets with the mix's shares (one step on a tiny model, CPU)."""
-    from test_train_helpers import tiny_config
+    from helpers.train import tiny_config
 
     from medsam3.model import create_random_model
     from medsam3.train.config import config_from_dict

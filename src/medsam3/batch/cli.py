@@ -51,6 +51,8 @@ def is_batch(args) -> bool:
 def run_batch(args, window) -> int:
     """Run ``medsam3 segment`` over many cases; exit 0 when every case succeeded, 1 when some failed."""
     from medsam3.batch.engine import segment_many
+    from medsam3.precision_options import resolve_precision
+    from medsam3.predict.settings import from_args as settings_from_args
 
     if args.overlay is not None:
         raise ArgumentError("--overlay names one PNG: in batch mode use --overlays (one per case)")
@@ -65,11 +67,8 @@ def run_batch(args, window) -> int:
         dtype=args.dtype, prefetch=args.prefetch or 2, overlays=bool(args.overlays), box=args.box,
         points=args.points, point_labels=args.point_labels, exemplars=args.exemplars,
         exemplar_labels=args.exemplar_labels, slice_index=args.slice_index, modality=args.modality, window=window,
-        threshold=args.threshold, presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
-        batch_size=args.batch_size, mode=args.mode, axis=args.axis, instances=args.instances,
-        skip_empty=args.skip_empty, backward_slices=args.backward_slices, max_unsupported=args.max_unsupported,
-        iou_threshold=args.iou_threshold, key_score=args.key_score, presence_window=args.presence_window,
-        size=args.size, series_uid=args.series_uid, output_format=args.output_format)
+        settings=settings_from_args(args), series_uid=args.series_uid, output_format=args.output_format,
+        precision=resolve_precision(args, args.device))
     counts = {s: sum(c.status == s for c in result.cases) for s in ("ok", "skipped", "failed")}
     share = result.share
     where = f" (part {share.index + 1} of {share.count})" if share.count > 1 else ""

@@ -118,7 +118,8 @@ def segment_many(inputs, out_dir, prompts=(), *, jobs=None, extension: str = ".n
                             "for all cases or prompts per case in --jobs / the manifest")
     mine = share.take(cases)
     out_dir.mkdir(parents=True, exist_ok=True)
-    loaded = load_model(model, device=share.device(device), dtype=dtype)
+    precision = kwargs.pop("precision", None)  # a property of the loaded model, not of each case
+    loaded = load_model(model, device=share.device(device), dtype=dtype, precision=precision)
     base = dict(kwargs, prompts=list(prompts), dtype=None if dtype is None else str(dtype))
     results: list[CaseResult] = []
     part_file = share.part_file(out_dir)
@@ -182,7 +183,8 @@ def _case_settings(base: dict, case: Case, model, extension: str, overlays: bool
     them, the model, the input's fingerprint and the output format."""
     settings = {k: v for k, v in base.items() if k not in _NOT_HASHED}
     settings.update(case.settings)
-    settings.update(model=str(model.source), model_files=_model_fingerprint(model), extension=extension,
+    settings.update(model=str(model.source), precision=getattr(model, "precision", "fp32"),
+                    model_files=_model_fingerprint(model), extension=extension,
                     overlays=overlays, input=str(case.input.resolve()), input_files=input_fingerprint(case.input))
     return settings
 

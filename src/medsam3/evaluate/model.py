@@ -251,7 +251,7 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
         predicted now) and the ground truth (text mode reads it only after the prediction)."""
         from medsam3.data.loading import normalised_array
 
-        with _naming(item):
+        with item_errors(item):
             reference = load_reference(manifest, item)
             predict = item.id not in valid
             gt_label = None
@@ -262,7 +262,7 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
 
     def work(item, loaded) -> None:
         reference, gt_label, normalised = loaded
-        with _naming(item):
+        with item_errors(item):
             if item.id not in valid:
                 runner.predict_item(manifest, item, classes[item.id], reference, gt_label, paths[item.id],
                                     normalised=normalised)
@@ -315,7 +315,7 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
 
 
 @contextmanager
-def _naming(item):
+def item_errors(item):
     """Errors while evaluating ``item`` name it: medsam3's own as ``ID: message``, others in a note."""
     try:
         yield

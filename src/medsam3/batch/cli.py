@@ -66,7 +66,7 @@ def run_batch(args, window) -> int:
         points=args.points, point_labels=args.point_labels, exemplars=args.exemplars,
         exemplar_labels=args.exemplar_labels, slice_index=args.slice_index, modality=args.modality, window=window,
         threshold=args.threshold, presence_threshold=args.presence_threshold, mask_threshold=args.mask_threshold,
-        batch_size=args.batch_size, mode=args.mode, axis=args.axis, instances=args.instances,
+        batch_size=args.batch_size, mode=args.mode, axis=args.axis, instances=args.volume_instances,
         skip_empty=args.skip_empty, backward_slices=args.backward_slices, max_unsupported=args.max_unsupported,
         iou_threshold=args.iou_threshold, key_score=args.key_score, presence_window=args.presence_window,
         size=args.size, series_uid=args.series_uid, output_format=args.output_format)

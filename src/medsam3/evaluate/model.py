@@ -22,6 +22,10 @@ for all classes; a volume is segmented whole (the volume mode given, else the mo
 else ``merged``: detection + tracker propagation merged). Prompts outside a model's concepts
 are answered absent, as by ``segment``.
 
+Items go through :func:`medsam3.runner.run_cases`, the case loop of ``medsam3 segment`` on
+folders: the next items are read and normalised on a reader thread while the model works
+(the ground truth too, except in ``text`` mode); the first bad item ends the run, naming it.
+
 Resume: an item is done when its prediction (made with the same run settings, recorded in
 its sidecar) and its rows in ``cases.csv`` exist. A prediction without rows is scored
 without predicting again; rows without a prediction are predicted and scored again. The

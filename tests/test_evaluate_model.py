@@ -442,3 +442,27 @@ def test_overlapping_classes_are_predicted_in_layer_files(tiny_model, manifest_2
     assert rows["abdominal organs"]["prediction"] == str(layer) and rows["abdominal organs"]["pred_label"] == "3"
     again = evaluate_manifest(result.predictions, path, tmp_path / "layers_scored", **FAST)
     assert [r["dice"] for r in _csv_rows(again.cases_csv)] == [r["dice"] for r in rows.values()]
+
+
+def test_a_bad_item_stops_the_run_naming_it_and_the_items_before_it_are_kept(tiny_model, manifest_2d, tmp_path):
+    """Items are read ahead of the model (medsam3.runner.run_cases), but an unreadable item still
+    ends the run with an InputError naming it, after the items before it were predicted and scored;
+    once fixed, the run resumes with that item alone."""
+    from medsam3.errors import InputError
+
+    root = tmp_path / "data"
+    shutil.copytree(manifest_2d.parent, root)
+    manifest = root / "manifest.jsonl"  # its header names its root: point it at the copy
+    manifest.write_text(manifest.read_text().replace(json.dumps(str(manifest_2d.parent)), json.dumps(str(root))))
+    image = root / "mr" / "test" / "images" / "slice.dcm"
+    good = image.read_bytes()
+    image.write_bytes(b"not a DICOM file" * 8)
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match="^mr/test/slice: "):
+        evaluate_model(tiny_model, manifest, out, "text", **OPEN, **FAST)
+    assert {r["case"] for r in _csv_rows(out / "cases.csv")} == {"ct/test/slice"}
+    assert not list((out / "predictions").glob("mr*"))
+    image.write_bytes(good)
+    again = evaluate_model(tiny_model, manifest, out, "text", **OPEN, **FAST)
+    assert again.predicted_now == ["mr/test/slice"] and again.scored_now == ["mr/test/slice"]
+    assert {r["case"] for r in again.rows} == {"ct/test/slice", "mr/test/slice"}

@@ -19,6 +19,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "medsam3.orientation": ("medsam3.errors",),
     # the --precision/--fast options and precision names, without torch (the CLI's parser imports it)
     "medsam3.precision_options": ("medsam3.errors",),
+    # the case loop with read-ahead that batch segmentation and model evaluation share
+    "medsam3.runner": ("medsam3.errors",),
     "medsam3.io": ("medsam3.image", "medsam3.palette"),
     "medsam3.preprocess": ("medsam3.io",),
     "medsam3.overlay": ("medsam3.preprocess", "medsam3.orientation"),
@@ -32,9 +34,9 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "medsam3.data": ("medsam3.prompts", "medsam3.overlay"),
     "medsam3.segmentation": ("medsam3.predict", "medsam3.overlay"),
     "medsam3.train": ("medsam3.data", "medsam3.predict"),
-    "medsam3.evaluate": ("medsam3.segmentation", "medsam3.data"),
+    "medsam3.evaluate": ("medsam3.segmentation", "medsam3.data", "medsam3.runner"),
     "medsam3.app": ("medsam3.segmentation",),
-    "medsam3.batch": ("medsam3.segmentation",),
+    "medsam3.batch": ("medsam3.segmentation", "medsam3.runner"),
     "medsam3.cli": ("medsam3.evaluate", "medsam3.app", "medsam3.train", "medsam3.batch"),
 }
 #: The root package (``__version__``, lazy public names) may be imported from anywhere; its own

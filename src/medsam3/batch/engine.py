@@ -3,25 +3,24 @@
 For each case of this process's share (:mod:`medsam3.batch.parts`): skip it when its output
 and sidecar already exist and the sidecar's ``batch.settings_hash`` matches this run's
 settings for the case; else read it on a reader thread that runs ahead of the model through a
-bounded queue, segment it, write ``OUTDIR/<case><ext>`` + sidecar atomically, and record a
-summary row. A case that fails (unreadable, unsupported, an error while predicting, out of
-memory) is a row with its reason; the run goes on.
+bounded queue (:func:`medsam3.runner.run_cases`, the loop evaluation shares), segment it,
+write ``OUTDIR/<case><ext>`` + sidecar atomically, and record a summary row. A case that
+fails (unreadable, unsupported, an error while predicting, out of memory) is a row with its
+reason; the run goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import queue
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medsam3.batch.cases import Case, apply_jobs, find_cases, input_fingerprint
 from medsam3.batch.parts import Share, current_share, leave_group, merge_summary, wait_for_all_ranks, write_rows
-from medsam3.errors import ArgumentError, MedSAM3Error
+from medsam3.errors import ArgumentError
+from medsam3.runner import run_cases
 
 #: Keywords of :func:`medsam3.segment` that are per run, not per case, and do not change a result.
 _NOT_HASHED = ("model", "device", "progress", "batch_size")
@@ -137,24 +136,22 @@ def segment_many(inputs, out_dir, prompts=(), *, jobs=None, extension: str = ".n
             todo.append((case, output, digest))
     write_rows(part_file, [r.row() for r in results])
 
-    from tqdm.auto import tqdm
-
     label = f"part {share.index + 1}/{share.count}" if share.count > 1 else "segment"
-    bar = tqdm(total=len(todo), desc=label, unit="case", disable=not progress or not todo, file=sys.stderr,
-               position=share.rank if share.distributed else None)
-    reader = _Reader([(c, base) for c, _, _ in todo], prefetch)
-    try:
-        for (case, output, digest), (read, read_seconds) in zip(todo, reader, strict=True):
-            bar.set_postfix_str(case.name[-40:])
-            result = _run_case(case, read, read_seconds, output, digest, base, loaded, overlays, share)
-            results.append(result)
-            if result.status == "failed":
-                bar.write(f"medsam3: case {case.name} failed: {result.reason}", file=sys.stderr)
-            write_rows(part_file, [r.row() for r in results])  # a killed run keeps its finished rows
-            bar.update()
-    finally:
-        reader.stop()
-        bar.close()
+
+    def work(job: tuple[Case, Path, str], read) -> CaseResult:
+        case, output, digest = job
+        image, read_seconds = read
+        return _run_case(case, image, read_seconds, output, digest, base, loaded, overlays, share)
+
+    def done(outcome) -> None:
+        case = outcome.item[0]
+        results.append(outcome.value if outcome.status == "ok" else
+                       CaseResult(case.name, str(case.input), "failed", outcome.reason, outcome.seconds))
+        write_rows(part_file, [r.row() for r in results])  # a killed run keeps its finished rows
+
+    run_cases(todo, lambda job: _read_case(job[0], base), work, prefetch=prefetch, progress=progress,
+              label=label, name=lambda job: job[0].name, on_done=done,
+              position=share.rank if share.distributed else None)
     merged_rows: list[dict] = []
     summary = None
     wait_for_all_ranks(share)  # when it cannot, rank 0 merges the parts that exist
@@ -219,78 +216,32 @@ def _finished(output: Path, digest: str) -> float | None:
     return float(record.get("seconds", 0.0))
 
 
-class _Reader:
-    """Reads the cases' images on a thread, ``prefetch`` ahead of the model: iterating yields
-    ``(Image or the exception reading raised, seconds)`` in case order."""
+def _read_case(case: Case, base: dict):
+    """The case's image and the seconds reading took (runs on the reader thread)."""
+    from medsam3.io import read_image
 
-    def __init__(self, jobs: list[tuple[Case, dict]], prefetch: int):
-        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
-        self._stop = threading.Event()
-        self._n = len(jobs)
-        self._thread = threading.Thread(target=self._work, args=(jobs,), name="medsam3-batch-reader", daemon=True)
-        self._thread.start()
-
-    def _work(self, jobs) -> None:
-        from medsam3.io import read_image
-
-        for case, base in jobs:
-            start = time.perf_counter()
-            settings = {**base, **case.settings}
-            try:
-                item = read_image(case.input, modality=settings.get("modality"),
-                                  series_uid=settings.get("series_uid"))
-            except Exception as exc:  # MemoryError too: reported with the case; the run goes on
-                item = exc
-            while not self._stop.is_set():
-                try:
-                    self._queue.put((item, time.perf_counter() - start), timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            if self._stop.is_set():
-                return
-
-    def __iter__(self):
-        for _ in range(self._n):
-            yield self._queue.get()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    start = time.perf_counter()
+    settings = {**base, **case.settings}
+    image = read_image(case.input, modality=settings.get("modality"), series_uid=settings.get("series_uid"))
+    return image, time.perf_counter() - start
 
 
-def _run_case(case: Case, read, read_seconds: float, output: Path, digest: str, base: dict, model,
+def _run_case(case: Case, image, read_seconds: float, output: Path, digest: str, base: dict, model,
               overlays: bool, share: Share) -> CaseResult:
-    """Segment one read case and write its outputs; a failure becomes the row's reason."""
+    """Segment one read case and write its outputs (a failure raises: the shared loop records
+    it as the case's reason, :func:`medsam3.runner.failure_reason`)."""
     from medsam3.segmentation import segment
 
     start = time.perf_counter()
-    row = CaseResult(case.name, str(case.input), "failed")
-    try:
-        if isinstance(read, BaseException):
-            raise read
-        kwargs = {k: v for k, v in base.items() if k not in ("dtype",)}
-        kwargs.update(case.settings)
-        kwargs.pop("series_uid", None)  # already read
-        output.parent.mkdir(parents=True, exist_ok=True)
-        overlay = output.with_name(output.name[: -len(_suffix(output))] + "_overlay.png") if overlays else None
-        seg = segment(read, output, model=model, progress=False, overlay=overlay, **kwargs)
-        row.seconds = read_seconds + time.perf_counter() - start
-        _record(seg.output or output, case, digest, row.seconds, share)
-        row.status, row.output = "ok", str(seg.output or output)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except MedSAM3Error as exc:
-        row.reason = str(exc)
-    except MemoryError:
-        row.reason = "out of memory (MemoryError) while processing this case"
-    except Exception as exc:  # noqa: BLE001 - any failure of one case must not end the run
-        row.reason = f"{type(exc).__name__}: {exc}"
-        if "out of memory" in str(exc).lower():
-            _free_accelerator_memory()
-    row.seconds = row.seconds or read_seconds + time.perf_counter() - start
-    row.reason = " ".join(row.reason.split())  # one line in the CSV and on stderr
-    return row
+    kwargs = {k: v for k, v in base.items() if k not in ("dtype",)}
+    kwargs.update(case.settings)
+    kwargs.pop("series_uid", None)  # already read
+    output.parent.mkdir(parents=True, exist_ok=True)
+    overlay = output.with_name(output.name[: -len(_suffix(output))] + "_overlay.png") if overlays else None
+    seg = segment(image, output, model=model, progress=False, overlay=overlay, **kwargs)
+    seconds = read_seconds + time.perf_counter() - start
+    _record(seg.output or output, case, digest, seconds, share)
+    return CaseResult(case.name, str(case.input), "ok", seconds=seconds, output=str(seg.output or output))
 
 
 def _suffix(output: Path) -> str:
@@ -310,13 +261,3 @@ def _record(output: Path, case: Case, digest: str, seconds: float, share: Share)
                         "part": [share.index, share.count]}
     with atomic_output(sidecar) as tmp:
         tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-
-
-def _free_accelerator_memory() -> None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001 - best effort after an OOM
-        pass

@@ -22,6 +22,10 @@ for all classes; a volume is segmented whole (the volume mode given, else the mo
 else ``merged``: detection + tracker propagation merged). Prompts outside a model's concepts
 are answered absent, as by ``segment``.
 
+Items go through :func:`medsam3.runner.run_cases`, the case loop of ``medsam3 segment`` on
+folders: the next items are read and normalised on a reader thread while the model works
+(the ground truth too, except in ``text`` mode); the first bad item ends the run, naming it.
+
 Resume: an item is done when its prediction (made with the same run settings, recorded in
 its sidecar) and its rows in ``cases.csv`` exist. A prediction without rows is scored
 without predicting again; rows without a prediction are predicted and scored again. The
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +55,7 @@ from medsam3.evaluate.manifest import (
 from medsam3.image import Image
 from medsam3.predict.settings import PredictSettings, VolumeSettings
 from medsam3.preprocess import context_planes
+from medsam3.runner import run_cases
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,7 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
                    both_empty: str = "nan",
                    one_empty_distance: str = "diagonal", instances: bool = True, name: str | None = None,
                    n_bootstrap: int = 2000, seed: int = 0, overwrite: bool = False, progress: bool = True,
-                   plots: bool = True) -> ManifestEvaluation:
+                   plots: bool = True, prefetch: int = 2) -> ManifestEvaluation:
     """Run ``model`` on a manifest's items with one prompt mode and score it.
 
     Same arguments as ``medsam3 evaluate --model M --manifest F --prompt-mode MODE --out DIR``.
@@ -190,14 +195,14 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
             class per image / slice (default: all); the rest are counted in the sidecar.
         window: CT window for CT items (preset or ``(level, width)``).
         Scoring, report and resume arguments: as :func:`~medsam3.evaluate.folder.evaluate_folder`.
+        prefetch: how many items are read and normalised ahead of the model, on a reader thread
+            (:func:`medsam3.runner.run_cases`, the loop ``medsam3 segment`` uses on folders).
 
     Raises:
         ArgumentError: bad arguments, settings that differ from the run being resumed, a
             class whose prompt is too long for SAM3's text encoder.
         InputError: unreadable items.
     """
-    from tqdm.auto import tqdm
-
     settings = PredictSettings.build(settings, threshold=threshold, presence_threshold=presence_threshold,
                                      mask_threshold=mask_threshold, mode=volume_mode, axis=axis,
                                      presence_window=presence_window, batch_size=batch_size)
@@ -206,6 +211,8 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
         from medsam3.preprocess import parse_window
 
         parse_window(window)  # raises ArgumentError early
+    if not isinstance(prefetch, int) or prefetch < 1:
+        raise ArgumentError(f"prefetch must be a whole number >= 1, got {prefetch!r}")
     manifest = load_manifest(manifest)
     scoring = scoring_settings(nsd_tolerance, both_empty, one_empty_distance, instances)
     items, split_used, notes, labelled, unlabelled = select_labelled_items(manifest, split, datasets, "evaluated")
@@ -242,28 +249,39 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
 
     runner = ModelRunner(model, device, dtype, run)
     scored_now, predicted_now = [], []
-    for item in tqdm(todo, desc=f"evaluate {prompt_mode}", unit="case", disable=not progress, file=sys.stderr):
-        try:
+
+    def read(item) -> tuple[Image, np.ndarray | None, np.ndarray | None]:
+        """On the reader thread, ahead of the model: the image, its normalised array (when it is
+        predicted now) and the ground truth (text mode reads it only after the prediction)."""
+        from medsam3.data.loading import normalised_array
+
+        with item_errors(item):
             reference = load_reference(manifest, item)
+            predict = item.id not in valid
             gt_label = None
+            if not predict or prompt_mode in GT_MODES:
+                gt_label = load_ground_truth(manifest, item, reference)
+            normalised = normalised_array(reference, item.modality, run.window) if predict else None
+            return reference, gt_label, normalised
+
+    def work(item, loaded) -> None:
+        reference, gt_label, normalised = loaded
+        with item_errors(item):
             if item.id not in valid:
-                if prompt_mode in GT_MODES:
-                    gt_label = load_ground_truth(manifest, item, reference)
-                runner.predict_item(manifest, item, classes[item.id], reference, gt_label, paths[item.id])
+                runner.predict_item(manifest, item, classes[item.id], reference, gt_label, paths[item.id],
+                                    normalised=normalised)
                 predicted_now.append(item.id)
             files = read_prediction_files(paths[item.id])
             if gt_label is None:  # text mode: the ground truth is read only now, after the prediction
                 gt_label = load_ground_truth(manifest, item, reference)
             rows = score_item(item, classes[item.id], gt_label, reference, ground_truth_path(manifest, item),
                               files, scoring)
-        except MedSAM3Error as exc:
-            raise type(exc)(f"{item.id}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - re-raised, with the item named
-            if hasattr(exc, "add_note"):
-                exc.add_note(f"while evaluating manifest item {item.id}")
-            raise
         append_rows(csv_path, rows)
         scored_now.append(item.id)
+
+    # an evaluation stops at its first bad item: a score over part of the items would mislead
+    run_cases(todo, read, work, prefetch=prefetch, progress=progress, label=f"evaluate {prompt_mode}",
+              fail_fast=True, name=lambda item: item.id)
 
     rows = ordered_rows(csv_path, labelled)
     unprompted = _unprompted_totals(paths, labelled)
@@ -298,6 +316,19 @@ def evaluate_model(model, manifest, out: str | os.PathLike, prompt_mode: str = "
                               summary=report["summary"], scored_now=scored_now, manifest=manifest.path,
                               split=split_used, items=[it.id for it in items], unlabelled=unlabelled,
                               predictions=pred_dir, predicted_now=predicted_now, notes=notes)
+
+
+@contextmanager
+def item_errors(item):
+    """Errors while evaluating ``item`` name it: medsam3's own as ``ID: message``, others in a note."""
+    try:
+        yield
+    except MedSAM3Error as exc:
+        raise type(exc)(f"{item.id}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - re-raised, with the item named
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"while evaluating manifest item {item.id}")
+        raise
 
 
 def _mode_text(mode: str | None) -> str:
@@ -396,11 +427,13 @@ class ModelRunner:
         return self._predictor
 
     def predict_item(self, manifest, item, classes: list[ItemClass], reference: Image, gt_label: np.ndarray | None,
-                     path: Path) -> None:
-        """Predict every class of ``item`` and write the label map(s) and sidecar(s) at ``path``."""
+                     path: Path, normalised: np.ndarray | None = None) -> None:
+        """Predict every class of ``item`` and write the label map(s) and sidecar(s) at ``path``;
+        ``normalised``: the image already normalised by the data module's rule (else done here)."""
         from medsam3.data.loading import normalised_array
 
-        normalised = normalised_array(reference, item.modality, self.run.window)
+        if normalised is None:
+            normalised = normalised_array(reference, item.modality, self.run.window)
         mode = self.run.prompt_mode
         n_layers = max(c.layer for c in classes) + 1
         answers = {c.index: ClassAnswer() for c in classes}

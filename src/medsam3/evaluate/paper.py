@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from medsam3.errors import ArgumentError, MedSAM3Error
+from medsam3.errors import ArgumentError
 
 #: The protocol's prompt modes, in report order.
 PAPER_MODES = ("text", "text+box", "box")
@@ -107,15 +106,15 @@ def evaluate_paper(model, manifest, out: str | os.PathLike, split: str | None = 
     """Run the paper's protocol (module docstring) on a manifest; arguments as
     :func:`~medsam3.evaluate.model.evaluate_model` (the prompt and volume modes are the protocol's;
     ``max_objects`` limits the box mode's prompts per class and image/slice to the largest components)."""
-    from tqdm.auto import tqdm
-
     from medsam3.evaluate.manifest import (
         CASES_CSV, PREDICTION_EXTENSION, PREDICTIONS_DIR, item_classes, load_ground_truth, load_manifest, load_reference,
         prediction_stems, select_labelled_items,
     )
     from medsam3.evaluate.model import (
         ModelRunSettings, check_run_arguments, weights_dtype_name, prediction_matches, ModelRunner, evaluate_model,
+        item_errors,
     )
+    from medsam3.runner import run_cases
 
     from medsam3.predict.settings import PredictSettings
 
@@ -154,7 +153,18 @@ def evaluate_paper(model, manifest, out: str | os.PathLike, split: str | None = 
     runners = {mode: ModelRunner(model, device, dtype, runs[mode]) for mode in PAPER_MODES}
     shared = None
     predicted_now: list[str] = []
-    for item in tqdm(todo, desc="evaluate paper protocol", unit="case", disable=not progress, file=sys.stderr):
+
+    def read(item):
+        """On the reader thread, ahead of the model: image, ground truth, normalised image."""
+        from medsam3.data.loading import normalised_array
+
+        with item_errors(item):
+            reference = load_reference(manifest, item)
+            gt_label = load_ground_truth(manifest, item, reference)
+            return reference, gt_label, normalised_array(reference, item.modality, runs["text"].window)
+
+    def work(item, loaded) -> None:
+        nonlocal shared
         if shared is None:  # the model is loaded only when an item needs predicting
             first = runners["text"]
             shared = _EncodeOnce(first.predictor)
@@ -162,14 +172,14 @@ def evaluate_paper(model, manifest, out: str | os.PathLike, split: str | None = 
                 runner._model, runner._predictor = first.model, shared
         for mode in PAPER_MODES:
             paths[mode][item.id].parent.mkdir(parents=True, exist_ok=True)
-        try:
-            reference = load_reference(manifest, item)
-            gt_label = load_ground_truth(manifest, item, reference)
-            _predict_item(runners, shared, item, classes[item.id], reference, gt_label,
+        with item_errors(item):
+            _predict_item(runners, shared, item, classes[item.id], *loaded,
                           {m: paths[m][item.id] for m in PAPER_MODES})
-        except MedSAM3Error as exc:
-            raise type(exc)(f"{item.id}: {exc}") from None
         predicted_now.append(item.id)
+
+    # the loop medsam3 segment uses on folders; a bad item ends the run, naming it
+    run_cases(todo, read, work, progress=progress, label="evaluate paper protocol", fail_fast=True,
+              name=lambda item: item.id)
 
     results, scoring = {}, dict(nsd_tolerance=nsd_tolerance, both_empty=both_empty,
                                 one_empty_distance=one_empty_distance, instances=instances,
@@ -188,15 +198,15 @@ def evaluate_paper(model, manifest, out: str | os.PathLike, split: str | None = 
                          shared.encoded if shared is not None else 0, predicted_now)
 
 
-def _predict_item(runners, shared: _EncodeOnce, item, classes, reference, gt_label, paths: dict[str, Path]) -> None:
-    """The three modes' predictions of one item, each image / slice encoded once."""
-    from medsam3.data.loading import normalised_array
+def _predict_item(runners, shared: _EncodeOnce, item, classes, reference, gt_label, normalised,
+                  paths: dict[str, Path]) -> None:
+    """The three modes' predictions of one item, each image / slice encoded once (``normalised``:
+    the image normalised by :func:`medsam3.data.loading.normalised_array`)."""
     from medsam3.evaluate.model import ClassAnswer, answer_plane, combine_layer
     from medsam3.evaluate.manifest import class_mask
     from medsam3.preprocess import context_planes
 
     run = runners["text"].run
-    normalised = normalised_array(reference, item.modality, run.window)
     n_layers = max(c.layer for c in classes) + 1
     dtype = np.uint8 if len(classes) < 256 else np.uint16
     layers = {m: [np.zeros(reference.shape, dtype) for _ in range(n_layers)] for m in PAPER_MODES}

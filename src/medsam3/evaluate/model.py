@@ -554,7 +554,8 @@ def answer_plane(predictor, plane: np.ndarray, classes: list[ItemClass], truth: 
                   ignore_value: int | None, mode: str, max_objects: int | None, spacing, answers: dict,
                   slice_index: int | None) -> dict[int, Any]:
     """Every class's :class:`~medsam3.predict.results.PromptResult` on one 2D image or slice,
-    prompted from ``truth`` (the plane's ground-truth labels) in a ground-truth mode.
+    prompted from ``truth`` (the plane's ground-truth labels) in a ground-truth mode, or from the
+    classes' text alone in ``text`` mode (``truth`` unused).
     Updates ``answers`` (presence, prompted, object counts) per class.
     """
     from medsam3.evaluate.gt_prompts import gt_objects
@@ -563,6 +564,11 @@ def answer_plane(predictor, plane: np.ndarray, classes: list[ItemClass], truth: 
     predictor.set_image(plane)
     shape = plane.shape[:2]
     results: dict[int, Any] = {}
+    if mode == "text":  # the classes' prompts alone (the paper protocol's text mode, slice by slice)
+        for c, result in zip(classes, predictor.predict([TextPrompt(c.prompt) for c in classes]), strict=True):
+            results[c.index] = result
+            _record(answers[c.index], result, slice_index, prompted=True)
+        return results
     masks = {c.index: class_mask(truth, c.values, ignore_value) for c in classes}
     if mode == "text+box":
         prompts = []

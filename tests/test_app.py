@@ -517,7 +517,7 @@ def test_stopping_the_server_removes_its_folder(tmp_path, monkeypatch):
                 raise AssertionError(f"{self.how} did not interrupt the server")
 
     for how in ("return", "ctrl-c", "SIGTERM", "SIGHUP"):
-        def fake_build(settings, how=how):
+        def fake_build(settings, model=None, how=how):
             made.append(SessionFiles(settings.workdir))
             return FakeDemo(how), made[-1]
 

@@ -304,17 +304,17 @@ OPEN = {"threshold": 0.0, "presence_threshold": 0.0}
 
 @pytest.fixture()
 def sent_texts(monkeypatch):
-    """The texts the predictor is really asked."""
+    """The texts the detector really runs (after the predictor's concept gate)."""
     from medsam3.predict import ImagePredictor
 
     asked: list[str] = []
-    predict = ImagePredictor.predict
+    answer = ImagePredictor._answer
 
     def spy(self, prompts, *args, **kwargs):
         asked.extend(p.text for p in prompts)
-        return predict(self, prompts, *args, **kwargs)
+        return answer(self, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(ImagePredictor, "predict", spy)
+    monkeypatch.setattr(ImagePredictor, "_answer", spy)
     return asked
 
 

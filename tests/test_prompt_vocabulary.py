@@ -372,3 +372,20 @@ def test_segment_with_a_closed_model_records_what_was_not_run(tiny_model_dir, tm
 def test_map_prompts_reads_the_models_medsam3_json(tiny_model):
     sent, records = map_prompts(["Renal", "LV"], tiny_model)
     assert sent == ["kidney", "left ventricle"] and [r["typed"] for r in records] == ["Renal", "LV"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("vocabulary", "medical-sam4", "names vocabulary 'medical-sam4'"),
+    ("prompts", ["Liver", ""], "'prompts' must be a list of non-empty texts"),
+])
+def test_a_bad_vocabulary_declaration_is_refused_when_the_model_loads(tiny_model_dir, tmp_path, field, value,
+                                                                      message):
+    from medsam3.errors import InputError
+    from medsam3.model import MedSAM3
+
+    directory = tmp_path / "declared"
+    shutil.copytree(tiny_model_dir, directory)
+    (directory / "medsam3.json").write_text(json.dumps({field: value}))
+    with pytest.raises(InputError, match=message) as caught:
+        MedSAM3.from_pretrained(directory, device="cpu")
+    assert str(directory) in str(caught.value)  # the error names the file

@@ -133,6 +133,9 @@ class ModelInfo(Mapping):
         mode = data.get("volume_mode")
         if mode is not None and mode not in VOLUME_MODES:
             raise bad("volume_mode", "one of " + ", ".join(VOLUME_MODES))
+        from medsam3.prompt_mapping import ModelVocabulary
+
+        ModelVocabulary.from_info(data, str(where))  # 'vocabulary' / 'prompts' checked at load, not at first use
         return cls(concepts=tuple(concepts) if concepts else None, masks=masks, context_mm=float(context),
                    presence_window=int(window), tracker_trained=tracker_trained, volume_mode=mode, path=path,
                    raw=dict(data))

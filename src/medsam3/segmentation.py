@@ -137,6 +137,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         backward_slices=backward_slices, max_unsupported=max_unsupported, iou_threshold=iou_threshold,
         key_score=key_score, presence_window=presence_window, size=size, clip_length=clip_length,
         clip_overlap=clip_overlap, clip_fusion=clip_fusion)
+    check_precision(precision)  # a bad name is refused before the input is read
     if isinstance(prompts, str):  # one prompt, not one per letter
         prompts = [prompts]
     prompts = [str(p) for p in (prompts or [])]

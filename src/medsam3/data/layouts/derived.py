@@ -114,6 +114,24 @@ def _item(dataset, key, split, image: Path, label: Path, root: Path, modality, *
         spacing=list(header.spacing), rgb=rgb, instance_class=instance_class)
 
 
+def _label_files(root: Path, suffix: str, image_suffix: str, missing: str, thing: str = "image"
+                 ) -> list[tuple[str, Path, Path]]:
+    """``(key, label file, image file)`` for every ``*<suffix>`` under ``root`` (sorted, hidden
+    files left out), its image ``<key><image_suffix>`` beside it. Raises InputError: no label
+    file (``missing`` tells the expected layout), or a label file without its image."""
+    labels = sorted(p for p in root.rglob(f"*{suffix}") if not is_hidden(p))
+    if not labels:
+        raise InputError(f"{root}: no '*{suffix}' ({missing})")
+    pairs = []
+    for label in labels:
+        key = label.name[: -len(suffix)]
+        image = label.with_name(key + image_suffix)
+        if not image.exists():
+            raise InputError(f"{label}: no {thing} {image.name} beside it")
+        pairs.append((key, label, image))
+    return pairs
+
+
 def _check_size(image: Path, shape, label_name: str) -> None:
     h = read_header(image)
     if tuple(h.shape) != tuple(shape[:2]):
@@ -212,15 +230,9 @@ def convert_glas(root: Path, *, work_dir: str | None = None, dataset: str | None
     out = _need_work_dir(work_dir, "glas")
     modality = check_modality(modality) or "RGB"
     dataset = dataset or "glas"
-    annos = sorted(p for p in root.rglob("*_anno.bmp") if not is_hidden(p))
-    if not annos:
-        raise InputError(f"{root}: no '*_anno.bmp' (GlaS ships train_N.bmp with train_N_anno.bmp)")
     items = []
-    for anno in progress(annos, "GlaS", enabled=show_progress):
-        key = anno.name[: -len("_anno.bmp")]
-        image = anno.with_name(f"{key}.bmp")
-        if not image.exists():
-            raise InputError(f"{anno}: no image {image.name} beside it")
+    pairs = _label_files(root, "_anno.bmp", ".bmp", "GlaS ships train_N.bmp with train_N_anno.bmp")
+    for key, anno, image in progress(pairs, "GlaS", enabled=show_progress):
         picture = _read_picture(image)
         instances = _grey(_read_picture(anno))
         if picture.shape[:2] != instances.shape:
@@ -245,15 +257,9 @@ def convert_hc18(root: Path, *, work_dir: str | None = None, dataset: str | None
     out = _need_work_dir(work_dir, "hc18")
     modality = check_modality(modality) or "US"
     dataset = dataset or "hc18"
-    outlines = sorted(p for p in root.rglob("*_Annotation.png") if not is_hidden(p))
-    if not outlines:
-        raise InputError(f"{root}: no '*_Annotation.png' (HC18's training_set/NNN_HC_Annotation.png)")
     items = []
-    for outline in progress(outlines, "HC18", enabled=show_progress):
-        key = outline.name[: -len("_Annotation.png")]
-        image = outline.with_name(f"{key}.png")
-        if not image.exists():
-            raise InputError(f"{outline}: no image {image.name} beside it")
+    pairs = _label_files(root, "_Annotation.png", ".png", "HC18's training_set/NNN_HC_Annotation.png")
+    for key, outline, image in progress(pairs, "HC18", enabled=show_progress):
         line = _grey(_read_picture(outline)) > 0
         filled = binary_fill_holes(line)
         if filled.sum() <= line.sum():  # an open outline fills nothing: say which file
@@ -385,16 +391,11 @@ def convert_cholecseg8k(root: Path, *, work_dir: str | None = None, dataset: str
     out = _need_work_dir(work_dir, "cholecseg8k")
     modality = check_modality(modality) or "RGB"
     dataset = dataset or "cholecseg8k"
-    masks = sorted(p for p in root.rglob("*_endo_watershed_mask.png") if not is_hidden(p))
-    if not masks:
-        raise InputError(f"{root}: no '*_endo_watershed_mask.png' (CholecSeg8k: videoNN/videoNN_FFFFF/"
-                         "frame_N_endo_watershed_mask.png)")
+    pairs = _label_files(root, "_endo_watershed_mask.png", "_endo.png",
+                         "CholecSeg8k: videoNN/videoNN_FFFFF/frame_N_endo_watershed_mask.png", thing="frame")
     labels = {str(code): name for code, name in CHOLECSEG8K_CODES.items()}
     items = []
-    for mask in progress(masks, "CholecSeg8k", enabled=show_progress):
-        image = mask.with_name(mask.name.replace("_endo_watershed_mask.png", "_endo.png"))
-        if not image.exists():
-            raise InputError(f"{mask}: no frame {image.name} beside it")
+    for _key, mask, image in progress(pairs, "CholecSeg8k", enabled=show_progress):
         codes = _read_picture(mask)
         codes = codes[..., 0] if codes.ndim == 3 else codes  # grey codes: R = G = B
         unknown = sorted(set(np.unique(codes).tolist()) - set(CHOLECSEG8K_CODES) - {0, 50, 255})

@@ -126,11 +126,22 @@ def test_btxrd_labelme_polygons(tmp_path):
     (root / "Annotations" / "IMG000001.json").write_text(json.dumps(
         {"version": "5.0.1", "shapes": shapes, "imagePath": "IMG000001.jpeg", "imageHeight": 20,
          "imageWidth": 24}))
+    # one of the 27 '.jpg' images, its JSON naming it; a second polygon (a lobulated tumour)
+    _save(root / "images" / "IMG003740.jpg", image, quality=95)
+    (root / "Annotations" / "IMG003740.json").write_text(json.dumps(
+        {"version": "5.0.1", "flags": {}, "imagePath": "IMG003740.jpg", "imageHeight": 20, "imageWidth": 24,
+         "shapes": [{"label": "osteosarcoma", "shape_type": "polygon", "group_id": None, "flags": {},
+                     "points": [[1, 1], [5, 1], [5, 5], [1, 5]]},
+                    {"label": "osteosarcoma", "shape_type": "polygon", "points": [[12, 10], [20, 10], [20, 16], [12, 16]]},
+                    {"label": "osteosarcoma", "shape_type": "rectangle", "points": [[0, 0], [22, 18]]}]}))
     manifest = prepare_dataset("btxrd", root, tmp_path / "btxrd.jsonl", progress=False)
-    assert [it.case for it in manifest] == ["IMG000001"]
+    assert [it.case for it in manifest] == ["IMG000001", "IMG003740"]
     label = load_item(manifest, manifest[0]).label
     assert label.sum() == 8 * 6 and label[3:9, 2:10].all()  # the polygon only, not the box
     assert manifest[0].labels == {"1": "bone tumor"}
+    assert manifest[1].image == "images/IMG003740.jpg"
+    label = load_item(manifest, manifest[1]).label
+    assert label.sum() == 4 * 4 + 8 * 6 and label[1:5, 1:5].all() and label[10:16, 12:20].all()
     (root / "Annotations" / "IMG000003.json").write_text("{not json")
     with pytest.raises(InputError, match="IMG000003.json: not a LabelMe file"):
         prepare_dataset("btxrd", root, tmp_path / "b2.jsonl", progress=False)
@@ -174,7 +185,7 @@ def test_derived_layouts_need_a_place_to_write(tmp_path):
         prepare_dataset("pannuke", tmp_path, None, progress=False)
     with pytest.raises(InputError, match="no images.npy"):
         convert_dataset("pannuke", tmp_path, work_dir=str(tmp_path / "w"), progress=False)
-    assert get_dataset("pannuke").ready and get_dataset("drive").ready and not get_dataset("btxrd").ready
+    assert get_dataset("pannuke").ready and get_dataset("drive").ready and get_dataset("btxrd").ready and not get_dataset("ravir").ready
 
 
 def test_cholecseg8k_watershed_codes(tmp_path):
@@ -268,8 +279,111 @@ def test_ravir_grey_value_masks(tmp_path):
     mask[10:13, :] = 255  # vein
     _save(root / "training_images" / "IR_Case_011.png", image)
     _save(root / "training_masks" / "IR_Case_011.png", mask)
+    _save(tmp_path / "RAVIR Dataset" / "test" / "test_images" / "IR_Case_006.png", image)  # no masks
     manifest = prepare_dataset("ravir", tmp_path / "RAVIR Dataset", tmp_path / "r.jsonl", progress=False)
     (item,) = list(manifest)
-    assert item.labels == {"128": "retinal artery", "255": "retinal vein"}
+    assert item.labels == {"128": "retinal artery", "255": "retinal vein"} and item.split == "train"
+    assert item.image == "train/training_images/IR_Case_011.png"
     label = load_item(manifest, item).label
     assert (label[2:6] == 128).all() and (label[10:13] == 255).all() and (label[6:10] == 0).all()
+
+
+def _mha(path: Path, array: np.ndarray, vector: bool = False) -> Path:
+    import SimpleITK as sitk
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(array, isVector=vector), str(path))
+    return path
+
+
+def test_psfh_three_plane_mha_frames_and_label_maps(tmp_path):
+    root = tmp_path / "download"
+    rng = np.random.default_rng(3)
+    frames = {}
+    for release, stem in (("Pubic Symphysis-Fetal Head Segmentation and Angle of Progression", "00001"),
+                          ("PSFHS", "03001")):
+        frame = rng.integers(0, 255, (20, 24)).astype(np.uint8)
+        label = np.zeros((20, 24), np.uint8)
+        label[2:6, 3:9] = 1  # pubic symphysis
+        label[10:18, 8:20] = 2  # fetal head
+        _mha(root / release / "image_mha" / f"{stem}.mha", np.stack([frame] * 3))  # DimSize 24 20 3
+        _mha(root / release / "label_mha" / f"{stem}.mha", label)  # DimSize 24 20
+        frames[stem] = (frame, label)
+    # a hidden-test frame: image without label, left out
+    _mha(root / "PSFHS" / "image_mha" / "09999.mha", np.zeros((3, 20, 24), np.uint8))
+    before = _tree(root)
+    manifest = prepare_dataset("ps-fh-aop-2023", root, tmp_path / "psfh.jsonl", progress=False)
+    assert sorted(it.case for it in manifest) == ["PSFHS/03001",
+                                                  "Pubic Symphysis-Fetal Head Segmentation and Angle of Progression/00001"]
+    for item in manifest:
+        frame, label = frames[item.case.rsplit("/", 1)[1]]
+        loaded = load_item(manifest, item)
+        assert item.labels == {"1": "pubic symphysis", "2": "fetal head"} and item.label_format == "map"
+        assert item.shape == [20, 24] and not item.rgb and item.modality == "US"
+        assert np.array_equal(np.asarray(PILImage.open(manifest.resolve(item.image))), frame)
+        assert np.array_equal(loaded.label, label)
+    assert _tree(root) == before  # nothing written into the download
+
+    # three planes that differ are kept as RGB; stray label values are refused, naming the file
+    odd = tmp_path / "odd"
+    planes = rng.integers(0, 255, (3, 8, 10)).astype(np.uint8)
+    _mha(odd / "image_mha" / "00002.mha", planes)
+    _mha(odd / "label_mha" / "00002.mha", np.zeros((8, 10), np.uint8))
+    (item,) = list(prepare_dataset("ps-fh-aop-2023", odd, tmp_path / "odd.jsonl", progress=False))
+    assert item.rgb and np.array_equal(np.asarray(PILImage.open(odd.parent / "odd-files" / "00002.png")),
+                                       np.moveaxis(planes, 0, -1))
+    _mha(odd / "image_mha" / "00003.mha", planes)
+    _mha(odd / "label_mha" / "00003.mha", np.full((8, 10), 7, np.uint8))
+    with pytest.raises(InputError, match=r"00003.mha holds values \[7\]"):
+        prepare_dataset("ps-fh-aop-2023", odd, tmp_path / "odd2.jsonl", progress=False)
+    _mha(odd / "label_mha" / "00003.mha", np.zeros((9, 10), np.uint8))
+    with pytest.raises(InputError, match="00003.mha is 10 x 9 but its image is 10 x 8"):
+        prepare_dataset("ps-fh-aop-2023", odd, tmp_path / "odd3.jsonl", progress=False)
+    (odd / "image_mha" / "00003.mha").unlink()
+    with pytest.raises(InputError, match="label.*00003.*have no image"):
+        prepare_dataset("ps-fh-aop-2023", odd, tmp_path / "odd4.jsonl", progress=False)
+    with pytest.raises(InputError, match="no image_mha/ folder"):
+        prepare_dataset("ps-fh-aop-2023", tmp_path / "odd4-files", tmp_path / "odd5.jsonl", progress=False)
+
+
+def test_papila_contour_text_files_of_two_experts(tmp_path):
+    root = tmp_path / "PapilaDB-PAPILA-17f8fa7746adb20275b5b6a0d99dc9dfe3007e9f"
+    image, _ = picture(7, shape=(30, 40))
+    contours = root / "ExpertsSegmentations" / "Contours"
+    contours.mkdir(parents=True)
+    (root / "ClinicalData").mkdir()
+    for stem in ("RET002OD", "RET002OS", "RET004OD"):
+        _save(root / "FundusImages" / f"{stem}.jpg", image, quality=95)
+        for expert, shift in ((1, 0), (2, 1)):
+            disc = [(5 + shift, 5), (25 + shift, 5), (25 + shift, 25), (5 + shift, 25)]
+            cup = [(10.0, 10.0), (18.5, 10.0), (18.5, 18.0), (10.0, 18.0)]
+            (contours / f"{stem}_disc_exp{expert}.txt").write_text("".join(f"{x} {y}\n" for x, y in disc))
+            name = f"{stem}_cup_e_exp2.txt" if (stem, expert) == ("RET004OD", 2) else f"{stem}_cup_exp{expert}.txt"
+            (contours / name).write_text("".join(f"{x:.4f} {y:.4f}\n" for x, y in cup) + "\n")
+    (root / "ExpertsSegmentations" / "ImagesWithContours").mkdir()
+    _save(root / "ExpertsSegmentations" / "ImagesWithContours" / "Opht_cont_RET002OD.jpg", image)
+    manifest = prepare_dataset("papila", tmp_path, tmp_path / "papila.jsonl", progress=False)
+    assert [it.id for it in manifest] == ["papila/RET002OD", "papila/RET002OS", "papila/RET004OD"]
+    assert manifest[0].case == manifest[1].case == "RET002" and manifest[0].split == manifest[1].split
+    item = manifest[0]
+    assert item.labels == {"1": "optic disc", "2": "optic cup"} and item.regions == {"optic disc": [1, 2]}
+    assert dict(item.targets()) == {"optic disc": (1, 2), "optic cup": (2,)}
+    label = load_item(manifest, item).label
+    assert (label == 2).sum() == 9 * 8 and (label > 0).sum() == 20 * 20  # the cup inside the whole disc
+    # the paper's one target: both classes renamed to one prompt keep the whole disc
+    from medsam3.data.convert import apply_class_map
+
+    apply_class_map([item], {"optic disc": "optic disc and cup", "optic cup": "optic disc and cup"})
+    assert item.targets() == [("optic disc and cup", (1, 2))]
+    # expert 2 (a near file name for one cup outline), its own label files
+    other = convert_dataset("papila", tmp_path, work_dir=str(tmp_path / "e2"), expert=2, progress=False)
+    assert len(other) == 3 and (tmp_path / "e2" / "RET004OD_exp2.png").exists()
+    assert (load_item(other, other[0]).label == 1).sum() == 20 * 20 - 9 * 8
+    with pytest.raises(ArgumentError, match="experts 1 and 2"):
+        convert_dataset("papila", tmp_path, work_dir=str(tmp_path / "e3"), expert=3, progress=False)
+    (contours / "RET004OD_cup_exp1.txt").write_text("10 10\n18 oops\n")
+    with pytest.raises(InputError, match=r"RET004OD_cup_exp1.txt, line 2: expected 'x y'"):
+        prepare_dataset("papila", tmp_path, tmp_path / "p2.jsonl", progress=False)
+    (contours / "RET004OD_cup_exp1.txt").unlink()
+    with pytest.raises(InputError, match="no RET004OD_cup_exp1.txt"):
+        prepare_dataset("papila", tmp_path, tmp_path / "p3.jsonl", progress=False)

@@ -68,8 +68,8 @@ def test_get_dataset_and_unpreparable_sets(tmp_path):
         get_dataset("kvasir")
     with pytest.raises(ArgumentError, match="unknown dataset 'imagenet'"):
         get_dataset("imagenet")
-    with pytest.raises(ArgumentError, match="contour point lists"):
-        prepare_dataset("papila", tmp_path)
+    with pytest.raises(ArgumentError, match="MMDB cannot be read as downloaded: Not identified"):
+        prepare_dataset("mmdb", tmp_path)
     with pytest.raises(ArgumentError, match="--root"):
         prepare_dataset("kvasir-seg", None)
 
@@ -122,6 +122,60 @@ def test_prepare_arcade_coco_with_class_map(tmp_path):
     assert {it.labels["1"] for it in m if it.id.endswith("/syntax")} == {"coronary artery"}
     assert {tuple(it.labels.values()) for it in m if it.id.endswith("/stenosis")} == {("stenosis", "stenosis")}
     assert m[0].image.startswith("syntax/train/images/")
+
+
+
+def test_prepare_bus_uclm_rgb_masks_named_like_the_images(tmp_path):
+    base = tmp_path / "BUS-UCLM Breast ultrasound lesion segmentation dataset" / "BUS-UCLM"
+    image, mask = picture(4, rgb=True)
+    for name, colour in (("ANFO_005", (0, 255, 0)), ("COPE_012", (255, 0, 0)), ("ALWI_001", None)):
+        rgb = np.zeros(image.shape, np.uint8)
+        if colour:
+            rgb[mask > 0] = colour
+        save_png(base / "images" / f"{name}.png", image)
+        save_png(base / "masks" / f"{name}.png", rgb)  # same name, no suffix
+    m = prepare_dataset("bus-uclm", tmp_path, tmp_path / "uclm.jsonl", progress=False)
+    from medsam3.data.loading import load_item
+
+    assert [it.case for it in m] == [f"BUS-UCLM Breast ultrasound lesion segmentation dataset/BUS-UCLM/{n}"
+                                     for n in ("ALWI_001", "ANFO_005", "COPE_012")]
+    assert m[0].label_format == "color" and m[0].labels == {"1": "breast tumor"} and m[0].modality == "US"
+    labels = [load_item(m, it).label for it in m]
+    assert labels[0].sum() == 0  # a normal image: black mask, lesion absent
+    for label in labels[1:]:  # benign green and malignant red are both the lesion
+        assert np.array_equal(label > 0, mask > 0) and set(np.unique(label)) == {0, 1}
+
+
+def test_prepare_siim_png_release_split_from_file_names(tmp_path):
+    base = tmp_path / "siim-acr-pneumothorax"
+    image, mask = picture(5, rgb=False)
+    for name, positive in (("0_train_0_", False), ("1_train_1_", True), ("2_test_1_", True)):
+        save_png(base / "png_images" / f"{name}.png", image)
+        save_png(base / "png_masks" / f"{name}.png", mask if positive else np.zeros_like(mask))
+    (base / "stage_1_train_images.csv").write_text("new_filename,ImageId,has_pneumo\n0_train_0_.png,x,0\n")
+    m = prepare_dataset("chest-xray-pneumothorax", tmp_path, tmp_path / "ptx.jsonl", progress=False)
+    from medsam3.data.loading import load_item
+
+    assert [(it.case.rsplit("/", 1)[1], it.split) for it in m] == [
+        ("0_train_0_", "train"), ("1_train_1_", "train"), ("2_test_1_", "test")]
+    assert m[0].image == "siim-acr-pneumothorax/png_images/0_train_0_.png"
+    assert load_item(m, m[0]).label.sum() == 0 and np.array_equal(load_item(m, m[2]).label > 0, mask > 0)
+
+
+def test_prepare_ct2us_nested_kaggle_folders(tmp_path):
+    image, mask = picture(6, rgb=True)
+    for name in ("case1_012", "case2_100"):
+        save_png(tmp_path / "slice" / "slice" / f"{name}.png", image)
+        save_png(tmp_path / "mask" / "mask" / f"{name}.png", (mask > 0).astype(np.uint8))  # 0/1
+    m = prepare_dataset("ct2us-kidney", tmp_path, tmp_path / "ct2us.jsonl", progress=False)
+    from medsam3.data.loading import load_item
+
+    assert [it.case for it in m] == ["slice/case1_012", "slice/case2_100"] and m[0].labels == {"1": "kidney"}
+    assert m[0].image == "slice/slice/case1_012.png" and m[0].modality == "US"
+    assert np.array_equal(load_item(m, m[1]).label > 0, mask > 0)
+    (tmp_path / "mask" / "mask" / "case2_100.png").unlink()
+    with pytest.raises(InputError, match="case2_100.*have no mask"):
+        prepare_dataset("ct2us-kidney", tmp_path, tmp_path / "again.jsonl", progress=False)
 
 
 # --- the command line ---------------------------------------------------------------------

@@ -47,6 +47,8 @@ LAYOUTS: dict[str, str] = {
     "pictures": "BMP/GIF/PPM(.gz) pairs X.* + X<mask_marker>.* (PH2, STARE; work_dir=, class_name=)",
     "cholecseg8k": "CholecSeg8k: videoNN/videoNN_F/frame_N_endo.png + _endo_watershed_mask.png (work_dir=)",
     "monuseg": "MoNuSeg: Tissue Images/X.tif + Annotations/X.xml Aperio polygons (work_dir=)",
+    "psfh": "PS-FH-AOP / PSFHS: image_mha/N.mha (3 equal planes) + label_mha/N.mha 0/1/2 (work_dir=)",
+    "papila": "PAPILA: FundusImages/RETnnnOD.jpg + ExpertsSegmentations/Contours/*_disc|cup_exp1.txt (work_dir=, expert=)",
 }
 
 # Options every converter takes; the others are layout-specific.

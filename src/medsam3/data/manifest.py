@@ -128,13 +128,17 @@ class ManifestItem:
     # ------------------------------------------------------------------ classes
     def targets(self) -> list[tuple[str, tuple[int, ...] | None]]:
         """The classes of this item: ``(name, label values)``; values ``None`` means
-        "every value > 0" (instance maps). Values sharing a name are merged; regions
-        come after the plain labels."""
+        "every value > 0" (instance maps). Values sharing a name are merged, a region's
+        too (PAPILA: label 1 the disc outside the cup, 2 the cup, region "optic disc" = 1 + 2;
+        renamed to one prompt, all three are one target); regions come after the plain labels."""
         if self.instance_class is not None:
             return [(self.instance_class, None)]
         merged: dict[str, list[int]] = {}
         for value, name in self.labels.items():
             merged.setdefault(name, []).append(int(value))
+        for name, values in self.regions.items():
+            if name in merged:
+                merged[name] = sorted(set(merged[name]) | set(values))
         out = [(name, tuple(sorted(values))) for name, values in merged.items()]
         out += [(name, tuple(sorted(values))) for name, values in self.regions.items()
                 if name not in merged]

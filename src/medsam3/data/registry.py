@@ -132,23 +132,47 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        source="https://doi.org/10.6084/m9.figshare.27865398",
        citation="Yao S. et al., A radiograph dataset for the classification, localization, and "
                 "segmentation of primary bone tumors, Scientific Data 12:88 (2025)",
-       notes="3,746 radiographs (1,867 with tumours) as images/*.jpeg with one LabelMe JSON per "
-             "annotated image in Annotations/ (tumour polygons, labelled by subtype, plus boxes): "
-             "the polygons are rasterised, all subtypes read as 'bone tumor'; normal images have "
-             "no JSON and are left out.",
-       uncertain=("licence", "conversions"),
-       doubts="the JSON schema (LabelMe shapes with 'points' and 'shape_type') is read from public "
-              "BTXRD loaders, not from the release itself; some loaders call it COCO-style"),
+       notes="3,746 radiographs (1,867 with tumours) as images/IMG000001.jpeg ... (27 end in .jpg) "
+             "with one LabelMe JSON per tumour image in Annotations/IMG000001.json (LabelMe 5.0.1: "
+             "'shapes' with 'points' and shape_type 'polygon' for the tumour outline, 'rectangle' "
+             "for its box; imageHeight/imageWidth): the polygons are rasterised, whatever their "
+             "label, as 'bone tumor'; the boxes are left out; normal images have no JSON and are "
+             "left out. dataset.xlsx holds the per-image tumour type.",
+       uncertain=("licence",),
+       verified_from=("Yao S. et al., Scientific Data 12:88 (2025), Data Records (images/ + "
+                      "Annotations/ LabelMe JSON)",
+                      "public BTXRD loaders: preprocess_btxrd.py (reads BTXRD/Annotations/*.json: "
+                      "js['shapes'], shape_type 'rectangle' as boxes, 'polygon' as masks, imageHeight/"
+                      "imageWidth; images/*.jpeg; dataset.xlsx) and a BTXRD data-audit README "
+                      "('BTXRD Dataset Specification': 1,867 LabelMe JSON, IMG000001.json for "
+                      "IMG000001.jpeg, 27 images .jpg)"),
+       doubts="the shape labels (tumour subtype or 'tumor') are not read: every polygon is one "
+              "'bone tumor'; none of the sources shows a polygon with holes or several polygons per "
+              "tumour, which are filled one by one"),
     _d("bus-uclm", "BUS-UCLM breast ultrasound lesion segmentation", "train", "breast ultrasound", "US", 2,
        ["breast tumor"], "folder2d",
        [{"images_dir": "images", "masks_dir": "masks",
          "colors": {"breast tumor": [[0, 255, 0], [255, 0, 0]]}}],
        licence="CC BY 4.0", source="https://data.mendeley.com/datasets/7fvgj4jsp7",
        citation="Vallez N. et al., BUS-UCLM: Breast ultrasound lesion segmentation dataset, "
-                "Scientific Data 12 (2025)",
-       notes="683 images of 38 patients; RGB masks, green benign and red malignant lesions "
-             "(both read as 'breast tumor').",
-       uncertain=("licence", "source", "citation", "conversions")),
+                "Scientific Data 12 (2025), doi:10.1038/s41597-025-04562-3",
+       notes="683 PNG images of 38 patients (419 normal, 174 benign, 90 malignant) unpacked as "
+             "'BUS-UCLM Breast ultrasound lesion segmentation dataset/BUS-UCLM/images/CCCC_NNN.png' "
+             "with an RGB mask of the same name in masks/: black normal tissue, green (G = 255) "
+             "benign and red (R = 255) malignant lesions, both read as 'breast tumor'; normal "
+             "images have all-black masks (class absent). The first four letters name the patient; "
+             "the authors' own test split holds patients COPE, ANFO, ELCO, CRCI, FLKA.",
+       uncertain=("licence",),
+       verified_from=("Vallez N. et al., Scientific Data (2025), abstract: 'RGB segmentation masks in "
+                      "individual files, with black indicating normal breast tissue and green and red "
+                      "indicating benign and malignant lesions'",
+                      "github.com/noeliavallez/BUS-UCLM-Dataset: README.md (zip 7fvgj4jsp7-1, folder "
+                      "name), extract_coco_annotations.py (data/BUS-UCLM/images/*.png, masks/ same "
+                      "name, class = G == 255 benign, R == 255 malignant), prepare_partitions.py "
+                      "(patient = first 4 letters; test patients)"),
+       doubts="Mendeley shows CC BY 4.0 while one public index lists CC BY-NC 4.0 for version 2: check "
+              "the version you download; the split here is per image (hash), not the authors' "
+              "patient split: use the patient prefix if images of one patient must stay together"),
     _d("busi", "BUSI (Breast Ultrasound Images Dataset)", "train", "breast ultrasound", "US", 2,
        ["breast tumor"], "folder2d", [{"class_name": "breast tumor"}],
        licence="CC0 1.0 (as listed on Kaggle)", source="https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
@@ -177,21 +201,40 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        notes="Listed by the paper (Dice 34.1 -> 63.1); its layout and target classes are not known "
              "to us.", paper_dice=(34.1, 63.1), uncertain=_UNKNOWN_ID),
     _d("ct2us-kidney", "CT2US for kidney segmentation", "train", "kidney ultrasound (synthesised from CT)",
-       "US", 2, ["kidney"], None,
+       "US", 2, ["kidney"], "folder2d",
+       [{"images_dir": "slice/slice", "masks_dir": "mask/mask", "class_name": "kidney"}],
        citation="Song Y. et al., CT2US: Cross-modal transfer learning for kidney segmentation in "
                 "ultrasound images with synthesized data, Ultrasonics 122:106706 (2022)",
-       notes="Distributed on Kaggle; convert its image/mask folders with --layout folder2d "
-             "--class-name kidney once unpacked.",
-       uncertain=("licence", "source", "layout")),
+       source="https://www.kaggle.com/datasets/siatsyx/ct2usforkidneyseg",
+       notes="Kaggle download (siatsyx/ct2usforkidneyseg) unpacks as slice/slice/*.png (synthetic "
+             "ultrasound frames) with masks of the same name in mask/mask/*.png; masks read as "
+             "binary (above half their maximum).",
+       uncertain=("licence",),
+       verified_from=("public ultrasound-SAM loader USForKidney (slice/slice/*.png images, "
+                      "mask/mask/<same name> masks read as grey) and its download script "
+                      "('kaggle datasets download -d siatsyx/ct2usforkidneyseg --unzip')",),
+       doubts="the mask values are not stated by any source we read (the loader splits masks per "
+              "grey value): read as one binary kidney mask; the licence is the Kaggle page's"),
     _d("chest-xray-pneumothorax", "Chest X-ray pneumothorax (SIIM-ACR)", "train", "chest X-ray", "XR", 2,
        ["pneumothorax"], "folder2d",
-       [{"images_dir": "png_images", "masks_dir": "png_masks", "class_name": "pneumothorax"}],
+       [{"images_dir": "png_images", "masks_dir": "png_masks", "class_name": "pneumothorax",
+         "split_in_name": True}],
        licence="SIIM-ACR Pneumothorax Segmentation challenge terms",
        source="https://www.kaggle.com/datasets/vbookshelf/pneumothorax-chest-xray-images-and-masks",
        citation="SIIM-ACR Pneumothorax Segmentation (Kaggle, 2019)",
-       notes="PNG re-release of the SIIM-ACR challenge (the original ships DICOM + run-length CSV); "
-             "most images have empty masks (class absent).",
-       uncertain=("title", "licence", "source", "conversions")),
+       notes="PNG re-release of the SIIM-ACR challenge (the original ships DICOM + run-length CSV): "
+             "siim-acr-pneumothorax/png_images/N_train_L_.png | N_test_L_.png (L = 1 with "
+             "pneumothorax) with a mask of the same name in png_masks/ (0 / 255), plus "
+             "stage_1_train_images.csv / stage_1_test_images.csv (new_filename, has_pneumo); the "
+             "'train'/'test' in the file name sets the split; most masks are empty (class absent).",
+       uncertain=("title", "licence"),
+       verified_from=("public loaders of the Kaggle set: '../input/pneumothorax-chest-xray-images-"
+                      "and-masks/siim-acr-pneumothorax/png_images' + 'png_masks', stage_1_train_"
+                      "images.csv / stage_1_test_images.csv with new_filename, has_pneumo; a "
+                      "preparation script: 'Filename format: {id}_train_{label}_.png or "
+                      "{id}_test_{label}_.png', mask = same name in png_masks; masks read as x > 127",),
+       doubts="that the paper's 'Chest X-Ray Pneumothorax' is this Kaggle PNG release (the public run "
+              "names it Chest_X-Ray_Pneumothorax only)"),
     _d("chest-xray-masks-and-labels", "Chest X-ray masks and labels (Montgomery + Shenzhen)", "train",
        "chest X-ray", "XR", 2, ["lungs"], "folder2d",
        [{"images_dir": "CXR_png", "masks_dir": "masks", "class_name": "lungs", "unpaired": "skip"}],
@@ -287,12 +330,26 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
                 "Sub-Cubic Millimeter Scale, MICCAI 2021",
        notes="HDF5 volumes with instance labels: save them as NIfTI/NRRD in an nnU-Net folder first.",
        uncertain=("licence", "source")),
-    _d("papila", "PAPILA", "train", "fundus photography", "RGB", 2, ["optic disc", "optic cup"], None,
+    _d("papila", "PAPILA", "train", "fundus photography", "RGB", 2, ["optic disc", "optic cup"], "papila",
+       [{"expert": 1}],
        licence="CC BY 4.0", source="https://doi.org/10.6084/m9.figshare.14798004",
        citation="Kovalyk O. et al., PAPILA: Dataset with fundus images and clinical data of both eyes "
                 "of the same patient for glaucoma assessment, Scientific Data 9:291 (2022)",
-       notes="488 images; disc and cup are contour point lists of two experts: fill them into masks first.",
-       paper_dice=(86.2, 99.4), uncertain=("licence", "source")),
+       notes="488 images (both eyes of 244 patients) unpacked as PapilaDB-PAPILA-<commit>/FundusImages/"
+             "RETnnnOD.jpg | RETnnnOS.jpg with ExpertsSegmentations/Contours/RETnnnOD_disc_exp1.txt, "
+             "_cup_exp1.txt, _disc_exp2.txt, _cup_exp2.txt: one 'x y' point per line, a closed "
+             "outline. Expert 1's outlines are filled into a label map (1 disc outside the cup, "
+             "2 cup; 'optic disc' = 1 + 2); expert=2 reads the other expert; a patient's two eyes "
+             "share a split.",
+       paper_dice=(86.2, 99.4), uncertain=("licence", "source"),
+       verified_from=("public PAPILA loaders: a folder listing of the download (ClinicalData/, "
+                      "ExpertsSegmentations/Contours/RET002OD_cup_exp1.txt ... _disc_exp2.txt, "
+                      "ImagesWithContours/, FundusImages/RET002OD.jpg); loaders reading "
+                      "'PapilaDB-PAPILA-17f8fa77.../ExpertsSegmentations/Contours/<image>_cup_exp1.txt' "
+                      "and parsing each line as 'x y' floats filled with cv2.fillPoly",
+                      "Kovalyk O. et al., Scientific Data 9:291 (2022)"),
+       doubts="which expert the paper's masks used (expert 1 here); one public loader expects a "
+              "'_cup_e_exp2.txt' name for some expert-2 cup files: such near names are accepted"),
     _d("pcmmd", "PCMMD", "train", "cell microscopy", None, 2, ["cell"], None,
        notes="Not identified. Prompted 'cell' in the public run, where its per-image "
              "results equal MMDB's image for image: train on one of the two only.",
@@ -316,17 +373,23 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        uncertain=("licence", "source")),
     _d("ravir", "RAVIR (Retinal Arteries and Veins in Infrared Reflectance)", "train",
        "infrared reflectance retina (SLO)", "OTHER", 2, ["retinal artery", "retinal vein"], "folder2d",
-       [{"labels": {"128": "retinal artery", "255": "retinal vein"}}],
+       [{"images_dir": "training_images", "masks_dir": "training_masks",
+         "labels": {"128": "retinal artery", "255": "retinal vein"}}],
        licence="CC BY-NC-SA 4.0", source="https://ravir.grand-challenge.org/",
        citation="Hatamizadeh A. et al., RAVIR: A Dataset and Methodology for the Semantic Segmentation "
                 "and Quantitative Analysis of Retinal Arteries and Veins in Infrared Reflectance "
                 "Imaging, IEEE JBHI 26(7) (2022)",
        notes="768 x 768 infrared SLO images IR_Case_NNN.png (12.5 um pixels) with masks of the same "
              "name: artery 128, vein 255 (the challenge page names 256 for veins, which an 8-bit PNG "
-             "cannot hold); training_images/ + training_masks/.",
+             "cannot hold); 'RAVIR Dataset/train/training_images/' + 'train/training_masks/' (the "
+             "test/ images have no masks).",
        uncertain=("conversions",),
-       doubts="the folder names and the vein value 255 are read from challenge pages and public "
-              "loaders, not from the download itself: check one mask's values"),
+       verified_from=("torch_em (constantinpape/torch-em) datasets/medical/ravir.py: the zip unpacks "
+                      "as 'RAVIR Dataset/', images train/training_images/*, masks "
+                      "train/training_masks/*",),
+       doubts="the folder names are verified from a public loader; the mask values (artery 128, vein "
+              "255) are not: the challenge page says 256 for veins and no loader we read states "
+              "them, so check one mask's values before training"),
     _d("segthy", "SegThy (thyroid 3D ultrasound and MRI)", "train", "thyroid ultrasound", "US", 3,
        ["thyroid gland", "carotid artery", "jugular vein"], None,
        source="https://www.cs.cit.tum.de/camp/publications/segthy-dataset/",
@@ -363,14 +426,25 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
              "--layout folder2d --colors.", paper_dice=(67.7, 88.1),
        uncertain=("licence", "classes")),
     _d("ps-fh-aop-2023", "PS-FH-AOP 2023 (pubic symphysis and fetal head)", "train",
-       "intrapartum transperineal ultrasound", "US", 2, ["pubic symphysis", "fetal head"], "folder2d",
-       [{"images_dir": "image_mha", "masks_dir": "label_mha",
-         "labels": {"1": "pubic symphysis", "2": "fetal head"}}],
-       source="https://zenodo.org/records/10969427",
+       "intrapartum transperineal ultrasound", "US", 2, ["pubic symphysis", "fetal head"], "psfh",
+       source="https://zenodo.org/records/7851339 (challenge training set); "
+              "https://zenodo.org/records/10969427 (PSFHS release)",
        citation="MICCAI 2023 PS-FH-AOP challenge, built on JNU-IFM (Lu Y. et al., The JNU-IFM dataset "
                 "for segmenting pubic symphysis-fetal head, Data in Brief 41:107904 (2022))",
-       notes="4,000 256x256 MHA images with label maps.", paper_dice=(65.7, 91.6),
-       uncertain=("licence", "source", "conversions")),
+       notes="image_mha/NNNNN.mha (256 x 256 x 3: the grey frame stored three times along a third "
+             "axis) with label_mha/NNNNN.mha (256 x 256; 0 background, 1 pubic symphysis, 2 fetal "
+             "head), under 'Pubic Symphysis-Fetal Head Segmentation and Angle of Progression/' "
+             "(challenge training set, 4,000 frames) or 'PSFHS/' (zenodo 10969427); frames and "
+             "labels are written as PNG.", paper_dice=(65.7, 91.6),
+       uncertain=("licence", "source"),
+       verified_from=("github.com/lanesra10/FH-PS-AOP-grandchallenge: README.md (images 3 x 256 x 256, "
+                      "ground truth 256 x 256 with 0 background, 1 pubic symphysis, 2 fetal head)",
+                      "torch_em (constantinpape/torch-em) datasets/medical/psfhs.py and jnuifm.py: "
+                      "PSFHS.zip -> PSFHS/image_mha/*.mha + label_mha/*.mha; 7851339 zip -> 'Pubic "
+                      "Symphysis-Fetal Head Segmentation and Angle of Progression'",
+                      "a public FH-PS-AOP adapter: image MHA DimSize 256 256 3, the three planes "
+                      "identical; label DimSize 256 256, values {0, 1, 2}; opaque 5-digit names"),
+       doubts="which of the two releases the paper trained on (the run names it ps-fh-aop-2023)"),
     # ------------------------------------------------------------------ 7 external test sets
     _d("tn3k", "TN3K (thyroid nodules)", "external", "thyroid ultrasound", "US", 2, ["thyroid nodule"],
        "folder2d", [{"class_name": "thyroid nodule"}],

@@ -49,6 +49,11 @@ from medsam3.data.layouts.common import (
     relative,
     require_directory,
 )
+from medsam3.data.layouts.papila import convert_papila
+from medsam3.data.layouts.psfh import convert_psfh
+from medsam3.data.layouts.written import need_work_dir as _need_work_dir
+from medsam3.data.layouts.written import picture_item as _item
+from medsam3.data.layouts.written import write_png as _write_png
 from medsam3.data.manifest import ManifestItem
 from medsam3.errors import ArgumentError, InputError
 
@@ -56,29 +61,6 @@ from medsam3.errors import ArgumentError, InputError
 PANNUKE_CLASSES = ("neoplastic cell nucleus", "inflammatory cell nucleus", "connective tissue cell nucleus",
                    "dead cell nucleus", "epithelial cell nucleus")
 _PANNUKE_SPLITS = {1: "train", 2: "val", 3: "test"}
-
-
-def _need_work_dir(work_dir, layout: str) -> Path:
-    if not work_dir:
-        raise ArgumentError(f"the {layout} layout writes readable copies of its labels: give work_dir "
-                            "(-O work_dir=DIR; `data prepare` puts them beside the manifest)")
-    path = Path(work_dir).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _write_png(array: np.ndarray, path: Path) -> Path:
-    """Write ``array`` (uint8 grey or RGB, or uint16 grey) as PNG, atomically; an existing file is kept."""
-    from PIL import Image as PILImage
-
-    from medsam3.io import atomic_output
-
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        PILImage.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")  # uint16 -> 16-bit PNG
-    return path
 
 
 def _read_picture(path: Path) -> np.ndarray:
@@ -101,17 +83,6 @@ def _read_picture(path: Path) -> np.ndarray:
 
 def _grey(array: np.ndarray) -> np.ndarray:
     return array.max(axis=-1) if array.ndim == 3 else array
-
-
-def _item(dataset, key, split, image: Path, label: Path, root: Path, modality, *, labels=None,
-          instance_class=None, label_format="mask") -> ManifestItem:
-    header = read_header(image)
-    rgb = header.components == 3
-    return ManifestItem(
-        id=f"{dataset}/{key}", dataset=dataset, split=split, case=key, image=relative(image, root),
-        label=relative(label, root), label_format=label_format, labels=labels or {},
-        modality=modality or ("RGB" if rgb else None), dim=2, shape=list(header.shape),
-        spacing=list(header.spacing), rgb=rgb, instance_class=instance_class)
 
 
 def _label_files(root: Path, suffix: str, image_suffix: str, missing: str, thing: str = "image"
@@ -466,5 +437,6 @@ def convert_monuseg(root: Path, *, work_dir: str | None = None, dataset: str | N
 CONVERTERS: dict[str, Callable[..., list[ManifestItem]]] = {
     "pannuke": convert_pannuke, "drive": convert_drive, "glas": convert_glas, "hc18": convert_hc18,
     "labelme": convert_labelme, "pictures": convert_pictures, "cholecseg8k": convert_cholecseg8k,
-    "monuseg": convert_monuseg,
+    "monuseg": convert_monuseg, "psfh": convert_psfh,
+    "papila": convert_papila,
 }

@@ -15,7 +15,7 @@ Two arrangements are recognised, at any depth below the root:
 Masks are binary by default (foreground above half the file's maximum, so 0/1, 0/255 and
 JPEG-compressed masks all work) and need ``class_name``. ``labels`` (value -> name) reads
 them as integer label maps instead, ``colors`` (name -> RGB) as colour-coded masks.
-Folder and file names containing train/val/test set the split.
+Folder names containing train/val/test set the split (file names too with ``split_in_name``).
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def convert_folder2d(root: Path, *, dataset: str | None = None, modality: str | 
                      class_name: str | None = None, labels: dict | None = None,
                      colors: dict | None = None, images_dir: str | None = None,
                      masks_dir: str | None = None, mask_suffix: str | None = None,
-                     unpaired: str = "error",
+                     unpaired: str = "error", split_in_name: bool = False,
                      val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0,
                      check_geometry: bool = True, show_progress: bool = True) -> list[ManifestItem]:
     """Manifest items of a folder of 2D images and masks (see the module docstring).
@@ -174,6 +174,8 @@ def convert_folder2d(root: Path, *, dataset: str | None = None, modality: str | 
         images_dir, masks_dir: folder names to pair (default: found by name).
         mask_suffix: the suffix of mask names (default: tried from a known list).
         unpaired: ``"error"`` (default) or ``"skip"``: what to do with images without a mask.
+        split_in_name: read the split from the image's file name too (``12_train_0_.png``,
+            SIIM-ACR's PNG release), not only from its folders.
         check_geometry: unused: pictures carry no geometry, only their sizes are compared.
 
     Raises:
@@ -250,7 +252,8 @@ def convert_folder2d(root: Path, *, dataset: str | None = None, modality: str | 
                              "only binary masks can be combined")
         rel = relative(image_path, root)
         key = keys.get(image_path) or strip_ending(rel)
-        split = split_from_path(Path(rel).parts[:-1]) or assign_split(key, val_fraction, test_fraction, seed)
+        named = Path(rel).parts if split_in_name else Path(rel).parts[:-1]
+        split = split_from_path(named) or assign_split(key, val_fraction, test_fraction, seed)
         rgb = image_h.components == 3
         items.append(ManifestItem(
             id=f"{dataset}/{key}", dataset=dataset, split=split, case=key, image=rel,

@@ -284,6 +284,8 @@ def test_folder2d_tn3k_style_named_pairs(tmp_path):
     ("nothing", InputError, "no image/mask pairs"),
     ("bmp", InputError, "cannot read.*convert to PNG|convert them to PNG"),
     ("two_mask_dirs", InputError, "several mask folders"),
+    ("ignore_without_colors", ArgumentError, "ignore_colors goes with colors"),
+    ("bad_ignore_colour", ArgumentError, r"ignore_colors must be \[r, g, b\]"),
 ])
 def test_folder2d_bad_layouts(tmp_path, damage, error, message):
     root = make_kvasir(tmp_path / "k", n=2)
@@ -308,6 +310,10 @@ def test_folder2d_bad_layouts(tmp_path, damage, error, message):
 
         PILImage.fromarray(picture(0)[0]).save(root / "images" / "a.bmp")
         PILImage.fromarray(picture(0)[1]).save(root / "masks" / "a.bmp")
+    elif damage == "ignore_without_colors":
+        kw["ignore_colors"] = [170, 0, 85]
+    elif damage == "bad_ignore_colour":
+        kw = {"colors": {"polyp": [255, 255, 255]}, "ignore_colors": [170, 0]}
     elif damage == "two_mask_dirs":
         shutil.copytree(root / "masks", root / "lung masks")
         shutil.move(root / "masks", root / "infection masks")

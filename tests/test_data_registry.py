@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers.data import make_busi, make_coco, make_isic, make_kvasir, make_nnunet, picture, save_png
+from helpers.data import make_busi, make_coco, make_isic, make_kvasir, make_nnunet, picture, save_jpeg, save_png
 
 from medsam3.data import REGISTRY, get_dataset, list_datasets, prepare_dataset, read_manifest
 from medsam3.data.cli import register
@@ -176,6 +176,63 @@ def test_prepare_ct2us_nested_kaggle_folders(tmp_path):
     (tmp_path / "mask" / "mask" / "case2_100.png").unlink()
     with pytest.raises(InputError, match="case2_100.*have no mask"):
         prepare_dataset("ct2us-kidney", tmp_path, tmp_path / "again.jsonl", progress=False)
+
+
+
+def test_prepare_m2caiseg_colour_table_unknown_ignored(tmp_path):
+    from medsam3.data.loading import load_item
+    from medsam3.data.registry import M2CAISEG_COLOURS
+
+    base = tmp_path / "m2caiSeg dataset"
+    image, mask = picture(8, rgb=True)
+    gt = np.zeros(image.shape, np.uint8)  # black: out of frame
+    gt[mask > 0] = M2CAISEG_COLOURS["liver"]
+    gt[:3, :5] = M2CAISEG_COLOURS["grasper"]
+    gt[-3:, :5] = (170, 0, 85)  # 'unknown'
+    gt[-3:, -5:] = M2CAISEG_COLOURS["abdominal wall"]  # 'upper wall'
+    for part, names in (("train", ["1"]), ("trainval", ["1", "2"]), ("test", ["9"])):
+        for name in names:
+            save_jpeg(base / part / "images" / f"{name}.jpg", image)
+            save_png(base / part / "groundtruth" / (f"{name}_gt.png" if part == "test" else f"{name}.png"), gt)
+    m = prepare_dataset("m2caiseg", tmp_path, tmp_path / "m2cai.jsonl", progress=False)
+    assert [(it.case.rsplit("/", 2)[-2:], it.split) for it in m] == [
+        (["trainval", "1"], "train"), (["trainval", "2"], "train"), (["test", "9"], "test")]  # train/ skipped
+    item = m[2]
+    assert item.label_format == "color" and item.ignore_value == 255 and len(item.labels) == 17
+    names = {v: k for k, v in item.labels.items()}
+    label = load_item(m, item).label
+    assert (label[:3, :5] == int(names["grasper"])).all() and (label[-3:, :5] == 255).all()
+    assert (label[-3:, -5:] == int(names["abdominal wall"])).all() and label[0, -1] == 0
+    inside = (mask > 0).copy()
+    inside[:3, :5] = inside[-3:, :] = False
+    assert (label[inside] == int(names["liver"])).all()
+
+
+def test_prepare_segthy_ultrasound_sweeps(tmp_path):
+    from helpers.data import write_volume
+
+    from medsam3.data.loading import load_item
+
+    base = tmp_path / "US_data" / "US_volunteer_dataset" / "ground_truth_data"
+    label = np.zeros((6, 10, 12), np.uint8)
+    label[1:5, 2:6, 2:6] = 1  # thyroid
+    label[1:5, 7:9, 1:3], label[1:5, 7:9, 9:11] = 2, 4  # carotid arteries, both sides
+    label[1:5, 1:2, 8:10], label[1:5, 1:2, 10:12] = 3, 5  # jugular veins
+    volume = np.random.default_rng(0).integers(0, 200, label.shape).astype(np.uint8)
+    for sweep in ("005_P1_1_left", "005_P2_1_right", "014_P3_1_left"):
+        write_volume(base / "US" / f"{sweep}_US.nii", volume, spacing=(0.12, 0.12, 0.12))
+        write_volume(base / "US_thyroid_label" / f"{sweep}.nii", label, spacing=(0.12, 0.12, 0.12))
+    m = prepare_dataset("segthy", tmp_path, tmp_path / "segthy.jsonl", val_fraction=0.5, progress=False)
+    assert [it.id for it in m] == ["segthy/005_P1_1_left", "segthy/005_P2_1_right", "segthy/014_P3_1_left"]
+    assert m[0].case == m[1].case == "005" and m[0].split == m[1].split and m[0].dim == 3
+    assert m[0].shape == [6, 10, 12] and m[0].modality == "US"
+    assert dict(m[0].targets()) == {"thyroid gland": (1,), "carotid artery": (2, 4), "jugular vein": (3, 5)}
+    assert m[0].image == "US_data/US_volunteer_dataset/ground_truth_data/US/005_P1_1_left_US.nii"
+    loaded = load_item(m, m[2]).label
+    assert int((loaded == 1).sum()) == 4 * 4 * 4
+    write_volume(base / "US_thyroid_label" / "020_P2_1_left.nii", label)
+    with pytest.raises(InputError, match="020_P2_1_left.*have no volume"):
+        prepare_dataset("segthy", tmp_path, tmp_path / "s2.jsonl", progress=False)
 
 
 # --- the command line ---------------------------------------------------------------------

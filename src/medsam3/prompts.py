@@ -198,6 +198,7 @@ CONCEPTS: tuple[Concept, ...] = (
     _c("connective tissue", group="surgery"),
     _c("blood", "bleeding", group="surgery"),
     _c("cystic duct", group="surgery"),
+    _c("cystic artery", group="surgery"),  # m2caiSeg's "artery" (cholecystectomy)
     _c("bile", group="surgery"),
     _c("liver ligament", group="surgery"),
     _c("surgical instrument", "instrument", "tool", group="surgery"),

@@ -20,12 +20,14 @@ def _converters() -> dict[str, Callable[..., list[ManifestItem]]]:
     from medsam3.data.layouts.msd import convert_msd
     from medsam3.data.layouts.nnunet import convert_nnunet
     from medsam3.data.layouts.npz import convert_npz
+    from medsam3.data.layouts.segthy import convert_segthy
 
     from medsam3.data.layouts.derived import CONVERTERS as DERIVED
     from medsam3.data.layouts.urocell import convert_urocell
 
     return {"nnunet": convert_nnunet, "msd": convert_msd, "folder2d": convert_folder2d,
             "coco": convert_coco, "npz": convert_npz, "atlas": convert_atlas, "urocell": convert_urocell,
+            "segthy": convert_segthy,
             **DERIVED}
 
 
@@ -38,6 +40,7 @@ LAYOUTS: dict[str, str] = {
     "npz": "CVPR-2025 BiomedSegFM .npz files (imgs, gts, spacing, text_prompts)",
     "atlas": "one image + one label map + a label names file (image=, label=, names=, mask=)",
     "urocell": "UroCell: data/<case>.nii.gz + mito|lyso|fv/binary/<case>.nii.gz, one item per class mask",
+    "segthy": "SegThy ultrasound: ground_truth_data/US/<sweep>_US.nii + US_thyroid_label/<sweep>.nii (1 thyroid, 2/4 carotid, 3/5 jugular)",
     # these write readable copies of the labels under work_dir (medsam3.data.layouts.derived)
     "pannuke": "PanNuke folds: Fold N/images/foldN/images.npy + Fold N/masks/foldN/masks.npy (work_dir=)",
     "drive": "DRIVE: training|test/images/NN_*.tif + 1st_manual/NN_manual1.gif (work_dir=)",

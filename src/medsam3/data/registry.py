@@ -103,6 +103,14 @@ def _d(name, title, role, modality, image_modality, dim, classes, layout=None, c
 
 _UNKNOWN_ID = ("title", "modality", "classes", "licence", "source", "citation")
 
+#: m2caiSeg's mask colours (torch_em's m2caiseg loader, LABEL_MAPS), by our class names
+M2CAISEG_COLOURS = {
+    "grasper": [0, 85, 170], "bipolar forceps": [0, 85, 255], "electrocautery hook": [0, 170, 255],
+    "scissors": [0, 255, 85], "clipper": [0, 255, 170], "irrigator": [85, 0, 170],
+    "specimen bag": [85, 0, 255], "trocar": [170, 85, 85], "clip": [170, 170, 170], "liver": [85, 170, 0],
+    "gallbladder": [85, 170, 255], "fat": [85, 255, 0], "abdominal wall": [85, 255, 170],
+    "cystic artery": [170, 0, 255], "intestine": [255, 0, 255], "bile": [255, 255, 0], "blood": [255, 0, 0]}
+
 REGISTRY_LIST: tuple[DatasetInfo, ...] = (
     # ------------------------------------------------------------------ 33 training sets
     _d("arcade", "ARCADE (Automatic Region-based Coronary Artery Disease diagnostics)", "train",
@@ -328,8 +336,19 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        ["cell nucleus"], None, source="https://nucmm.github.io/",
        citation="Lin Z. et al., NucMM Dataset: 3D Neuronal Nuclei Instance Segmentation at "
                 "Sub-Cubic Millimeter Scale, MICCAI 2021",
-       notes="HDF5 volumes with instance labels: save them as NIfTI/NRRD in an nnU-Net folder first.",
-       uncertain=("licence", "source")),
+       notes="Download (Google Drive folder of the NucMM page) holds 'Zebrafish (NucMM-Z)/Image/"
+             "{train,val}/img_ZZZZ_YYYY_XXXX.h5' with 'Label/{train,val}/seg_ZZZZ_YYYY_XXXX.h5' (same "
+             "suffix), each an HDF5 file whose dataset 'main' is the (z, y, x) volume; labels are "
+             "nucleus instance ids. medsam3 reads no HDF5 (h5py is not a dependency): save each "
+             "pair as NIfTI (img -> imagesTr/<name>_0000.nii.gz, seg -> labelsTr/<name>.nii.gz) and "
+             "convert with --layout nnunet.",
+       uncertain=("licence", "source"),
+       verified_from=("torch_em (constantinpape/torch-em) datasets/nuc_mm.py: 'Zebrafish (NucMM-Z)'/"
+                      "Image|Label/train|val/*.h5, key 'main', image and label shapes equal",
+                      "a public NucMM preprocessing script: the full file tree (img_0000_0576_0768.h5 "
+                      "<-> seg_0000_0576_0768.h5; 'seg_' + image name[4:])"),
+       doubts="the voxel size is not stated by the loaders (the NucMM paper gives it); no converter "
+              "because reading HDF5 needs h5py"),
     _d("papila", "PAPILA", "train", "fundus photography", "RGB", 2, ["optic disc", "optic cup"], "papila",
        [{"expert": 1}],
        licence="CC BY 4.0", source="https://doi.org/10.6084/m9.figshare.14798004",
@@ -391,13 +410,27 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
               "255) are not: the challenge page says 256 for veins and no loader we read states "
               "them, so check one mask's values before training"),
     _d("segthy", "SegThy (thyroid 3D ultrasound and MRI)", "train", "thyroid ultrasound", "US", 3,
-       ["thyroid gland", "carotid artery", "jugular vein"], None,
-       source="https://www.cs.cit.tum.de/camp/publications/segthy-dataset/",
+       ["thyroid gland", "carotid artery", "jugular vein"], "segthy",
+       source="https://www.cs.cit.tum.de/camp/publications/segthy-dataset/ (US_data.zip)",
        citation="Kronke M. et al., Tracked 3D ultrasound and deep neural network-based thyroid "
                 "segmentation reduce interobserver variability in thyroid volumetry, PLoS One "
                 "17(7):e0268550 (2022)",
-       notes="Volumes with label maps; arrange them as an nnU-Net folder (or convert per case).",
-       paper_dice=(57.3, 78.5), uncertain=("licence", "source", "classes", "dim")),
+       notes="US_data.zip unpacks as US_volunteer_dataset/ground_truth_data/US/<sweep>_US.nii (tracked "
+             "freehand 3D sweeps, e.g. 005_P1_1_left_US.nii) with US_thyroid_label/<sweep>.nii label "
+             "maps: 1 thyroid, 2 and 4 carotid arteries, 3 and 5 jugular veins (the two sides); read "
+             "in place, a volunteer's sweeps share a split. The MRI archive is not read.",
+       paper_dice=(57.3, 78.5), uncertain=("licence",),
+       verified_from=("torch_em (constantinpape/torch-em) datasets/medical/segthy.py: US_data.zip from "
+                      "campar.in.tum.de/public_datasets/2022_plosone_eilers -> US_volunteer_dataset/"
+                      "ground_truth_data/US/*.nii + US_thyroid_label/*.nii",
+                      "public SegThy converters: image '{id}_US.nii', label '{id}.nii' ('_US' removed "
+                      "to match), regexes (?P<id>\\d{3})_(?P<p>P\\d+)_(?P<num>\\d+)_(left|right)"
+                      "(_US).nii; labels 1 thyroid, 2 CCA, 3 IJV, 4 CCA, 5 IJV (left/right per side); "
+                      "'the complete neck area has been annotated ... thyroid labelled 1'"),
+       doubts="which side 2/3 and 4/5 are (the sources disagree; both sides are one class here); "
+              "torch_em's docstring says the US labels hold the thyroid only, three other loaders "
+              "read vessels from them too; the volunteer grouping assumes the first number names the "
+              "volunteer"),
     _d("us-nerve", "Ultrasound Nerve Segmentation (brachial plexus)", "train", "ultrasound", "US", 2,
        ["brachial plexus nerve"], "folder2d", [{"class_name": "brachial plexus nerve"}],
        licence="Kaggle competition rules",
@@ -417,14 +450,31 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        verified_from=("github.com/MancaZerovnikMekuc/UroCell: README.md and its file tree",)),
     _d("m2caiseg", "m2caiSeg", "train", "laparoscopic surgery", "RGB", 2,
        ["grasper", "bipolar forceps", "electrocautery hook", "scissors", "clipper", "irrigator",
-        "specimen bag", "trocar", "clip", "liver", "gallbladder", "fat", "abdominal wall", "artery",
-        "intestine", "bile", "blood"], None,
+        "specimen bag", "trocar", "clip", "liver", "gallbladder", "fat", "abdominal wall", "cystic artery",
+        "intestine", "bile", "blood"], "folder2d",
+       [{"images_dir": part + "/images", "masks_dir": part + "/groundtruth", "colors": M2CAISEG_COLOURS,
+         "ignore_colors": [170, 0, 85]} for part in ("trainval", "test")],
        source="https://www.kaggle.com/datasets/salmanmaq/m2caiseg",
        citation="Maqbool S. et al., m2caiSeg: Semantic Segmentation of Laparoscopic Images using "
                 "Convolutional Neural Networks, arXiv:2008.10134 (2020)",
-       notes="307 images with colour-coded masks of 19 classes: pass the colour table with "
-             "--layout folder2d --colors.", paper_dice=(67.7, 88.1),
-       uncertain=("licence", "classes")),
+       notes="307 frames of MICCAI 2016 tool-detection videos 1-2 unpacked as 'm2caiSeg dataset/' with "
+             "train/, trainval/ (train + val) and test/, each images/*.jpg + groundtruth/ RGB masks: "
+             "black out of frame, 17 class colours (grasper 0,85,170; bipolar 0,85,255; hook "
+             "0,170,255; scissors 0,255,85; clipper 0,255,170; irrigator 85,0,170; specimen bag "
+             "85,0,255; trocars 170,85,85; clip 170,170,170; liver 85,170,0; gallbladder 85,170,255; "
+             "fat 85,255,0; upper wall 85,255,170; artery (the cystic artery here) 170,0,255; intestine 255,0,255; bile "
+             "255,255,0; blood 255,0,0) and 'unknown' 170,0,85, read as ignored pixels. trainval/ "
+             "(split by hash: train, or val with --val-fraction) and test/ are read; train/ repeats "
+             "part of trainval/ and is skipped.", paper_dice=(67.7, 88.1),
+       uncertain=("licence",),
+       verified_from=("torch_em (constantinpape/torch-em) datasets/medical/m2caiseg.py: Kaggle "
+                      "salmanmaq/m2caiseg unpacks as 'm2caiSeg dataset'; {train,trainval,test}/images/"
+                      "*.jpg + groundtruth/*.png; val = trainval minus train; LABEL_MAPS (RGB -> class "
+                      "for the 19 colours above)",
+                      "the authors' loader (miccaiSegDataset: images/ + groundtruth/, mask named "
+                      "<image>_gt.jpg in an earlier release)"),
+       doubts="whether the Kaggle masks are named like their images or '<image>_gt' (both are read); "
+              "the val subset of trainval is not the official one (hash split)"),
     _d("ps-fh-aop-2023", "PS-FH-AOP 2023 (pubic symphysis and fetal head)", "train",
        "intrapartum transperineal ultrasound", "US", 2, ["pubic symphysis", "fetal head"], "psfh",
        source="https://zenodo.org/records/7851339 (challenge training set); "

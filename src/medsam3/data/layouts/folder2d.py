@@ -44,6 +44,8 @@ from medsam3.errors import ArgumentError, InputError
 IMAGE_DIR_WORDS = ("images", "image", "imgs", "img", "input", "inputs", "original", "originals", "frames")
 MASK_DIR_WORDS = ("masks", "mask", "labels", "label", "gt", "gts", "groundtruth", "ground truth",
                   "segmentations", "segmentation", "annotations", "manual")
+_IGNORE = 255  # the value of ignore_colors' pixels
+
 MASK_SUFFIXES = ("_mask", "_segmentation", "_seg", "_gt", "_label", "_labels", "_anno",
                  "_annotation", "_manual1", "_1stho", "-mask", "_masks")
 
@@ -162,7 +164,7 @@ def convert_folder2d(root: Path, *, dataset: str | None = None, modality: str | 
                      class_name: str | None = None, labels: dict | None = None,
                      colors: dict | None = None, images_dir: str | None = None,
                      masks_dir: str | None = None, mask_suffix: str | None = None,
-                     unpaired: str = "error", split_in_name: bool = False,
+                     unpaired: str = "error", split_in_name: bool = False, ignore_colors: list | None = None,
                      val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0,
                      check_geometry: bool = True, show_progress: bool = True) -> list[ManifestItem]:
     """Manifest items of a folder of 2D images and masks (see the module docstring).
@@ -174,6 +176,8 @@ def convert_folder2d(root: Path, *, dataset: str | None = None, modality: str | 
         images_dir, masks_dir: folder names to pair (default: found by name).
         mask_suffix: the suffix of mask names (default: tried from a known list).
         unpaired: ``"error"`` (default) or ``"skip"``: what to do with images without a mask.
+        ignore_colors: with ``colors``, ``[r, g, b]`` colours of unannotated pixels (m2caiSeg's
+            "unknown"): read as the ignore value 255, neither background nor a class.
         split_in_name: read the split from the image's file name too (``12_train_0_.png``,
             SIIM-ACR's PNG release), not only from its folders.
         check_geometry: unused: pictures carry no geometry, only their sizes are compared.
@@ -208,8 +212,15 @@ def convert_folder2d(root: Path, *, dataset: str | None = None, modality: str | 
                 raise ArgumentError(f"colour of {name!r} must be [r, g, b] or a list of them, got {rgb}")
             names[str(k)] = str(name)
             source["colors"][str(k)] = [[int(v) for v in c] for c in shades]
+        if ignore_colors:
+            shades = ignore_colors if isinstance(ignore_colors[0], (list, tuple)) else [ignore_colors]
+            if not all(len(c) == 3 for c in shades) or len(colors) >= _IGNORE:
+                raise ArgumentError(f"ignore_colors must be [r, g, b] or a list of them, got {ignore_colors}")
+            source["colors"][str(_IGNORE)] = [[int(v) for v in c] for c in shades]
     else:
         label_format, names = "mask", {"1": str(class_name)}
+    if ignore_colors and label_format != "color":
+        raise ArgumentError("ignore_colors goes with colors (colour-coded masks)")
     suffixes = (mask_suffix,) if mask_suffix else MASK_SUFFIXES
 
     groups = _find_groups(root, images_dir, masks_dir)
@@ -259,5 +270,6 @@ def convert_folder2d(root: Path, *, dataset: str | None = None, modality: str | 
             id=f"{dataset}/{key}", dataset=dataset, split=split, case=key, image=rel,
             label=[relative(m, root) for m in masks] if len(masks) > 1 else relative(masks[0], root),
             label_format=label_format, labels=names, modality=modality or ("RGB" if rgb else None),
-            dim=2, shape=list(image_h.shape), spacing=list(image_h.spacing), rgb=rgb, source=dict(source)))
+            dim=2, shape=list(image_h.shape), spacing=list(image_h.spacing), rgb=rgb, source=dict(source),
+            ignore_value=_IGNORE if ignore_colors else None))
     return items

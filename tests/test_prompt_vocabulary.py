@@ -152,7 +152,14 @@ MEDICAL_SAM3 = [
     ("left kidney", "Left kidney", "model prompt"),
     ("Kidney_L", "Left kidney", "model prompt"),
     ("left renal", "Left kidney", "adjective"),
-    ("right kidney", "right kidney", "canonical"),  # not a published prompt: the canonical one
+    ("right kidney", "Right kidney", "model prompt"),  # a 3D training name (eval_common.py)
+    ("right renal", "Right kidney", "adjective"),
+    ("left adrenal", "Left adrenal gland", "side qualifier"),
+    ("trachea", "Trachea", "model prompt"),
+    ("IVC", "Inferior vena cava", "abbreviation"),
+    ("mitochondria", "Mitochondria", "model prompt"),
+    ("hippocampus", "hippocampus", "canonical"),  # not a published prompt: the canonical one
+    ("kidney cyst", "kidney cyst", "canonical"),  # 'Left/Right kidney cyst' carry a side it has not
     ("spleen", "Spleen", "model prompt"),
     ("splenic", "Spleen", "adjective"),
     ("liver tumour", "Liver tumors", "spelling"),
@@ -169,7 +176,8 @@ MEDICAL_SAM3 = [
     ("melanoma", "Skin Lesion", "synonym"),
     ("thyroid nodules", "thyroid nodule", "plural"),
     ("foetal head", "fetal head", "spelling"),
-    ("nuclei", "cell nucleus", "plural"),
+    ("nuclei", "Nuclei", "model prompt"),  # the 3D name, typed as published (case aside)
+    ("cell nuclei", "cell nucleus", "plural"),
     ("cells", "Cell", "model prompt"),
     ("glands", "Gland", "plural"),
     ("coronary arteries", "coronary artery segment", "model prompt"),
@@ -187,7 +195,7 @@ MEDICAL_SAM3 = [
     ("pneumothorax", "Pneumothorax", "model prompt"),
     ("cerebellar", "cerebellum", "canonical"),
     ("hippocampi", "hippocampus", "canonical"),
-    ("LV", "left ventricle", "canonical"),
+    ("LV", "Left Ventricle", "abbreviation"),
 ]
 
 # typed, sent (None: outside the demo model's concepts, answered absent without running)
@@ -346,8 +354,8 @@ def test_segment_sends_a_medical_sam3_model_its_own_prompts(tiny_model_dir, tmp_
     shutil.copytree(tiny_model_dir, directory)
     (directory / "medsam3.json").write_text(json.dumps({"vocabulary": "medical-sam3"}))
     model = MedSAM3.from_pretrained(directory, device="cpu")
-    seg = medsam3.segment(MR, None, ["kidneys", "hepatic tumour", "right kidney"], model=model, **OPEN)
-    assert sent_texts == ["Kidney", "Liver tumors", "right kidney"]
+    seg = medsam3.segment(MR, None, ["kidneys", "hepatic tumour", "left hippocampus"], model=model, **OPEN)
+    assert sent_texts == ["Kidney", "Liver tumors", "left hippocampus"]
     records = seg.sidecar["prompts"]
     assert [r["rule"] for r in records] == ["plural + model prompt", "spelling + synonym + model prompt",
                                             "side qualifier + canonical"]

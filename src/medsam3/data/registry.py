@@ -555,8 +555,19 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        "npz", [{}], source="https://huggingface.co/datasets/junma/CVPR-BiomedSegFM",
        citation="CVPR 2025 challenge 'Foundation Models for Text-guided 3D Biomedical Image Segmentation'",
        notes="<Modality>/<Dataset>/<case>.npz with imgs, gts, spacing, text_prompts; the later 3D "
-             "Medical SAM3 checkpoint was trained on it.",
-       uncertain=("licence", "classes")),
+             "Medical SAM3 checkpoint was trained on it (one COCO-video JSON per group, "
+             "train_all_<Modality>_<Group>_sam3_video.json). Its evaluation prompts each volume with "
+             "the sentence stored in the npz ('Liver tumors detected in abdominal CT imaging') and "
+             "maps it to the longest of 82 short training names it contains (Liver tumors, Left "
+             "kidney, Aorta, ...): those names are the 'medical-sam3' vocabulary's 3D prompts.",
+       uncertain=("licence", "classes"),
+       verified_from=("github.com/AIM-Research-Lab/Medical-SAM3 @57c2d35: medical/evaluation/eval_common.py "
+                      "(_TRAIN_QUERY_VOCAB, val_text_to_train_query), sam3/train/configs/"
+                      "medsam3_stage1_train_all_unified.yaml (ann_file per group), experiments/"
+                      "medsam3_stage1_train_all_unified/val_results_text_ckpt5/results_per_volume.csv "
+                      "(query_text per volume) and val_results_ckpt5/results_per_group.csv (44 groups)",),
+       doubts="the class list per group is the npz files' own (text_prompts); 'classes' stays a "
+              "summary"),
     _d("colin27-aal", "Colin27 T1 + AAL atlas (MRIcron templates)", "extra", "brain MRI (T1)", "MR", 3,
        ["116 AAL regions (left/right gyri, nuclei, cerebellum, vermis)", "brain"], "atlas",
        [{"image": "ch2.nii.gz", "label": "aal.nii.gz", "names": "aal.nii.txt", "mask": "ch2bet.nii.gz",

@@ -387,3 +387,25 @@ def test_papila_contour_text_files_of_two_experts(tmp_path):
     (contours / "RET004OD_cup_exp1.txt").unlink()
     with pytest.raises(InputError, match="no RET004OD_cup_exp1.txt"):
         prepare_dataset("papila", tmp_path, tmp_path / "p3.jsonl", progress=False)
+
+
+def test_pcmmd_labelme_crops_in_two_cell_folders(tmp_path):
+    seg = tmp_path / "PCMMD Plasma Cells for Multiple Myeloma Diagnosis" / "data" / "segmentation"
+    image, _ = picture(9, shape=(16, 18))
+    square = [[2, 2], [10, 2], [10, 9], [2, 9]]
+    for folder, label, points in (("plasma cells", "plasma_cell", square),
+                                  ("non-plasma cells", "non_plasma_cell", [[4, 4], [14, 4], [14, 12], [4, 12]])):
+        _save(seg / folder / "images" / "1692243677854.jpg", image, quality=95)  # the same name in both
+        (seg / folder / "masks").mkdir(parents=True)
+        (seg / folder / "masks" / "1692243677854.json").write_text(json.dumps(
+            {"imageHeight": 16, "imageWidth": 18, "imagePath": "1692243677854.jpg",
+             "shapes": [{"label": label, "points": points, "shape_type": "polygon"}]}))
+    (tmp_path / "PCMMD Plasma Cells for Multiple Myeloma Diagnosis" / "data" / "detection" / "train" / "images").mkdir(
+        parents=True)  # boxes only: not read
+    manifest = prepare_dataset("pcmmd", tmp_path, tmp_path / "pcmmd.jsonl", progress=False)
+    cases = [it.case for it in manifest]
+    prefix = "PCMMD Plasma Cells for Multiple Myeloma Diagnosis/data/segmentation/"
+    assert cases == [prefix + "non-plasma cells/1692243677854", prefix + "plasma cells/1692243677854"]
+    plasma = load_item(manifest, manifest[1]).label
+    other = load_item(manifest, manifest[0]).label
+    assert manifest[0].labels == {"1": "cell"} and plasma.sum() == 8 * 7 and other.sum() == 10 * 8

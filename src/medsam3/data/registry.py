@@ -192,7 +192,11 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        ["breast cancer tissue"], None,
        notes="The paper names it only as 'Breast Cancer Segmentation' (Dice 16.3 -> 43.8); which "
              "public set this is (a Kaggle breast ultrasound or histology set) is not known to us.",
-       paper_dice=(16.3, 43.8), uncertain=_UNKNOWN_ID),
+       paper_dice=(16.3, 43.8), uncertain=_UNKNOWN_ID,
+       doubts="searched: the public run (prompt 'Breast Cancer Tissue', no file names), code and page "
+              "search; candidates with that name: BCSS (Breast Cancer Semantic Segmentation, TCGA "
+              "histology, 21 tissue classes) and several Kaggle/GitHub 'Breast Cancer Segmentation' "
+              "ultrasound copies of BUSI; none confirmed"),
     _d("covid-qu-ex", "COVID-QU-Ex", "train", "chest X-ray", "XR", 2, ["lungs", "covid-19 infection"],
        "folder2d",
        [{"subdir": "Lung Segmentation Data", "images_dir": "images", "masks_dir": "lung masks",
@@ -207,7 +211,9 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        uncertain=("licence",)),
     _d("coph100", "COph100", "train", "fundus photography", "RGB", 2, ["optic disc"], None,
        notes="Listed by the paper (Dice 34.1 -> 63.1); its layout and target classes are not known "
-             "to us.", paper_dice=(34.1, 63.1), uncertain=_UNKNOWN_ID),
+             "to us.", paper_dice=(34.1, 63.1), uncertain=_UNKNOWN_ID,
+       doubts="searched: the public run (prompt 'Optic Disc', no file names), code, docs and page "
+              "search for 'COph100': no public dataset of that name found"),
     _d("ct2us-kidney", "CT2US for kidney segmentation", "train", "kidney ultrasound (synthesised from CT)",
        "US", 2, ["kidney"], "folder2d",
        [{"images_dir": "slice/slice", "masks_dir": "mask/mask", "class_name": "kidney"}],
@@ -280,7 +286,12 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        citation="Bano S. et al., Deep placental vessel segmentation for fetoscopic mosaicking, "
                 "MICCAI 2020",
        notes="Frames of 6 in-vivo fetoscopy videos with vessel masks (images/ + masks_gt/ per video).",
-       paper_dice=(56.6, 77.0), uncertain=("title", "licence", "conversions")),
+       paper_dice=(56.6, 77.0), uncertain=("title", "licence", "conversions"),
+       doubts="'FetoPlac' is not a published name: it is either Bano et al.'s MICCAI 2020 placental "
+              "vessel set (6 videos, binary vessel masks; its download layout was not found in any "
+              "loader) or FetReg2021 (synapse syn25313156; label maps 0 background, 1 vessel, 2 tool, "
+              "3 fetus, which the binary reading here would merge). Check which, and the folder "
+              "names, before use"),
     _d("glas", "GlaS (Gland Segmentation in Colon Histology)", "train", "histopathology (H&E)", "RGB", 2,
        ["gland"], "glas",
        licence="research use", source="https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/",
@@ -297,11 +308,22 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        citation="Codella N. et al., Skin Lesion Analysis Toward Melanoma Detection 2018, "
                 "arXiv:1902.03368; Tschandl P. et al., The HAM10000 dataset, Sci Data 5:180161 (2018)",
        notes="2,594 training JPEGs with 'ISIC_XXXXXXX_segmentation.png' masks in a separate folder."),
-    _d("intraretinal-cystoid-fluid", "Intraretinal cystoid fluid (OCT)", "train", "OCT", "OTHER", 2,
+    _d("intraretinal-cystoid-fluid", "Intraretinal Cystoid Fluid (OCT)", "train", "OCT", "OTHER", 2,
        ["intraretinal cystoid fluid"], None,
-       notes="OCT B-scans with fluid masks (Dice 62.0 -> 85.0 in the paper); the provider and layout "
-             "are not known to us.", paper_dice=(62.0, 85.0),
-       uncertain=("title", "licence", "source", "citation")),
+       licence="CC BY-NC-SA 4.0 (as listed by Dataset Ninja)",
+       source="https://www.kaggle.com/datasets/zeeshanahmed13/intraretinal-cystoid-fluid",
+       notes="1,460 OCT B-scans with cystoid macular edema masks (6,542 fluid regions), released "
+             "2022 by MUET and LUMHS (Pakistan); the Kaggle download unpacks as "
+             "2021-training-data-ZA/2021-training-data-ZA/<group>/<case>/images/*.jpeg with the "
+             "case's mask in <case>/masks/ (one file). Not converted yet: see doubts.",
+       paper_dice=(62.0, 85.0), uncertain=("citation", "layout", "conversions"),
+       verified_from=("github.com/dataset-ninja/intraretinal-cystoid-fluid: src/settings.py (Kaggle "
+                      "zeeshanahmed13/intraretinal-cystoid-fluid, CC BY-NC-SA 4.0, 2022), SUMMARY.md "
+                      "(1,460 images, class 'cystic macular edema'), src/convert.py (glob */*/*.jpeg; "
+                      "mask = first file of the sibling masks/ folder, channel 0, holes filled)",),
+       doubts="the mask file names and values are not stated (the only loader takes the first file "
+              "of masks/ and fills holes, which suggests outlines or masks with holes): a converter "
+              "needs one real case to check; the citation is not given by the sources read"),
     _d("kvasir-seg", "Kvasir-SEG", "train", "colonoscopy", "RGB", 2, ["polyp"], "folder2d",
        [{"images_dir": "images", "masks_dir": "masks", "class_name": "polyp"}],
        licence="research and educational use", source="https://datasets.simula.no/kvasir-seg/",
@@ -310,19 +332,29 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        uncertain=("licence",)),
     _d("mmdb", "MMDB", "train", "cell microscopy", None, 2, ["cell"], None,
        notes="Not identified. The public run prompts it with 'Cell', and its per-image results "
-             "there equal PCMMD's image for image (the same images under two names).",
-       uncertain=_UNKNOWN_ID),
+             "there equal PCMMD's image for image (the same images under two names): probably a "
+             "multiple-myeloma name for the PCMMD crops; use the pcmmd entry.",
+       uncertain=_UNKNOWN_ID,
+       doubts="searched: the public run (results_per_sample.csv has no file names), torch_em's "
+              "dataset list, code and page search for 'MMDB' microscopy; no dataset of that name "
+              "with cell masks found"),
     _d("mucic-colon-tissue", "MUCIC colon tissue", "train", "cell microscopy", None, 2, ["cell"], None,
        source="https://cbia.fi.muni.cz/datasets/",
        notes="Probably a set of the Masaryk University CBIA image collections (the public run names "
              "it 'MUCIC_Colon_Tissue' next to 'MUCI_HL60 / MUCI_Granulocytes'); prompted 'cell'.",
-       uncertain=_UNKNOWN_ID),
+       uncertain=_UNKNOWN_ID,
+       doubts="CBIA's pages describe simulated HL60 and granulocyte nuclei and simulated cell "
+              "clusters in tissue (CytoPacq); no loader or file listing of a 'Colon Tissue' set was "
+              "found, so the download layout is unknown"),
     _d("hl60-granulocytes", "HL60 / granulocytes", "train", "fluorescence microscopy", "OTHER", 2,
        ["cell"], None,
        source="https://cbia.fi.muni.cz/datasets/",
        notes="The public run names it 'MUCI_HL60 / MUCI_Granulocytes' and prompts 'cell': probably "
              "the CBIA (Masaryk University) simulated HL60 nuclei and granulocyte image sets.",
-       uncertain=_UNKNOWN_ID),
+       uncertain=_UNKNOWN_ID,
+       doubts="CBIA describes simulated HL60 (round) and granulocyte (complex) nuclei with ground "
+              "truth; no loader or file listing found: format (2D or 3D stacks) and label encoding "
+              "unknown"),
     _d("monuseg", "MoNuSeg (Multi-Organ Nucleus Segmentation)", "train", "histopathology (H&E)", "RGB", 2,
        ["cell nucleus"], "monuseg",
        licence="CC BY-NC-SA 4.0", source="https://monuseg.grand-challenge.org/",
@@ -369,10 +401,26 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
                       "Kovalyk O. et al., Scientific Data 9:291 (2022)"),
        doubts="which expert the paper's masks used (expert 1 here); one public loader expects a "
               "'_cup_e_exp2.txt' name for some expert-2 cup files: such near names are accepted"),
-    _d("pcmmd", "PCMMD", "train", "cell microscopy", None, 2, ["cell"], None,
-       notes="Not identified. Prompted 'cell' in the public run, where its per-image "
-             "results equal MMDB's image for image: train on one of the two only.",
-       uncertain=_UNKNOWN_ID),
+    _d("pcmmd", "PCMMD (Plasma Cells for Multiple Myeloma Diagnosis)", "train",
+       "bright-field microscopy (Wright-Giemsa bone marrow smears)", "RGB", 2, ["cell"], "labelme",
+       [{"images_dir": "images", "annotations_dir": "masks", "class_name": "cell"}],
+       licence="CC BY 4.0", source="https://doi.org/10.17632/3v2nrxpr9s.1",
+       citation="PCMMD: plasma cells for multiple myeloma diagnosis, Scientific Data (2025), "
+                "doi:10.1038/s41597-025-04459-1",
+       notes="Mendeley archive 'PCMMD Plasma Cells for Multiple Myeloma Diagnosis/data/': the "
+             "segmentation subset holds single-cell crops in 'plasma cells/' (1,613) and 'non-plasma "
+             "cells/' (1,927), each images/*.jpg with one LabelMe-style JSON per crop in masks/ "
+             "(imageHeight, imageWidth, shapes with 'points' and label plasma_cell | "
+             "non_plasma_cell); every polygon is read as 'cell' (the public run's prompt). The "
+             "detection subset (boxes) is not read. Prompted 'cell' in the public run, where its "
+             "per-image results equal MMDB's image for image: train on one of the two only.",
+       uncertain=("citation",),
+       verified_from=("torch_em (constantinpape/torch-em) datasets/medical/pcmmd.py: Mendeley "
+                      "3v2nrxpr9s (CC BY 4.0), archive folder and data/segmentation/{plasma cells,"
+                      "non-plasma cells}/images/*.jpg + masks/*.json, polygons of 'shapes' rasterised "
+                      "with imageHeight/imageWidth, labels plasma_cell / non_plasma_cell",),
+       doubts="the two cell types are one class here as the paper prompts them; the crops have no "
+              "patient id, so the split is per crop (hash)"),
     _d("pannuke", "PanNuke", "train", "histopathology (H&E)", "RGB", 2,
        ["neoplastic cell nucleus", "inflammatory cell nucleus", "connective tissue cell nucleus",
         "dead cell nucleus", "epithelial cell nucleus"], "pannuke",

@@ -257,7 +257,7 @@ def convert_labelme(root: Path, *, work_dir: str | None = None, dataset: str | N
     dataset = dataset or root.name
     if bool(class_name) == bool(labels):
         raise ArgumentError("give class_name (every shape one class) or labels ({shape label: class})")
-    ann_dirs = [p for p in root.rglob(annotations_dir) if p.is_dir()]
+    ann_dirs = sorted(p for p in root.rglob(annotations_dir) if p.is_dir() and not is_hidden(p))
     if not ann_dirs:
         raise InputError(f"{root}: no {annotations_dir}/ folder of LabelMe JSON files")
     classes = sorted(set(labels.values())) if labels else [class_name]
@@ -287,8 +287,12 @@ def convert_labelme(root: Path, *, work_dir: str | None = None, dataset: str | N
                     continue
                 points = np.asarray(shape.get("points", []), dtype=float).reshape(-1)
                 label[polygons_to_mask([points.tolist()], height, width)] = value[name]
-            png = _write_png(label, out / f"{path.stem}.png")
-            items.append(_item(dataset, path.stem, assign_split(path.stem), image, png, root, modality,
+            # several annotation folders (PCMMD's 'plasma cells/' and 'non-plasma cells/'): keys
+            # and written labels carry the folder, so equal file names do not collide
+            part = ann_dir.parent.relative_to(root).as_posix() if len(ann_dirs) > 1 else "."
+            key = path.stem if part == "." else f"{part}/{path.stem}"
+            png = _write_png(label, out / part / f"{path.stem}.png")
+            items.append(_item(dataset, key, assign_split(key), image, png, root, modality,
                                labels={str(v): n for n, v in value.items()}, label_format="map"))
     if not items:
         raise InputError(f"{root}: no LabelMe JSON files in {listing([str(d) for d in ann_dirs])}")

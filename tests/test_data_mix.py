@@ -169,7 +169,7 @@ def test_registry_records_the_paper_prompts_and_what_is_ready():
     assert get_dataset("papila").paper_prompts == {"optic disc": "optic disc and cup",
                                                    "optic cup": "optic disc and cup"}
     assert "prompts" in get_dataset("cholecseg8k").uncertain and "liver" in get_dataset("cholecseg8k").doubts
-    assert get_dataset("kvasir-seg").ready and get_dataset("drive").ready and not get_dataset("papila").ready
+    assert get_dataset("kvasir-seg").ready and get_dataset("papila").ready and not get_dataset("nucmm-z").ready
     assert all(d.verified_from for d in list_datasets() if d.paper_prompts)
 
 

@@ -286,6 +286,8 @@ def test_folder2d_tn3k_style_named_pairs(tmp_path):
     ("two_mask_dirs", InputError, "several mask folders"),
     ("ignore_without_colors", ArgumentError, "ignore_colors goes with colors"),
     ("bad_ignore_colour", ArgumentError, r"ignore_colors must be \[r, g, b\]"),
+    ("case_pattern_without_group", ArgumentError, "needs a group naming the case"),
+    ("case_pattern_not_matching", InputError, "cju0000.jpg: its name does not match case_pattern"),
 ])
 def test_folder2d_bad_layouts(tmp_path, damage, error, message):
     root = make_kvasir(tmp_path / "k", n=2)
@@ -314,6 +316,10 @@ def test_folder2d_bad_layouts(tmp_path, damage, error, message):
         kw["ignore_colors"] = [170, 0, 85]
     elif damage == "bad_ignore_colour":
         kw = {"colors": {"polyp": [255, 255, 255]}, "ignore_colors": [170, 0]}
+    elif damage == "case_pattern_without_group":
+        kw["case_pattern"] = "^cju"
+    elif damage == "case_pattern_not_matching":
+        kw["case_pattern"] = "^([A-Z]{4})_"
     elif damage == "two_mask_dirs":
         shutil.copytree(root / "masks", root / "lung masks")
         shutil.move(root / "masks", root / "infection masks")

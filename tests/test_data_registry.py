@@ -134,13 +134,18 @@ def test_prepare_bus_uclm_rgb_masks_named_like_the_images(tmp_path):
             rgb[mask > 0] = colour
         save_png(base / "images" / f"{name}.png", image)
         save_png(base / "masks" / f"{name}.png", rgb)  # same name, no suffix
-    m = prepare_dataset("bus-uclm", tmp_path, tmp_path / "uclm.jsonl", progress=False)
+    save_png(base / "images" / "ANFO_006.png", image)  # a second image of patient ANFO
+    save_png(base / "masks" / "ANFO_006.png", np.zeros(image.shape, np.uint8))
+    m = prepare_dataset("bus-uclm", tmp_path, tmp_path / "uclm.jsonl", val_fraction=0.5, progress=False)
     from medsam3.data.loading import load_item
 
-    assert [it.case for it in m] == [f"BUS-UCLM Breast ultrasound lesion segmentation dataset/BUS-UCLM/{n}"
-                                     for n in ("ALWI_001", "ANFO_005", "COPE_012")]
+    base_name = "BUS-UCLM Breast ultrasound lesion segmentation dataset/BUS-UCLM"
+    assert [it.id.rsplit("/", 1)[1] for it in m] == ["ALWI_001", "ANFO_005", "ANFO_006", "COPE_012"]
+    assert [it.case for it in m] == [f"{base_name}/{p}" for p in ("ALWI", "ANFO", "ANFO", "COPE")]
+    assert m[1].split == m[2].split  # one patient, one split
+    items = [it for it in m if it.id.rsplit("/", 1)[1] != "ANFO_006"]
     assert m[0].label_format == "color" and m[0].labels == {"1": "breast tumor"} and m[0].modality == "US"
-    labels = [load_item(m, it).label for it in m]
+    labels = [load_item(m, it).label for it in items]
     assert labels[0].sum() == 0  # a normal image: black mask, lesion absent
     for label in labels[1:]:  # benign green and malignant red are both the lesion
         assert np.array_equal(label > 0, mask > 0) and set(np.unique(label)) == {0, 1}

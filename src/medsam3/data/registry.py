@@ -159,7 +159,7 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
               "tumour, which are filled one by one"),
     _d("bus-uclm", "BUS-UCLM breast ultrasound lesion segmentation", "train", "breast ultrasound", "US", 2,
        ["breast tumor"], "folder2d",
-       [{"images_dir": "images", "masks_dir": "masks",
+       [{"images_dir": "images", "masks_dir": "masks", "case_pattern": "^([A-Za-z]{4})_",
          "colors": {"breast tumor": [[0, 255, 0], [255, 0, 0]]}}],
        licence="CC BY 4.0", source="https://data.mendeley.com/datasets/7fvgj4jsp7",
        citation="Vallez N. et al., BUS-UCLM: Breast ultrasound lesion segmentation dataset, "
@@ -168,8 +168,9 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
              "'BUS-UCLM Breast ultrasound lesion segmentation dataset/BUS-UCLM/images/CCCC_NNN.png' "
              "with an RGB mask of the same name in masks/: black normal tissue, green (G = 255) "
              "benign and red (R = 255) malignant lesions, both read as 'breast tumor'; normal "
-             "images have all-black masks (class absent). The first four letters name the patient; "
-             "the authors' own test split holds patients COPE, ANFO, ELCO, CRCI, FLKA.",
+             "images have all-black masks (class absent). The first four letters name the patient: "
+             "a patient's images share a split (the authors' own test split holds patients COPE, "
+             "ANFO, ELCO, CRCI, FLKA).",
        uncertain=("licence",),
        verified_from=("Vallez N. et al., Scientific Data (2025), abstract: 'RGB segmentation masks in "
                       "individual files, with black indicating normal breast tissue and green and red "
@@ -179,8 +180,8 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
                       "name, class = G == 255 benign, R == 255 malignant), prepare_partitions.py "
                       "(patient = first 4 letters; test patients)"),
        doubts="Mendeley shows CC BY 4.0 while one public index lists CC BY-NC 4.0 for version 2: check "
-              "the version you download; the split here is per image (hash), not the authors' "
-              "patient split: use the patient prefix if images of one patient must stay together"),
+              "the version you download; the split is by patient hash, not the authors' five test "
+              "patients"),
     _d("busi", "BUSI (Breast Ultrasound Images Dataset)", "train", "breast ultrasound", "US", 2,
        ["breast tumor"], "folder2d", [{"class_name": "breast tumor"}],
        licence="CC0 1.0 (as listed on Kaggle)", source="https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",

@@ -165,6 +165,7 @@ def convert_folder2d(root: Path, *, dataset: str | None = None, modality: str | 
                      colors: dict | None = None, images_dir: str | None = None,
                      masks_dir: str | None = None, mask_suffix: str | None = None,
                      unpaired: str = "error", split_in_name: bool = False, ignore_colors: list | None = None,
+                     case_pattern: str | None = None,
                      val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0,
                      check_geometry: bool = True, show_progress: bool = True) -> list[ManifestItem]:
     """Manifest items of a folder of 2D images and masks (see the module docstring).
@@ -178,6 +179,9 @@ def convert_folder2d(root: Path, *, dataset: str | None = None, modality: str | 
         unpaired: ``"error"`` (default) or ``"skip"``: what to do with images without a mask.
         ignore_colors: with ``colors``, ``[r, g, b]`` colours of unannotated pixels (m2caiSeg's
             "unknown"): read as the ignore value 255, neither background nor a class.
+        case_pattern: a regular expression whose first group, found in the image's file name,
+            names its case (the patient: ``^([A-Z]{4})_`` for BUS-UCLM's ``ANFO_005.png``), so a
+            patient's images share a split.
         split_in_name: read the split from the image's file name too (``12_train_0_.png``,
             SIIM-ACR's PNG release), not only from its folders.
         check_geometry: unused: pictures carry no geometry, only their sizes are compared.
@@ -222,6 +226,13 @@ def convert_folder2d(root: Path, *, dataset: str | None = None, modality: str | 
     if ignore_colors and label_format != "color":
         raise ArgumentError("ignore_colors goes with colors (colour-coded masks)")
     suffixes = (mask_suffix,) if mask_suffix else MASK_SUFFIXES
+    if case_pattern is not None:
+        try:
+            case_re = re.compile(case_pattern)
+        except re.error as exc:
+            raise ArgumentError(f"case_pattern {case_pattern!r} is not a regular expression: {exc}") from None
+        if case_re.groups < 1:
+            raise ArgumentError(f"case_pattern {case_pattern!r} needs a group naming the case, e.g. ^([A-Z]{{4}})_")
 
     groups = _find_groups(root, images_dir, masks_dir)
     pairs: dict[Path, list[Path]] = {}
@@ -263,11 +274,18 @@ def convert_folder2d(root: Path, *, dataset: str | None = None, modality: str | 
                              "only binary masks can be combined")
         rel = relative(image_path, root)
         key = keys.get(image_path) or strip_ending(rel)
+        case = key
+        if case_pattern is not None:
+            found = case_re.search(image_path.name)
+            if found is None:
+                raise InputError(f"{image_path}: its name does not match case_pattern {case_pattern!r}")
+            above = key.rpartition("/")[0]
+            case = f"{above}/{found.group(1)}" if above else found.group(1)
         named = Path(rel).parts if split_in_name else Path(rel).parts[:-1]
-        split = split_from_path(named) or assign_split(key, val_fraction, test_fraction, seed)
+        split = split_from_path(named) or assign_split(case, val_fraction, test_fraction, seed)
         rgb = image_h.components == 3
         items.append(ManifestItem(
-            id=f"{dataset}/{key}", dataset=dataset, split=split, case=key, image=rel,
+            id=f"{dataset}/{key}", dataset=dataset, split=split, case=case, image=rel,
             label=[relative(m, root) for m in masks] if len(masks) > 1 else relative(masks[0], root),
             label_format=label_format, labels=names, modality=modality or ("RGB" if rgb else None),
             dim=2, shape=list(image_h.shape), spacing=list(image_h.spacing), rgb=rgb, source=dict(source),

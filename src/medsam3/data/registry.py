@@ -286,13 +286,19 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        source="https://www.ucl.ac.uk/interventional-surgical-sciences/fetoscopy-placenta-data",
        citation="Bano S. et al., Deep placental vessel segmentation for fetoscopic mosaicking, "
                 "MICCAI 2020",
-       notes="Frames of 6 in-vivo fetoscopy videos with vessel masks (images/ + masks_gt/ per video).",
+       notes="Frames of 6 in-vivo fetoscopy videos (anon001, anon002, anon003, anon005, anon010, "
+             "anon012) with vessel masks, one folder per video holding images/ and masks/ (the "
+             "authors' code trains leave-one-video-out on them); masks read as binary.",
        paper_dice=(56.6, 77.0), uncertain=("title", "licence", "conversions"),
+       verified_from=("github.com/sophiabano/Placental-Vessel-Segmentation-Registration: "
+                      "Segmentation/main.py (dataset/<video>/images + dataset/<video>/masks, the six "
+                      "video names) and data.py (mask = mean over RGB > 0)",),
        doubts="'FetoPlac' is not a published name: it is either Bano et al.'s MICCAI 2020 placental "
-              "vessel set (6 videos, binary vessel masks; its download layout was not found in any "
-              "loader) or FetReg2021 (synapse syn25313156; label maps 0 background, 1 vessel, 2 tool, "
-              "3 fetus, which the binary reading here would merge). Check which, and the folder "
-              "names, before use"),
+              "vessel set (the layout above, from the authors' training code; whether the UCL "
+              "download keeps it, and whether a mask has its image's file name, is not stated: the "
+              "code pairs them by sorted order) or FetReg2021 (synapse syn25313156; label maps 0 "
+              "background, 1 vessel, 2 tool, 3 fetus, which the binary reading here would merge). "
+              "Check which before use"),
     _d("glas", "GlaS (Gland Segmentation in Colon Histology)", "train", "histopathology (H&E)", "RGB", 2,
        ["gland"], "glas",
        licence="research use", source="https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/",

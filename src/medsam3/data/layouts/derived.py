@@ -15,8 +15,11 @@ original images where medsam3 reads them: TIFF, JPEG, PNG).
   BMP pictures and gland instance maps -> PNG; every gland an instance of ``gland``.
 * ``hc18``: ``training_set/NNN_HC.png`` + ``NNN_HC_Annotation.png`` (the head's outline, an
   ellipse line) -> the filled head as a mask.
-* ``labelme``: ``images/X.jpeg`` + ``Annotations/X.json`` (LabelMe shapes, BTXRD):
-  polygons rasterised (COCO pixel convention), rectangles (detection boxes) left out.
+* ``labelme``: ``images/X.jpeg`` + ``Annotations/X.json`` (LabelMe shapes, BTXRD; PCMMD's
+  ``masks/``): polygons rasterised (COCO pixel convention), rectangles (detection boxes) left
+  out; with several annotation folders the keys carry the folder.
+* ``psfh`` (PS-FH-AOP MetaImage frames) and ``papila`` (PAPILA contour text files) live in
+  their own modules and are listed here, with the helpers of :mod:`.written`.
 * ``cholecseg8k``: ``videoNN/videoNN_FFFFF/frame_N_endo.png`` with
   ``frame_N_endo_watershed_mask.png`` (grey codes in RGB: 50 background, 11 abdominal wall,
   21 liver, ...; 255 the 1-pixel edges and 0 unannotated pixels) -> one-channel label maps

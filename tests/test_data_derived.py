@@ -409,3 +409,97 @@ def test_pcmmd_labelme_crops_in_two_cell_folders(tmp_path):
     plasma = load_item(manifest, manifest[1]).label
     other = load_item(manifest, manifest[0]).label
     assert manifest[0].labels == {"1": "cell"} and plasma.sum() == 8 * 7 and other.sum() == 10 * 8
+
+
+def _h5(path: Path, array: np.ndarray, key: str = "main") -> Path:
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset(key, data=array, compression="gzip")
+    return path
+
+
+def test_nucmm_z_hdf5_blocks_written_as_nifti_instance_maps(tmp_path):
+    """NucMM-Z as released: 'Zebrafish (NucMM-Z)/Image|Label/train|val/img_|seg_ZZZZ_YYYY_XXXX.h5',
+    each block in the HDF5 dataset 'main', labels nucleus instance ids."""
+    import SimpleITK as sitk
+
+    root = tmp_path / "NucMM-Release"
+    top = root / "Zebrafish (NucMM-Z)"
+    rng = np.random.default_rng(5)
+    blocks = {}
+    for split, suffix in (("train", "0000_0576_0768"), ("train", "0064_0384_0832"), ("val", "0000_0640_0896")):
+        volume = rng.integers(0, 255, (6, 10, 12)).astype(np.uint8)  # (z, y, x)
+        seg = np.zeros((6, 10, 12), np.uint32)  # uint32 ids, as large volumes need
+        seg[1:4, 2:6, 3:8] = 301  # one nucleus over three slices
+        seg[2:6, 6:9, 0:4] = 70000  # an id beyond 16 bits
+        _h5(top / "Image" / split / f"img_{suffix}.h5", volume)
+        _h5(top / "Label" / split / f"seg_{suffix}.h5", seg)
+        blocks[suffix] = (split, volume, seg)
+    _h5(top / "Image" / "val" / "img_0128_0000_0000.h5", np.zeros((6, 10, 12), np.uint8))  # no label: left out
+    mouse = root / "Mouse (NucMM-M)"  # the release's micro-CT sample beside it: not NucMM-Z, not read
+    _h5(mouse / "Image" / "train" / "img_000_200_200.h5", np.zeros((4, 6, 6), np.uint8))
+    _h5(mouse / "Label" / "train" / "seg_000_200_200.h5", np.zeros((4, 6, 6), np.uint16))
+    before = _tree(root)
+    manifest = prepare_dataset("nucmm-z", root, tmp_path / "nucmm.jsonl", progress=False)
+    assert _tree(root) == before  # nothing written into the download
+    assert sorted(it.id for it in manifest) == [
+        "nucmm-z/Zebrafish (NucMM-Z)/train/0000_0576_0768", "nucmm-z/Zebrafish (NucMM-Z)/train/0064_0384_0832",
+        "nucmm-z/Zebrafish (NucMM-Z)/val/0000_0640_0896"]
+    for item in manifest:
+        split, volume, seg = blocks[item.id.rsplit("/", 1)[1]]
+        assert item.split == split and item.dim == 3 and item.shape == [6, 10, 12]
+        assert item.instance_class == "cell nucleus" and item.labels == {} and item.label_format == "map"
+        assert item.spacing == [1.0, 1.0, 1.0] and item.modality == "OTHER"
+        assert item.label.endswith(".nii.gz") and (tmp_path / "nucmm-files").is_dir()
+        # the written NIfTI holds the block voxel for voxel, in (z, y, x) order
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(manifest.resolve(item.image))), volume)
+        loaded = load_item(manifest, item)
+        assert loaded.instances.shape == (6, 10, 12)
+        # the two nuclei are two instances, with their voxel counts; ids above 65535 survive
+        assert sorted(np.unique(loaded.instances).tolist()) == [0, 301, 70000]
+        assert {v: int((loaded.instances == v).sum()) for v in (301, 70000)} == {301: 3 * 4 * 5, 70000: 4 * 3 * 4}
+        assert np.array_equal(loaded.instances, seg)
+    assert get_dataset("nucmm-z").ready and get_dataset("nucmm-z").paper_prompts == {"cell nucleus": "cell nucleus"}
+
+    # the voxel size when known (mm), written into the NIfTI headers too
+    items = convert_dataset("nucmm", root, work_dir=tmp_path / "spaced", spacing=[0.0005, 0.0005, 0.0004],
+                            progress=False)
+    item = next(iter(items))
+    assert item.spacing == [0.0005, 0.0005, 0.0004]
+    assert np.allclose(sitk.ReadImage(items.resolve(item.label)).GetSpacing(), (0.0005, 0.0005, 0.0004))
+    (only_mouse,) = convert_dataset("nucmm", root, work_dir=tmp_path / "mouse", sample="mouse", dataset="nucmm-m",
+                                    progress=False)
+    assert only_mouse.id == "nucmm-m/Mouse (NucMM-M)/train/000_200_200" and only_mouse.shape == [4, 6, 6]
+    with pytest.raises(ArgumentError, match="spacing must be the voxel size"):
+        convert_dataset("nucmm", root, work_dir=tmp_path / "bad", spacing=[1, 2], progress=False)
+
+
+def test_nucmm_z_refuses_bad_blocks_naming_the_file(tmp_path):
+    top = tmp_path / "Zebrafish (NucMM-Z)"
+    _h5(top / "Image" / "train" / "img_0000_0000_0000.h5", np.zeros((4, 8, 8), np.uint8))
+    _h5(top / "Label" / "train" / "seg_0000_0000_0000.h5", np.zeros((4, 8, 8), np.uint16), key="labels")
+    with pytest.raises(InputError, match=r"seg_0000_0000_0000.h5 has no HDF5 dataset 'main' \(it holds labels\)"):
+        convert_dataset("nucmm", tmp_path, work_dir=tmp_path / "out", progress=False)
+    _h5(top / "Label" / "train" / "seg_0000_0000_0000.h5", np.zeros((4, 8, 9), np.uint16))
+    with pytest.raises(InputError, match=r"seg_0000_0000_0000.h5 is 4 x 8 x 9 \(z, y, x\) but its image "
+                                         r".*img_0000_0000_0000.h5 is 4 x 8 x 8"):
+        convert_dataset("nucmm", tmp_path, work_dir=tmp_path / "out", progress=False)
+    _h5(top / "Label" / "train" / "seg_0000_0000_0000.h5", np.zeros((8, 8), np.uint16))
+    with pytest.raises(InputError, match=r"seg_0000_0000_0000.h5: 'main' is 2D"):
+        convert_dataset("nucmm", tmp_path, work_dir=tmp_path / "out", progress=False)
+    (top / "Label" / "train" / "seg_0000_0000_0000.h5").write_bytes(b"not hdf5")
+    with pytest.raises(InputError, match=r"cannot read .*seg_0000_0000_0000.h5: not an HDF5 file"):
+        convert_dataset("nucmm", tmp_path, work_dir=tmp_path / "out", progress=False)
+    _h5(top / "Label" / "train" / "seg_0000_0000_0000.h5", np.full((4, 8, 8), -1, np.int16))
+    with pytest.raises(InputError, match="seg_0000_0000_0000.h5 holds negative values"):
+        convert_dataset("nucmm", tmp_path, work_dir=tmp_path / "out", progress=False)
+    _h5(top / "Label" / "train" / "seg_0000_0001_0000.h5", np.zeros((4, 8, 8), np.uint16))
+    with pytest.raises(InputError, match=r"label\(s\) seg_0000_0001_0000.h5 have no img_<same>.h5 in "):
+        convert_dataset("nucmm", tmp_path, work_dir=tmp_path / "out", progress=False)
+    with pytest.raises(InputError, match="no Image/ folder beside a Label/ folder"):
+        convert_dataset("nucmm", tmp_path / "Zebrafish (NucMM-Z)" / "Label", work_dir=tmp_path / "out",
+                        progress=False)
+    with pytest.raises(ArgumentError, match="give work_dir"):
+        convert_dataset("nucmm", tmp_path, progress=False)

@@ -12,7 +12,7 @@ page before use: several sets are for non-commercial research only.
 
 ``layout`` is the converter that reads the download as it unpacks (``None`` when the
 raw files need a step first: XML / LabelMe / contour annotations, BMP / GIF / PPM
-pictures, HDF5 volumes; ``notes`` says which). :func:`prepare_dataset` runs it.
+pictures; ``notes`` says which). :func:`prepare_dataset` runs it.
 """
 
 from __future__ import annotations
@@ -372,22 +372,30 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
              "as one instance of 'cell nucleus'.",
        uncertain=("licence",)),
     _d("nucmm-z", "NucMM-Z (zebrafish EM nuclei)", "train", "electron microscopy", "OTHER", 3,
-       ["cell nucleus"], None, source="https://nucmm.github.io/",
+       ["cell nucleus"], "nucmm", source="https://connectomics-bazaar.github.io/proj/nucMM/index.html",
        citation="Lin Z. et al., NucMM Dataset: 3D Neuronal Nuclei Instance Segmentation at "
-                "Sub-Cubic Millimeter Scale, MICCAI 2021",
-       notes="Download (Google Drive folder of the NucMM page) holds 'Zebrafish (NucMM-Z)/Image/"
-             "{train,val}/img_ZZZZ_YYYY_XXXX.h5' with 'Label/{train,val}/seg_ZZZZ_YYYY_XXXX.h5' (same "
-             "suffix), each an HDF5 file whose dataset 'main' is the (z, y, x) volume; labels are "
-             "nucleus instance ids. medsam3 reads no HDF5 (h5py is not a dependency): save each "
-             "pair as NIfTI (img -> imagesTr/<name>_0000.nii.gz, seg -> labelsTr/<name>.nii.gz) and "
-             "convert with --layout nnunet.",
-       uncertain=("licence", "source"),
+                "Sub-Cubic Millimeter Scale, MICCAI 2021, LNCS 12901, pp. 164-174",
+       notes="Download (Google Drive folder of the NucMM page, sometimes unpacked under "
+             "NucMM-Release/) holds 'Zebrafish (NucMM-Z)/Image/{train,val}/img_ZZZZ_YYYY_XXXX.h5' "
+             "with 'Label/{train,val}/seg_ZZZZ_YYYY_XXXX.h5' (same suffix), each an HDF5 file whose "
+             "dataset 'main' is the (z, y, x) block; labels are nucleus instance ids. Each pair is "
+             "written once as NIfTI beside the manifest and listed as instances of 'cell nucleus'; "
+             "the release's train / val split is kept; the mouse micro-CT blocks beside them "
+             "('Mouse (NucMM-M)') are not read. The files carry no voxel size: every voxel "
+             "is 1 unless -O spacing=[x,y,z] (mm) is given.",
+       uncertain=("licence",),
        verified_from=("torch_em (constantinpape/torch-em) datasets/nuc_mm.py: 'Zebrafish (NucMM-Z)'/"
-                      "Image|Label/train|val/*.h5, key 'main', image and label shapes equal",
+                      "Image|Label/train|val/*.h5 (older versions under 'NucMM-Release/'), key 'main', "
+                      "image and label shapes equal",
                       "a public NucMM preprocessing script: the full file tree (img_0000_0576_0768.h5 "
-                      "<-> seg_0000_0576_0768.h5; 'seg_' + image name[4:])"),
-       doubts="the voxel size is not stated by the loaders (the NucMM paper gives it); no converter "
-              "because reading HDF5 needs h5py"),
+                      "<-> seg_0000_0576_0768.h5; 'seg_' + image name[4:])",
+                      "PytorchConnectomics/pytorch_connectomics configs/NucMM/README.md (the authors' "
+                      "code): project page, challenge page nucmm.grand-challenge.org, MICCAI 2021 "
+                      "citation; tutorials/nuc_nucmm-z.yaml reads Image/train/img_*.h5 + "
+                      "Label/train/seg_*.h5 at resolution [1, 1, 1]"),
+       doubts="the voxel size: the paper states it, but no stored copy of its dataset section was "
+              "reached and the authors' configs train at resolution 1 (so spacing is 1 per voxel "
+              "unless given); the licence is not stated on the pages read"),
     _d("papila", "PAPILA", "train", "fundus photography", "RGB", 2, ["optic disc", "optic cup"], "papila",
        [{"expert": 1}],
        licence="CC BY 4.0", source="https://doi.org/10.6084/m9.figshare.14798004",
@@ -776,9 +784,9 @@ def prepare_dataset(name: str, root: str | os.PathLike | None, output: str | os.
     from medsam3.data.layouts.derived import CONVERTERS as DERIVED
 
     work_dir = None
-    if info.layout in DERIVED:  # labels written as PNG beside the manifest
+    if info.layout in DERIVED:  # labels written as PNG (NucMM: NIfTI) beside the manifest
         if output is None:
-            raise ArgumentError(f"{info.title}: its labels are written out as PNG beside the manifest: "
+            raise ArgumentError(f"{info.title}: its labels are written out (PNG or NIfTI) beside the manifest: "
                                 "give the manifest to write (-o FILE.jsonl)")
         work_dir = str(Path(output).with_suffix("")) + "-files"
     items = []

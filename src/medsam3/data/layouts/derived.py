@@ -18,8 +18,9 @@ original images where medsam3 reads them: TIFF, JPEG, PNG).
 * ``labelme``: ``images/X.jpeg`` + ``Annotations/X.json`` (LabelMe shapes, BTXRD; PCMMD's
   ``masks/``): polygons rasterised (COCO pixel convention), rectangles (detection boxes) left
   out; with several annotation folders the keys carry the folder.
-* ``psfh`` (PS-FH-AOP MetaImage frames) and ``papila`` (PAPILA contour text files) live in
-  their own modules and are listed here, with the helpers of :mod:`.written`.
+* ``psfh`` (PS-FH-AOP MetaImage frames), ``papila`` (PAPILA contour text files) and
+  ``nucmm`` (NucMM-Z HDF5 blocks, written as NIfTI) live in their own modules and are listed
+  here, with the helpers of :mod:`.written`.
 * ``cholecseg8k``: ``videoNN/videoNN_FFFFF/frame_N_endo.png`` with
   ``frame_N_endo_watershed_mask.png`` (grey codes in RGB: 50 background, 11 abdominal wall,
   21 liver, ...; 255 the 1-pixel edges and 0 unannotated pixels) -> one-channel label maps
@@ -52,6 +53,7 @@ from medsam3.data.layouts.common import (
     relative,
     require_directory,
 )
+from medsam3.data.layouts.nucmm import convert_nucmm
 from medsam3.data.layouts.papila import convert_papila
 from medsam3.data.layouts.psfh import convert_psfh
 from medsam3.data.layouts.written import need_work_dir as _need_work_dir
@@ -445,5 +447,5 @@ CONVERTERS: dict[str, Callable[..., list[ManifestItem]]] = {
     "pannuke": convert_pannuke, "drive": convert_drive, "glas": convert_glas, "hc18": convert_hc18,
     "labelme": convert_labelme, "pictures": convert_pictures, "cholecseg8k": convert_cholecseg8k,
     "monuseg": convert_monuseg, "psfh": convert_psfh,
-    "papila": convert_papila,
+    "papila": convert_papila, "nucmm": convert_nucmm,
 }

@@ -1,5 +1,6 @@
-"""What the converters that write readable copies of labels share (derived.py, psfh.py):
-the folder they write into, the PNG writer and the manifest item of a written picture."""
+"""What the converters that write readable copies of labels share (derived.py, psfh.py,
+nucmm.py): the folder they write into, the PNG and NIfTI writers and the manifest item of a
+written picture."""
 
 from __future__ import annotations
 
@@ -34,6 +35,23 @@ def write_png(array: np.ndarray, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         PILImage.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")  # uint16 -> 16-bit PNG
+    return path
+
+
+def write_nifti(array: np.ndarray, path: Path, spacing) -> Path:
+    """Write a (z, y, x) ``array`` as NIfTI with voxel size ``spacing`` ([x, y, z] mm), atomically;
+    an existing file is kept."""
+    import SimpleITK as sitk
+
+    from medsam3.io import atomic_output
+
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing([float(s) for s in spacing])
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
     return path
 
 

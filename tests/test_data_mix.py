@@ -150,7 +150,8 @@ def test_memory_estimate_of_the_paper_recipe():
     from medsam3.train.dryrun import estimate_memory
 
     cfg = load_config(CONFIGS / "train-paper-gpu.yaml")
-    assert len(cfg.mix.datasets) == 32 and "pcmmd" not in cfg.mix.datasets  # PCMMD repeats MMDB
+    assert len(cfg.mix.datasets) == 32 and "mmdb" not in cfg.mix.datasets  # PCMMD in MMDB's place
+    assert cfg.mix.datasets["pcmmd"] == {"manifest": "data/pcmmd.jsonl", "weight": "size"}
     assert set(cfg.mix.datasets) <= {d.name for d in list_datasets("train")}
     mem = estimate_memory(cfg, build_config("default"))
     assert mem.parameters == 840_376_374 and mem.trainable == mem.parameters
@@ -169,7 +170,8 @@ def test_registry_records_the_paper_prompts_and_what_is_ready():
     assert get_dataset("papila").paper_prompts == {"optic disc": "optic disc and cup",
                                                    "optic cup": "optic disc and cup"}
     assert "prompts" in get_dataset("cholecseg8k").uncertain and "liver" in get_dataset("cholecseg8k").doubts
-    assert get_dataset("kvasir-seg").ready and get_dataset("papila").ready and not get_dataset("nucmm-z").ready
+    assert get_dataset("kvasir-seg").ready and get_dataset("papila").ready and get_dataset("nucmm-z").ready
+    assert not get_dataset("mmdb").ready
     assert all(d.verified_from for d in list_datasets() if d.paper_prompts)
 
 

@@ -141,8 +141,16 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/fast/work", help="evaluation folders (predictions, cases.csv)")
     ap.add_argument("--probe-slices", type=int, default=8, help="slices of the speed probe (0: none)")
     ap.add_argument("--probe-rounds", type=int, default=2)
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                    help="combine the outputs of earlier runs (e.g. one per volume) into one, run nothing")
+    ap.add_argument("--markdown", default=None, metavar="MD", help="also write the tables of docs/speed.md here")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
+    if args.merge:
+        result = merge(args.merge, args.output)
+        if args.markdown:
+            Path(args.markdown).write_text(markdown(result))
+        return
 
     import torch
     import transformers
@@ -232,6 +240,68 @@ def main() -> None:
         if args.output:  # after every item: a partial result survives an interrupted run
             Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2), flush=True)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(result))
+
+
+def merge(paths: list[str], output: str | None) -> None:
+    """One result from several runs' JSON: each setting's items from the first complete run that
+    has them (speed-ups stay against the baseline of the run that timed the item); an
+    interrupted run gives only its speed probe."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    base = parts[0]["baseline"]
+    if any(p["baseline"] != base for p in parts):
+        raise SystemExit(f"the runs have different baselines: {[p['baseline'] for p in parts]}")
+    runs: dict = {}
+    models: dict = {}
+    for part in parts:
+        if not part["complete"]:  # an interrupted run: only its speed probe is used
+            continue
+        for name, run in part["settings"].items():
+            models[name] = (None, run["precision"], run["size"], run["native_size"])
+            merged = runs.setdefault(name, {"items": {}})
+            for item, entry in run["items"].items():
+                entry.setdefault("baseline_predict_s", part["settings"][base]["items"][item]["predict_s"])
+                merged["items"].setdefault(item, entry)
+    names = [base] + sorted(n for n in runs if n != base)
+    result = {k: v for k, v in parts[0].items() if k not in ("settings", "speed_probe")}
+    result.update(merged_from=[str(Path(p).resolve()) for p in paths],
+                  machines=[p["machine"] for p in parts],
+                  skipped={k: v for p in parts for k, v in p["skipped"].items()})
+    result.pop("machine", None)
+    probes = [p["speed_probe"] for p in parts if "speed_probe" in p]
+    if probes:
+        result["speed_probe"] = probes[0]
+    summarise(result, runs, models, names)
+    result["complete"] = all(r["all_items"] for r in runs.values())  # every setting on every item
+    text = json.dumps(result, indent=2)
+    print(text, flush=True)
+    if output:
+        Path(output).write_text(text + "\n")
+    return result
+
+
+def markdown(result: dict) -> str:
+    """Dice per structure per setting (one column per setting), then the summary per setting."""
+    runs, base = result["settings"], result["baseline"]
+    names = list(runs)
+    lines = ["| item | structure | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for item, entry in runs[base]["items"].items():
+        for cls, ref in entry["scores"].items():
+            cells = []
+            for n in names:
+                got = runs[n]["items"].get(item, {}).get("scores", {}).get(cls)
+                cells.append("-" if got is None else f"{got['dice']:.3f}" if n == base
+                             else f"{got['dice']:.3f} ({100 * (got['dice'] - ref['dice']):+.1f})")
+            lines.append(f"| {item} | {cls} | " + " | ".join(cells) + " |")
+    lines += ["", "| setting | items | mean Dice | delta (points) | mean NSD | delta NSD | model s | s per image "
+              "| speed-up vs " + base + " |", "|---|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        r = runs[n]
+        lines.append(f"| {n} | {len(r['items'])} | {r['mean_dice']:.4f} | {r['delta_mean_dice_points']:+.2f} | "
+                     f"{r['mean_nsd']:.4f} | {r['delta_mean_nsd_points']:+.2f} | {r['predict_s']:.1f} | "
+                     f"{r['predict_s_per_image']:.3f} | {r['speedup_vs_' + base]:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def summarise(result: dict, runs: dict, models: dict, names: list[str]) -> None:
@@ -249,15 +319,21 @@ def summarise(result: dict, runs: dict, models: dict, names: list[str]) -> None:
         run["predict_s_per_image"] = round(run["predict_s"] / run["images_encoded"], 3)
     for name in names:
         run, ref = runs[name], runs[base]
-        run["delta_mean_dice_points"] = round(100 * (run["mean_dice"] - ref["mean_dice"]), 2)
-        run["delta_mean_nsd_points"] = round(100 * (run["mean_nsd"] - ref["mean_nsd"]), 2)
-        run["speedup_vs_" + base] = round(ref["predict_s"] / run["predict_s"], 3)
+        for i, r in run["items"].items():  # the baseline's time in the same run (kept when runs are merged)
+            r.setdefault("baseline_predict_s", ref["items"][i]["predict_s"])
+        for metric in ("dice", "nsd"):  # paired: the baseline over the same items (a merged run may lack some)
+            ref_mean = _mean([ref["items"][i]["scores"][c][metric]
+                              for i in run["items"] for c in ref["items"][i]["scores"]])
+            run[f"delta_mean_{metric}_points"] = round(100 * (run[f"mean_{metric}"] - ref_mean), 2) + 0.0
+        run["all_items"] = set(run["items"]) == set(ref["items"])
+        run["speedup_vs_" + base] = round(sum(r["baseline_predict_s"] for r in run["items"].values())
+                                          / run["predict_s"], 3)
         run["delta_dice_points_per_structure"] = {
             f"{i}/{c}": round(100 * (v["dice"] - ref["items"][i]["scores"][c]["dice"]), 2)
             for i, r in run["items"].items() for c, v in r["scores"].items()}
-        run["per_item_speedup"] = {i: round(ref["items"][i]["predict_s"] / r["predict_s"], 3)
+        run["per_item_speedup"] = {i: round(r["baseline_predict_s"] / r["predict_s"], 3)
                                    for i, r in run["items"].items()}
-    within = [n for n in names[1:] if runs[n]["delta_mean_dice_points"] >= -DICE_BUDGET_POINTS]
+    within = [n for n in names[1:] if runs[n]["all_items"] and runs[n]["delta_mean_dice_points"] >= -DICE_BUDGET_POINTS]
     smaller = [n for n in within if runs[n]["size"] < runs[n]["native_size"]]
     result["within_budget"] = within
     result["smallest_size_within_budget"] = min(smaller, key=lambda n: runs[n]["size"]) if smaller else None

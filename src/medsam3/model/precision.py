@@ -103,7 +103,8 @@ def resolve_fast(device: torch.device | str, native_size: int, precision: str | 
     else:
         precision = fast_precision(device)
         precision_reason = {
-            "bf16": f"{device.type} runs bf16 natively",
+            "bf16": ("this CPU has native bf16 (AVX-512 BF16 / AMX)" if device.type == "cpu"
+                     else f"{device.type} runs bf16 natively"),
             "int8": "a CPU without native bf16 (AVX-512 BF16 / AMX): int8 dynamic quantisation is its fastest",
             "fp32": f"no faster precision measured on {device.type} without native bf16"}[precision]
     if size is not None:

@@ -333,7 +333,8 @@ def summarise(result: dict, runs: dict, models: dict, names: list[str]) -> None:
             for i, r in run["items"].items() for c, v in r["scores"].items()}
         run["per_item_speedup"] = {i: round(r["baseline_predict_s"] / r["predict_s"], 3)
                                    for i, r in run["items"].items()}
-    within = [n for n in names[1:] if runs[n]["all_items"] and runs[n]["delta_mean_dice_points"] >= -DICE_BUDGET_POINTS]
+    within = [n for n in names[1:]
+              if runs[n]["all_items"] and runs[n]["delta_mean_dice_points"] >= -DICE_BUDGET_POINTS]
     smaller = [n for n in within if runs[n]["size"] < runs[n]["native_size"]]
     result["within_budget"] = within
     result["smallest_size_within_budget"] = min(smaller, key=lambda n: runs[n]["size"]) if smaller else None

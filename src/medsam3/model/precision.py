@@ -44,8 +44,9 @@ __all__ = ["PRECISIONS", "DEFAULT_PRECISION", "check_precision", "apply_precisio
            "FAST_SIZE_FACTOR", "FAST_MIN_SIZE"]
 
 #: ``--fast``'s input size as a fraction of the model's own (336 -> 280 px on the demo model,
-#: 1008 -> 840 on the published one): the smallest size measured whose mean Dice on the demo
-#: model's held-out items stayed within 1 point of fp32 at 336 px, in int8
+#: 1008 -> 840 on the published one): of 336, 280 and 252 px, the smallest whose mean Dice on the
+#: demo model's held-out items stayed within 1 point of fp32 at 336 px, in bf16 (+1.7 points) and
+#: int8 (+1.4; 252 px: -4.5; the hippocampus loses 6-16 points at 280), ~2.5x faster
 #: (``benchmarks/fast.py``; docs/speed.md). Chosen on those items, so for this choice they are a
 #: validation set. The published model's Dice at this size is not measured (no real weights here).
 FAST_SIZE_FACTOR = 5 / 6
@@ -114,8 +115,8 @@ def resolve_fast(device: torch.device | str, native_size: int, precision: str | 
         reason = (f"the model's own: {FAST_SIZE_FACTOR:.3f} x {native_size} px would be below "
                   f"{FAST_MIN_SIZE} px" if FAST_SIZE_FACTOR < 1 else "the model's own")
     else:
-        reason = (f"{FAST_SIZE_FACTOR:.3f} x the model's {native_size} px, a multiple of 14: the smallest factor "
-                  "whose mean Dice stayed within 1 point of fp32 on the demo model's validation items "
+        reason = (f"{FAST_SIZE_FACTOR:.3f} x the model's {native_size} px, a multiple of 14: the smallest "
+                  "factor tried whose mean Dice stayed within 1 point of fp32 on the demo model's validation items "
                   "(benchmarks/fast.py, docs/speed.md)")
     return FastSetting(precision, fast, int(native_size), precision_reason, reason)
 

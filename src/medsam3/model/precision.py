@@ -37,7 +37,7 @@ from medsam3.errors import ArgumentError
 
 log = logging.getLogger(__name__)
 
-from medsam3.precision_options import DEFAULT_PRECISION, FAST, PRECISIONS, check_precision, split_fast
+from medsam3.precision_options import DEFAULT_PRECISION, PRECISIONS, check_precision, split_fast
 
 __all__ = ["PRECISIONS", "DEFAULT_PRECISION", "check_precision", "apply_precision", "apply_precision_to",
            "native_bf16", "fast_precision", "FastSetting", "resolve_fast", "fast_input_size", "split_fast",

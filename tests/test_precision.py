@@ -80,7 +80,7 @@ def test_fast_picks_by_hardware():
     from medsam3.model.precision import fast_precision, native_bf16
 
     assert resolve_precision(Namespace(precision=None, fast=False)) == "fp32"
-    assert resolve_precision(Namespace(precision="int8", fast=True)) == "int8"  # explicit wins
+    assert resolve_precision(Namespace(precision="int8", fast=True)) == "fast:int8"  # explicit wins (tests/test_fast.py)
     expected = "bf16" if native_bf16("cpu") else "int8"
     assert fast_precision("cpu") == expected
     assert resolve_precision(Namespace(precision=None, fast=True), "cpu") == "fast"  # chosen at load

@@ -2,6 +2,11 @@
 
 Kept apart from :mod:`medsam3.model.precision` so building the argument parser does not
 import torch; what the options do is documented there and in docs/speed.md.
+
+A precision is passed around as one string: ``fp32``, ``bf16``, ``int8``, or for ``--fast``
+``fast`` (the device's fastest precision and a smaller input size, both chosen when the model
+loads: :func:`medsam3.model.precision.resolve_fast`) or ``fast:PRECISION`` (``--fast`` with an
+explicit ``--precision``: that precision, ``--fast``'s input size).
 """
 
 from __future__ import annotations
@@ -14,22 +19,35 @@ PRECISIONS = ("fp32", "bf16", "int8")
 #: names accepted for each precision (``--precision``, ``precision=``)
 ALIASES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "int8": "int8", "qint8": "int8"}
 DEFAULT_PRECISION = "fp32"
-#: ``--fast``: the fastest measured precision of the device the model loads on, chosen at load
-#: (:func:`medsam3.model.precision.fast_precision`), so that this module needs no torch.
+#: ``--fast``: the fastest precision of the device the model loads on and a smaller input size,
+#: chosen at load (:func:`medsam3.model.precision.resolve_fast`), so that this module needs no torch.
 FAST = "fast"
 
 
 def check_precision(precision) -> str:
     """``fp32`` / ``bf16`` / ``int8`` for a name or alias (``None`` -> the default ``fp32``), or
-    :data:`FAST` (resolved when the model loads)."""
+    :data:`FAST` / ``fast:PRECISION`` (resolved when the model loads; module docstring)."""
     if precision is None:
         return DEFAULT_PRECISION
-    if str(precision).lower() == FAST:
+    text = str(precision).lower()
+    if text == FAST:
         return FAST
-    name = ALIASES.get(str(precision).lower())
+    fast = text.startswith(FAST + ":")
+    name = ALIASES.get(text[len(FAST) + 1:] if fast else text)
     if name is None:
         raise ArgumentError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
-    return name
+    return f"{FAST}:{name}" if fast else name
+
+
+def split_fast(precision) -> tuple[bool, str | None]:
+    """``(fast, explicit)`` of a precision string: whether ``--fast`` asked for it, and the
+    precision named explicitly (``None`` for plain ``fast``: the device's choice)."""
+    name = check_precision(precision)
+    if name == FAST:
+        return True, None
+    if name.startswith(FAST + ":"):
+        return True, name[len(FAST) + 1:]
+    return False, name
 
 
 def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,16 +57,19 @@ def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
                              "AVX-512 BF16/AMX), int8 (dynamic quantisation of the linear layers, CPU only)")
     parser.add_argument("--fast", action="store_true",
                         help="the fastest measured setting for this device: bf16 where the hardware has it, "
-                             "else int8 on a CPU (accuracy cost: docs/speed.md)")
+                             "else int8 on a CPU, and a smaller input size (a fixed fraction of the model's own); "
+                             "an explicit --precision or --size wins. Speed and Dice cost: docs/speed.md")
 
 
 def resolve_precision(args, device="auto") -> str:
     """The precision an ``argparse`` namespace from :func:`add_precision_arguments` asks for:
-    ``--precision`` when given, else :data:`FAST` for ``--fast`` (the device's choice, made
-    when the model loads on it), else fp32. ``device`` is kept for callers; the choice is the
-    loaded model's device's."""
-    if getattr(args, "precision", None) is not None:
-        return check_precision(args.precision)
+    :data:`FAST` for ``--fast`` (the device's choice, made when the model loads on it),
+    ``fast:PRECISION`` for ``--fast`` with ``--precision`` (the explicit precision wins, the
+    input size is still ``--fast``'s), the ``--precision`` given, else fp32. ``device`` is kept
+    for callers; the choice is the loaded model's device's."""
+    explicit = getattr(args, "precision", None)
     if getattr(args, "fast", False):
-        return FAST
+        return FAST if explicit is None else f"{FAST}:{check_precision(explicit)}"
+    if explicit is not None:
+        return check_precision(explicit)
     return DEFAULT_PRECISION

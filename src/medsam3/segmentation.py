@@ -54,13 +54,37 @@ class Segmentation:
 
 def load_model(model: str | MedSAM3 | None, device: str = "auto", dtype=None, precision=None) -> MedSAM3:
     """A :class:`MedSAM3`, loaded once per (source, device, dtype, precision) in this process
-    (a loaded model passed in keeps its own precision)."""
+    (a loaded model passed in keeps its own precision). ``--fast`` (precision ``fast`` or
+    ``fast:PRECISION``) also runs the model at the input size it resolved to (``model.fast``)."""
     if isinstance(model, MedSAM3):
-        return model
+        return _at_fast_size(model)
     key = (str(model or DEFAULT_MODEL), str(device), str(dtype), check_precision(precision))
     if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = MedSAM3.from_pretrained(key[0], device=device, dtype=dtype, precision=key[3])
+        _MODEL_CACHE[key] = _at_fast_size(MedSAM3.from_pretrained(key[0], device=device, dtype=dtype,
+                                                                  precision=key[3]))
     return _MODEL_CACHE[key]
+
+
+def _at_fast_size(model: MedSAM3) -> MedSAM3:
+    """``model`` at the input size ``--fast`` resolved to (the same object without ``--fast``)."""
+    fast = getattr(model, "fast", None)
+    if fast is None or fast.size == model.image_size:
+        return model
+    from medsam3.predict.input_size import with_input_size
+
+    return with_input_size(model, fast.size)
+
+
+def fast_record(model: MedSAM3, settings: PredictSettings, ndim: int) -> dict | None:
+    """The sidecar's ``"fast"``: what ``--fast`` resolved to (precision, input size, why), with an
+    explicit ``--size`` on a volume winning over ``--fast``'s; ``None`` without ``--fast``."""
+    fast = getattr(model, "fast", None)
+    if fast is None:
+        return None
+    record = fast.to_json()
+    if ndim == 3 and settings.volume.size is not None and settings.volume.size != fast.size:
+        record.update(size=settings.volume.size, size_reason="given explicitly (--size)")
+    return record
 
 
 def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[float] | None = None,
@@ -121,7 +145,9 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         series_uid: for a DICOM folder holding several series, the one to read.
         output_format: ``dicom-seg`` or ``dicom-rt`` to write DICOM (a ``.dcm`` output defaults
             to ``dicom-seg``); otherwise the format follows the output's extension.
-        precision: ``fp32`` (default), ``bf16`` or ``int8`` inference (:mod:`medsam3.model.precision`).
+        precision: ``fp32`` (default), ``bf16`` or ``int8`` inference (:mod:`medsam3.model.precision`);
+            ``fast``: ``--fast`` (the device's fastest precision and a smaller input size, docs/speed.md),
+            ``fast:PRECISION``: ``--fast`` with that precision.
 
     Returns:
         a :class:`Segmentation`.
@@ -183,6 +209,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         unknown_to_model=[p for p in prompts if not loaded.knows(p)],
         prompts=prompt_records,  # typed, sent, rule (medsam3.prompt_mapping)
         precision=getattr(loaded, "precision", "fp32"),
+        **({"fast": fast_record(loaded, settings, image.ndim)} if getattr(loaded, "fast", None) else {}),
         window=window if window is None or isinstance(window, str) else list(window),
         instances={r.prompt: instance_count(r) for r in results})
     if image.ndim == 3:

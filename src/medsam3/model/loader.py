@@ -29,7 +29,8 @@ from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3VideoCo
 from medsam3.errors import ArgumentError, InputError
 from medsam3.model.configs import build_config, config_names
 from medsam3.model.directory import build_processor, is_model_directory
-from medsam3.model.precision import FAST, apply_precision, apply_precision_to, check_precision, fast_precision
+from medsam3.model.precision import (apply_precision, apply_precision_to, fast_precision, resolve_fast,
+                                     split_fast)
 from medsam3.model.info import INFO_NAME, ModelInfo
 from medsam3.model.weights import check_tracker_finite, check_weights, load_config, load_detector, load_tracker
 
@@ -117,6 +118,8 @@ class MedSAM3:
         self.info = ModelInfo.read(directory) if info is None else info
         #: inference precision, fp32 / bf16 / int8 (set by :func:`medsam3.model.precision.apply_precision`)
         self.precision = "fp32"
+        #: what ``--fast`` resolved to (:class:`medsam3.model.precision.FastSetting`), or ``None``
+        self.fast = None
 
     @property
     def info(self) -> ModelInfo:
@@ -152,7 +155,9 @@ class MedSAM3:
                         precision=None) -> MedSAM3:
         """Load a model from a directory, a hub id, or ``random:NAME`` (see the module docstring).
 
-        ``precision``: ``fp32`` (default), ``bf16`` or ``int8`` inference (:mod:`medsam3.model.precision`).
+        ``precision``: ``fp32`` (default), ``bf16`` or ``int8`` inference (:mod:`medsam3.model.precision`);
+        ``fast`` / ``fast:PRECISION``: ``--fast``'s (:func:`~medsam3.model.precision.resolve_fast`),
+        kept as :attr:`fast`; its input size is applied by :func:`medsam3.segmentation.load_model`.
 
         A directory's weights are loaded strictly (:mod:`medsam3.model.weights`): a tensor
         missing, left over, wrongly shaped or not finite, or a corrupt ``model.safetensors``, is
@@ -160,9 +165,11 @@ class MedSAM3:
         """
         device_ = resolve_device(device)
         dtype_ = resolve_dtype(dtype)
-        precision = check_precision(precision)  # a bad name is refused before anything is loaded
-        if precision == FAST:  # --fast: the fastest measured precision on this device
-            precision = fast_precision(device_)
+        fast, precision = split_fast(precision)  # a bad name is refused before anything is loaded
+        if fast:  # --fast: the fastest precision on this device, unless one was given
+            model = cls.from_pretrained(name_or_dir, device, dtype, precision or fast_precision(device_))
+            model.fast = resolve_fast(device_, model.image_size, precision)
+            return model
         name = str(name_or_dir)
         if name.startswith(RANDOM_PREFIX):
             size = name[len(RANDOM_PREFIX):]

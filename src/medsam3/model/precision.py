@@ -13,6 +13,14 @@
 
 :func:`apply_precision` is called once at load (``MedSAM3.from_pretrained(..., precision=)``);
 the tracker, loaded on first use, gets the same treatment (:func:`apply_precision_to`).
+
+``--fast`` (precision ``fast`` or ``fast:PRECISION``, :mod:`medsam3.precision_options`) is
+decided in one place, :func:`resolve_fast`: the device's fastest precision
+(:func:`fast_precision`) unless one is given, and the input size :func:`fast_input_size` of
+the model's own, unless ``--size`` is given. ``from_pretrained`` applies the precision and
+keeps the choice as ``model.fast``; :func:`medsam3.segmentation.load_model` (the loader of
+``segment``, ``evaluate``, ``serve`` and batches) runs the model at its size, and the sidecar
+records it (``"fast"``: precision, size, why).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -28,10 +37,43 @@ from medsam3.errors import ArgumentError
 
 log = logging.getLogger(__name__)
 
-from medsam3.precision_options import DEFAULT_PRECISION, FAST, PRECISIONS, check_precision
+from medsam3.precision_options import DEFAULT_PRECISION, PRECISIONS, check_precision, split_fast
 
 __all__ = ["PRECISIONS", "DEFAULT_PRECISION", "check_precision", "apply_precision", "apply_precision_to",
-           "native_bf16", "fast_precision"]
+           "native_bf16", "fast_precision", "FastSetting", "resolve_fast", "fast_input_size", "split_fast",
+           "FAST_SIZE_FACTOR", "FAST_MIN_SIZE"]
+
+#: ``--fast``'s input size as a fraction of the model's own (336 -> 280 px on the demo model,
+#: 1008 -> 840 on the published one): of 336, 280 and 252 px, the smallest whose mean Dice on the
+#: demo model's held-out items stayed within 1 point of fp32 at 336 px, in bf16 (+1.7 points) and
+#: int8 (+1.4; 252 px: -4.5; the hippocampus loses 6-16 points at 280), ~2.5x faster
+#: (``benchmarks/fast.py``; docs/speed.md). Chosen on those items, so for this choice they are a
+#: validation set. The published model's Dice at this size is not measured (no real weights here).
+FAST_SIZE_FACTOR = 5 / 6
+#: ``--fast`` never shrinks a model's input below this many pixels (nor a model already smaller)
+FAST_MIN_SIZE = 224
+_PATCH = 14  # the ViT's patch: input sizes are multiples of it (medsam3.model.configs.PATCH_SIZE)
+
+
+def fast_input_size(native: int) -> int:
+    """``--fast``'s input size for a model whose own is ``native`` px: :data:`FAST_SIZE_FACTOR`
+    of it, rounded to a multiple of 14, never below :data:`FAST_MIN_SIZE` nor above ``native``."""
+    scaled = max(_PATCH, round(native * FAST_SIZE_FACTOR / _PATCH) * _PATCH)
+    return int(min(native, max(scaled, min(FAST_MIN_SIZE, native))))
+
+
+@dataclass(frozen=True)
+class FastSetting:
+    """What ``--fast`` resolved to for one model on one device, and why (recorded in sidecars)."""
+
+    precision: str
+    size: int
+    native_size: int
+    precision_reason: str
+    size_reason: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -52,6 +94,33 @@ def fast_precision(device: torch.device | str) -> str:
     return "int8" if device.type == "cpu" else "fp32"
 
 
+def resolve_fast(device: torch.device | str, native_size: int, precision: str | None = None,
+                 size: int | None = None) -> FastSetting:
+    """``--fast`` for a model of input size ``native_size`` on ``device``; an explicit
+    ``precision`` (``--fast --precision X``) or ``size`` (``--fast --size N``) wins."""
+    device = torch.device(device)
+    if precision is not None:
+        precision, precision_reason = check_precision(precision), "given explicitly (--precision)"
+    else:
+        precision = fast_precision(device)
+        precision_reason = {
+            "bf16": ("this CPU has native bf16 (AVX-512 BF16 / AMX)" if device.type == "cpu"
+                     else f"{device.type} runs bf16 natively"),
+            "int8": "a CPU without native bf16 (AVX-512 BF16 / AMX): int8 dynamic quantisation is its fastest",
+            "fp32": f"no faster precision measured on {device.type} without native bf16"}[precision]
+    if size is not None:
+        return FastSetting(precision, int(size), int(native_size), precision_reason, "given explicitly (--size)")
+    fast = fast_input_size(native_size)
+    if fast == native_size:
+        reason = (f"the model's own: {FAST_SIZE_FACTOR:.3f} x {native_size} px would be below "
+                  f"{FAST_MIN_SIZE} px" if FAST_SIZE_FACTOR < 1 else "the model's own")
+    else:
+        reason = (f"{FAST_SIZE_FACTOR:.3f} x the model's {native_size} px, a multiple of 14: the smallest "
+                  "factor tried whose mean Dice stayed within 1 point of fp32 on the demo model's validation items "
+                  "(benchmarks/fast.py, docs/speed.md)")
+    return FastSetting(precision, fast, int(native_size), precision_reason, reason)
+
+
 def apply_precision(model, precision) -> object:
     """Switch a loaded :class:`medsam3.model.MedSAM3` to ``precision`` in place; returns it.
 
@@ -59,6 +128,9 @@ def apply_precision(model, precision) -> object:
     converted when :attr:`MedSAM3.tracker` builds it, after it shares the detector's backbone).
     """
     precision = check_precision(precision)
+    if split_fast(precision)[0]:
+        raise ArgumentError(f"precision {precision!r} is resolved when the model loads "
+                            "(MedSAM3.from_pretrained), not applied to a loaded model")
     if precision == "int8" and model.device.type != "cpu":
         raise ArgumentError(f"precision int8 runs on the CPU only (device {model.device}); on a GPU use bf16")
     if precision == "int8" and model.dtype != torch.float32:

@@ -86,4 +86,5 @@ def with_input_size(model: MedSAM3, size: int | None) -> MedSAM3:
     resized = MedSAM3(detector, build_processor(size), config, f"{model.source}@{size}px", model.device,
                       model.dtype, directory=model.directory, tracker=tracker, info=model.info)
     apply_precision(resized, precision)  # bf16's autocast wrappers; int8 is already in place
+    resized.fast = getattr(model, "fast", None)  # what --fast resolved to, if it did
     return resized

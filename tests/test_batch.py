@@ -283,3 +283,19 @@ def test_torchrun_two_ranks_write_every_case_once_and_resume_after_a_killed_rank
                 assert json.loads((out / f"{r['case']}.json").read_text())["batch"]["part"] == [k, 2]
     assert {n: (out / f"{n}.nii.gz").stat().st_mtime_ns for n in done} == stamps
     assert not list(out.rglob(".*.tmp-*"))
+
+
+def test_a_model_run_at_another_size_is_fingerprinted_by_its_weights_folder(tmp_path):
+    """--size / --fast name the resized model "DIR@280px"; resume must still see DIR's files change."""
+    from types import SimpleNamespace
+
+    from medsam3.batch.engine import _model_fingerprint
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    native = _model_fingerprint(SimpleNamespace(source=str(model_dir)))
+    resized = _model_fingerprint(SimpleNamespace(source=f"{model_dir}@280px"))
+    assert native == resized and [row[0] for row in resized] == ["model.safetensors"]
+    (model_dir / "model.safetensors").write_bytes(b"new weights, longer")
+    assert _model_fingerprint(SimpleNamespace(source=f"{model_dir}@280px")) != resized

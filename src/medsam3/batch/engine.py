@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +188,8 @@ def _case_settings(base: dict, case: Case, model, extension: str, overlays: bool
 
 
 def _model_fingerprint(model) -> list:
-    source = Path(str(model.source))
+    # a model run at another input size (--size, --fast) is named "DIR@280px": its files are DIR's
+    source = Path(re.sub(r"@\d+px$", "", str(model.source)))
     if not source.is_dir():
         return []
     return sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in source.iterdir() if p.is_file())

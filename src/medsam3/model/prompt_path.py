@@ -106,7 +106,7 @@ class ImagePrompts:
             raise ValueError("ImagePrompts caches one image: features must have batch size 1")
         self.detector = detector
         self.precision = precision
-        self.dtype = next(detector.detr_encoder.parameters()).dtype
+        self.dtype = features.fpn_hidden_states[0].dtype  # the outputs' dtype: the weights' (bf16 hands them back so)
         self.fpn = list(features.fpn_hidden_states[:-1])  # as Sam3Model.forward: the last level is unused
         self.fpn_pos = list(features.fpn_position_encoding[:-1])
         self._cache: dict[str, object] = {}

@@ -74,16 +74,17 @@ def test_predictor_matches_metas_pipeline(tiny_model, ct_slice):
     np.testing.assert_array_equal(ours.semantic, masks.any(0))
 
 
-def test_text_prompts_carry_the_geometry_cls_token_as_in_metas_sam3(tiny_model, ct_slice, monkeypatch):
+@pytest.mark.parametrize("prompt_path", ["cached", "stock"])
+def test_text_prompts_carry_the_geometry_cls_token_as_in_metas_sam3(tiny_model, ct_slice, monkeypatch, prompt_path):
     """Meta's SAM3 appends the geometry encoder's CLS token to every prompt, boxes or not;
     transformers' Sam3Model leaves it out without boxes. The predictor passes one padding box,
     which must be inert (its coordinates change nothing) while the CLS token changes the output."""
     import medsam3.model.geometry as geometry
 
-    predictor = ImagePredictor(tiny_model, score_threshold=0.0, presence_threshold=0.0)
+    predictor = ImagePredictor(tiny_model, score_threshold=0.0, presence_threshold=0.0, prompt_path=prompt_path)
     predictor.set_image(ct_slice)
-    seen = []
-    hook = tiny_model.detector.detr_encoder.register_forward_hook(
+    seen = []  # the prompt mask the query scoring sees (both prompt paths call it)
+    hook = tiny_model.detector.dot_product_scoring.register_forward_hook(
         lambda m, args, kwargs, out: seen.append(kwargs["text_mask"].sum(1)), with_kwargs=True)
     try:
         (_, out), = list(predictor.detect([TextPrompt("liver")]))
@@ -92,6 +93,7 @@ def test_text_prompts_carry_the_geometry_cls_token_as_in_metas_sam3(tiny_model, 
     feats, mask = predictor.text_embeddings(["liver"])
     assert seen[0].tolist() == [int(mask.sum()) + 1]  # the text tokens and the CLS token
     monkeypatch.setattr(geometry, "PAD_BOX", (0.2, 0.7, 0.1, 0.3))
+    predictor.set_image(ct_slice)  # a fresh per-image cache of the cached path
     (_, moved), = list(predictor.detect([TextPrompt("liver")]))
     for name in ("pred_logits", "presence_logits", "pred_boxes", "pred_masks", "semantic_seg"):
         torch.testing.assert_close(getattr(moved, name), getattr(out, name), rtol=0, atol=1e-6)

@@ -21,17 +21,24 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 from medsam3.errors import ArgumentError, InputError
 from medsam3.model.geometry import PAD_BOX, PAD_BOX_LABEL, no_box_inputs
 from medsam3.model.loader import MedSAM3
+from medsam3.model.prompt_path import ImagePrompts
 from medsam3.predict.decode import (
+    confident_queries,
     decode_row,
     detector_row,
     mask_boxes,
     mask_components,
+    query_scores,
     upsample_mask_logits,
 )
 from medsam3.predict.prompt_checks import check_box, check_point, check_point_labels
 from medsam3.predict.concepts import ConceptGate
 from medsam3.predict.results import PromptResult
 from medsam3.preprocess import context_offset
+
+
+#: how :meth:`ImagePredictor.detect` runs the prompt-conditioned modules (see :class:`ImagePredictor`)
+PROMPT_PATHS = ("cached", "stock")
 
 
 def check_finite_output(model: MedSAM3, prompt: str, tensors: Sequence[torch.Tensor], where: str = "") -> None:
@@ -91,6 +98,11 @@ class ImagePredictor:
 
         gate_concepts: answer text prompts outside the model's ``medsam3.json`` concepts "absent"
             with a warning (default), instead of running them.
+        prompt_path: ``"cached"`` (default) runs the prompt-conditioned modules through
+            :class:`medsam3.model.prompt_path.ImagePrompts`, which does the image's prompt-independent
+            work once and skips the mask head for prompts answered absent; ``"stock"`` calls
+            transformers' ``Sam3Model.forward`` per batch (the same outputs up to float rounding;
+            kept to measure against).
 
     Masks come from SAM3's instance queries (``pred_masks``, scored by ``pred_logits`` x
     presence; the semantic mask is their union) unless the model's ``medsam3.json`` says
@@ -100,7 +112,8 @@ class ImagePredictor:
     """
 
     def __init__(self, model: MedSAM3, score_threshold: float = 0.5, presence_threshold: float = 0.5,
-                 mask_threshold: float = 0.5, batch_size: int = 8, gate_concepts: bool = True):
+                 mask_threshold: float = 0.5, batch_size: int = 8, gate_concepts: bool = True,
+                 prompt_path: str = "cached"):
         from medsam3.predict.settings import PredictSettings
 
         settings = PredictSettings(threshold=score_threshold, presence_threshold=presence_threshold,
@@ -113,6 +126,10 @@ class ImagePredictor:
         #: whether text prompts outside the model's concepts are answered absent (:mod:`medsam3.predict.concepts`);
         #: ``False`` asks the network any text (to measure what it says about concepts it never learnt)
         self.gate_concepts = bool(gate_concepts)
+        if prompt_path not in PROMPT_PATHS:
+            raise ArgumentError(f"unknown prompt path {prompt_path!r}; expected one of {', '.join(PROMPT_PATHS)}")
+        self.prompt_path = prompt_path
+        self._prompts: ImagePrompts | None = None
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._features: Sam3VisionEncoderOutput | None = None
         self._pixel_values: torch.Tensor | None = None
@@ -156,6 +173,7 @@ class ImagePredictor:
         self._pixel_values = pixel_values.to(self.model.device, self.model.dtype)
         self._features = self.model.detector.get_vision_features(pixel_values=self._pixel_values)
         self._tracker_embeddings = None
+        self._prompts = None  # the prompt path's per-image cache
 
     @property
     def vision_hidden_state(self) -> torch.Tensor:
@@ -210,8 +228,12 @@ class ImagePredictor:
         )
 
     @torch.inference_mode()
-    def detect(self, prompts: Sequence[TextPrompt]):
-        """Raw detector outputs for prompts on the current image, batched; yields per-batch outputs."""
+    def detect(self, prompts: Sequence[TextPrompt], skip_absent: bool = False):
+        """Raw detector outputs for prompts on the current image, batched; yields per-batch outputs.
+
+        ``skip_absent``: leave the masks of rows that keep no query under this predictor's
+        thresholds at zero instead of computing them (their answer is "absent" either way); only
+        with the cached prompt path. Callers that rescore rows themselves (volumes) leave it off."""
         self._require_image()
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start:start + self.batch_size]
@@ -230,8 +252,14 @@ class ImagePredictor:
                         labels[i, :len(given)] = torch.tensor([int(v) for v in given])
                 kwargs = {"input_boxes": boxes.to(self.model.device, self.model.dtype),
                           "input_boxes_labels": labels.to(self.model.device)}
-            out = self.model.detector(vision_embeds=self._expanded_features(len(batch)),
-                                      text_embeds=_TextEmbeds(feats), attention_mask=mask, **kwargs)
+            if self.prompt_path == "stock" or self.model.detector.training:
+                out = self.model.detector(vision_embeds=self._expanded_features(len(batch)),
+                                          text_embeds=_TextEmbeds(feats), attention_mask=mask, **kwargs)
+            else:
+                if self._prompts is None:
+                    self._prompts = ImagePrompts(self.model.detector, self._features, self.model.precision)
+                out = self._prompts(feats, mask, kwargs["input_boxes"], kwargs["input_boxes_labels"],
+                                    mask_rows=self._rows_kept if skip_absent else None)
             masks = out.semantic_seg if self.mask_source == "semantic" else out.pred_masks
             for i, prompt in enumerate(batch):
                 check_finite_output(self.model, prompt.text, (out.presence_logits[i], out.pred_logits[i], masks[i]))
@@ -265,7 +293,7 @@ class ImagePredictor:
         for with_boxes in (False, True):
             order = [i for i, p in enumerate(prompts) if bool(p.exemplar_boxes) == with_boxes]
             done = 0
-            for batch, out in self.detect([prompts[i] for i in order]):
+            for batch, out in self.detect([prompts[i] for i in order], skip_absent=True):
                 for j, prompt in enumerate(batch):
                     results[order[done + j]] = self._result_from_detector(prompt.text, out, j)
                 done += len(batch)
@@ -284,6 +312,17 @@ class ImagePredictor:
         so a caller that decides presence otherwise (a volume's presence window) can rescore."""
         row = self.detector_row(out, i)
         return row.presence, row.quality, row.logits
+
+    def _rows_kept(self, out) -> torch.Tensor:
+        """``(B,)`` bool: the detector rows where some query passes the thresholds (the rule of
+        :func:`~medsam3.predict.decode.decode_row`, from the scores alone)."""
+        kept = []
+        for i in range(out.presence_logits.shape[0]):
+            presence = float(out.presence_logits[i].float().sigmoid().squeeze())
+            quality = (torch.ones(1) if self.mask_source == "semantic" else out.pred_logits[i].float().sigmoid())
+            scores = query_scores(quality, presence)
+            kept.append(bool(confident_queries(scores, presence, self.score_threshold, self.presence_threshold).any()))
+        return torch.tensor(kept)
 
     def detector_row(self, out, i: int):
         """Detector row ``i`` as a :class:`~medsam3.predict.decode.DetectorRow` of this model's mask source."""

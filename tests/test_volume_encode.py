@@ -145,8 +145,10 @@ def test_2_5d_inputs_are_each_computed_once(context_model, colin):
         assert spy.other_calls == 0 and spy.backbone_calls == len(spy.calls)
 
 
-@pytest.mark.parametrize("mode, options", [("merged", {}), ("slices", {}), ("clips", {"clip_length": 4,
-                                                                                        "clip_overlap": 2})])
+@pytest.mark.parametrize("mode, options", [
+    ("merged", {}), ("slices", {}),
+    pytest.param("clips", {"clip_length": 4, "clip_overlap": 2}, marks=pytest.mark.slow),
+])
 def test_batched_and_read_ahead_answers_equal_one_at_a_time(tiny_model, colin, mode, options):
     objects = mode != "clips"
     before, spy_before, _ = run(tiny_model, colin, mode, encode_batch=1, read_ahead=False, objects=objects, **options)
@@ -184,6 +186,7 @@ def test_feature_cache_is_bounded_by_its_budget(tiny_model, colin):
     assert not FeatureCache(size - 1).put(0, feats, size)  # bigger than the budget: not kept
 
 
+@pytest.mark.slow
 def test_clip_overlap_beyond_the_cache_budget_encodes_again(tiny_model, colin):
     """With no memory for features, a slice shared by two clips is encoded once per clip (counted)."""
     result, spy, _ = run(tiny_model, colin, "clips", objects=False, clip_length=4, clip_overlap=2,

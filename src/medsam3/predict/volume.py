@@ -516,9 +516,9 @@ class _VolumeRun:
                          describe=lambda z: f"{axis} slice {z} of {name}")
 
     def execute(self) -> VolumeSegmentation:
+        self.feed = self._open_feed()
         bar = tqdm(total=self.hi - self.lo, desc=self.description, unit="slice", disable=not self.p.progress,
                    leave=False)
-        self.feed = self._open_feed()
         try:
             with torch.inference_mode():
                 self.step = 1

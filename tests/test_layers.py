@@ -30,7 +30,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     # how typed text maps onto a model's own prompts (convert writes a model's vocabulary)
     "medsam3.prompt_mapping": ("medsam3.prompts",),
     "medsam3.model": ("medsam3.preprocess", "medsam3.prompt_mapping", "medsam3.precision_options"),
-    "medsam3.predict": ("medsam3.model", "medsam3.orientation"),
+    # runner: a volume's slices are read ahead with the case loop's reader (predict.slice_feed)
+    "medsam3.predict": ("medsam3.model", "medsam3.orientation", "medsam3.runner"),
     "medsam3.data": ("medsam3.prompts", "medsam3.overlay"),
     "medsam3.segmentation": ("medsam3.predict", "medsam3.overlay"),
     "medsam3.train": ("medsam3.data", "medsam3.predict"),

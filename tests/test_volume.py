@@ -249,14 +249,31 @@ class ScriptedTracker:
         return ScriptedObject(name, self.log), torch.where(mask, 20.0, -10.0).float(), 10.0
 
 
+class FakeViT:
+    """Stands in for the model in a volume's slice feed: the 'ViT output' is the pixels themselves."""
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+    class detector:  # noqa: N801 - the attribute the feed reads
+        @staticmethod
+        def get_vision_features(pixel_values):
+            from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+            return Sam3VisionEncoderOutput(last_hidden_state=pixel_values, fpn_hidden_states=(),
+                                           fpn_position_encoding=())
+
+
 class FakePredictor:
     """Thresholds of the 2D predictor; the 'image' is just the slice number."""
 
     score_threshold, presence_threshold, mask_threshold = 0.5, 0.5, 0.5
-    model = None
+    model = FakeViT()
 
-    def set_image(self, plane):
-        self.current = int(plane[0, 0])
+    def preprocess(self, plane):
+        return torch.tensor([[float(plane[0, 0])]])
+
+    def set_pixel_values(self, pixels, size, features=None):
+        self.current = int(pixels.flatten()[0])
         self.vision_hidden_state = None
 
     def context_offset(self, slice_spacing):  # single slices, as a model without 2.5D input
@@ -708,10 +725,10 @@ def test_a_model_with_context_gets_each_slice_with_its_neighbours(tiny_model_dir
     block = mni_crop.with_array(mni_crop.array)
     block = Image(block.array, (1.0, 1.0, 2.5), block.origin, block.direction, modality="MR")  # k = 2
     moved = reorder(block, (1, 0, 2), (True, False, True))  # the slicing axis is now array axis 1
-    fed = []
-    original = ImagePredictor.set_image
-    monkeypatch.setattr(ImagePredictor, "set_image", lambda self, image: (fed.append(np.array(image)),
-                                                                          original(self, image))[1])
+    fed = []  # the model inputs, prepared in order on the slice feed's reader thread
+    original = ImagePredictor.preprocess
+    monkeypatch.setattr(ImagePredictor, "preprocess", lambda self, image: (fed.append(np.array(image)),
+                                                                           original(self, image))[1])
     labels = []
     for image in (block, moved):
         fed.clear()

@@ -50,19 +50,26 @@ class _Spy:
 
     def __init__(self, monkeypatch):
         self.calls: list[tuple[np.ndarray, list]] = []
-        set_image, detect = ImagePredictor.set_image, ImagePredictor.detect
+        preprocess, set_pixels, detect = ImagePredictor.preprocess, ImagePredictor.set_pixel_values, ImagePredictor.detect
         spy = self
+        images = {}  # id of the pixel tensor -> the image it was made from (prepared ahead of the model)
 
-        def recording_set_image(predictor, image):
-            predictor._spy_image = np.asarray(image).copy()
-            return set_image(predictor, image)
+        def recording_preprocess(predictor, image):
+            pixels = preprocess(predictor, image)
+            images[id(pixels)] = (pixels, np.asarray(image).copy())
+            return pixels
+
+        def recording_set_pixels(predictor, pixels, size, features=None):
+            predictor._spy_image = images.pop(id(pixels))[1]
+            return set_pixels(predictor, pixels, size, features=features)
 
         def recording_detect(predictor, prompts):
             spy.calls.append((predictor._spy_image, [(p.text, [list(b) for b in p.exemplar_boxes],
                                                       list(p.exemplar_labels)) for p in prompts]))
             return detect(predictor, prompts)
 
-        monkeypatch.setattr(ImagePredictor, "set_image", recording_set_image)
+        monkeypatch.setattr(ImagePredictor, "preprocess", recording_preprocess)
+        monkeypatch.setattr(ImagePredictor, "set_pixel_values", recording_set_pixels)
         monkeypatch.setattr(ImagePredictor, "detect", recording_detect)
 
     def with_boxes(self):

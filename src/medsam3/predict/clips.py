@@ -18,8 +18,9 @@ rule as the ``merged`` mode, but no memory crosses a clip boundary. Extensions (
 the official scheme):
 
 * ``clip_overlap`` o (0 <= o < L): clips start every ``L - o`` slices, so neighbouring clips share
-  o slices; a shared slice is encoded once per clip covering it (``L / (L - o)`` ViT passes per
-  slice on average; 1 with no overlap).
+  o slices; a shared slice is still encoded once: the clip that encodes it keeps its ViT output
+  for the next clip (:class:`~medsam3.predict.slice_feed.FeatureCache`, within the volume
+  predictor's ``feature_cache_mb``; beyond that budget a shared slice is encoded again).
 * ``clip_fusion``: a slice covered by several clips gets, per prompt, the ``mean`` (default) or
   ``max`` of the clips' probabilities (a clip that found nothing there counts 0), then the
   per-pixel rule above (:func:`fuse_clip_probabilities`). With no overlap both are the official rule.
@@ -113,7 +114,9 @@ class ClipsRun:
         clips = clip_ranges(self.num_slices, p.clip_length, p.clip_overlap)
         # a clip's video is propagated forwards from its first slice: no backward reach, no memory across clips
         inner = type(p)(p.predictor, mode="merged", rule=p.rule, backward_slices=0, max_objects=p.max_objects,
-                                empty_slices=p.empty_slices, progress=False)
+                        empty_slices=p.empty_slices, progress=False, encode_batch=p.encode_batch,
+                        read_ahead=p.read_ahead, feature_cache_mb=p.feature_cache_mb)
+        cache = p.feature_cache()  # the slices shared by neighbouring clips, encoded once
         plain = [TextPrompt(t.text) for t in self.text]
         with_boxes = any(t.exemplar_boxes for t in self.text)
         for i, (lo, hi) in enumerate(clips):
@@ -129,9 +132,11 @@ class ClipsRun:
                     plane[label - 1] = torch.maximum(plane[label - 1], prob.float().cpu())
                 clip_maps[z] = plane
 
+            next_start = clips[i + 1][0] if i + 1 < len(clips) else self.num_slices
             run = self.pass_run(inner, self.volume, self.text if here else plain, [], self.orientation, False,
-                             self.description, self.context, self.exemplar_slice if here else None,
-                             slice_range=(lo, hi), sink=sink)
+                                self.description, self.context, self.exemplar_slice if here else None,
+                                slice_range=(lo, hi), sink=sink, feature_cache=cache,
+                                revisited=lambda z, next_start=next_start: z >= next_start)
             result = run.execute()
             self.skipped.update(result.skipped_slices)
             for k, summary in enumerate(result.summaries):
@@ -141,7 +146,6 @@ class ClipsRun:
             self.stats["clips"] += 1
             for z in range(lo, hi):  # a clip that found nothing on a slice says 0 there
                 self.pending[z].append(clip_maps.get(z, torch.zeros(shape)))
-            next_start = clips[i + 1][0] if i + 1 < len(clips) else self.num_slices
             for z in [z for z in self.pending if z < next_start]:
                 self._write(z, self.pending.pop(z))
         for summary in self.summaries:

@@ -166,12 +166,16 @@ class ImagePredictor:
         self.set_pixel_values(self.preprocess(image), np.asarray(image).shape[:2])
 
     @torch.inference_mode()
-    def set_pixel_values(self, pixel_values: torch.Tensor, original_size: tuple[int, int]) -> None:
+    def set_pixel_values(self, pixel_values: torch.Tensor, original_size: tuple[int, int],
+                         features: Sam3VisionEncoderOutput | None = None) -> None:
         """Encode an already preprocessed ``(1, 3, S, S)`` pixel tensor of an image whose
-        original ``(H, W)`` is ``original_size`` (e.g. another implementation's preprocessing)."""
+        original ``(H, W)`` is ``original_size`` (e.g. another implementation's preprocessing).
+        ``features``: its ViT output, computed already (a volume's slices encoded in one batch,
+        :mod:`medsam3.predict.slice_feed`): used as it is, no ViT pass here."""
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self._pixel_values = pixel_values.to(self.model.device, self.model.dtype)
-        self._features = self.model.detector.get_vision_features(pixel_values=self._pixel_values)
+        self._features = (features if features is not None
+                          else self.model.detector.get_vision_features(pixel_values=self._pixel_values))
         self._tracker_embeddings = None
         self._prompts = None  # the prompt path's per-image cache
 

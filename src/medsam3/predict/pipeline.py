@@ -126,7 +126,8 @@ def _predict_volume(predictor, image, normalized, prompts, box, points, point_la
     volume = VolumePredictor(predictor, mode=mode, rule=vs.merge_rule, backward_slices=vs.backward_slices,
                              empty_slices=EmptySliceRule() if vs.skip_empty else None,
                              presence_window=presence_window, progress=progress, clip_length=vs.clip_length,
-                             clip_overlap=vs.clip_overlap, clip_fusion=vs.clip_fusion)
+                             clip_overlap=vs.clip_overlap, clip_fusion=vs.clip_fusion,
+                             encode_batch=vs.encode_batch, read_ahead=vs.read_ahead)
     result = volume.segment(normalized, prompts, objects, direction=image.direction, axis=vs.axis,
                             instances=vs.instances, description=Path(str(image.path or "volume")).name,
                             spacing=image.spacing, exemplar_slice=slice_index if exemplars else None)

@@ -78,6 +78,9 @@ class VolumeSettings:
         clip_length, clip_overlap, clip_fusion: mode ``clips`` (Medical SAM3's official 3D
             scheme, :mod:`medsam3.predict.clips`): slices per clip, slices shared by neighbouring
             clips, ``mean``/``max`` fusion of overlapping clips' probabilities.
+        encode_batch: slices per ViT call (:mod:`medsam3.predict.slice_feed`); ``None``: 1 on a
+            CPU, on CUDA as many as the free memory allows. The answers do not depend on it.
+        read_ahead: prepare slices (empty test, resize, normalisation) on a thread ahead of the model.
     """
 
     mode: str | None = None
@@ -93,9 +96,16 @@ class VolumeSettings:
     clip_length: int = 4
     clip_overlap: int = 0
     clip_fusion: str = "mean"
+    encode_batch: int | None = None
+    read_ahead: bool = True
 
     def __post_init__(self):
         check_clip_options(self.clip_length, self.clip_overlap, self.clip_fusion)
+        if self.encode_batch is not None:
+            if (isinstance(self.encode_batch, bool) or not isinstance(self.encode_batch, numbers.Integral)
+                    or self.encode_batch < 1):
+                raise ArgumentError(f"encode batch {self.encode_batch!r} must be a whole number of slices >= 1")
+            object.__setattr__(self, "encode_batch", int(self.encode_batch))
         if self.mode is not None:
             check_volume_mode(self.mode)
         if self.axis is not None:
@@ -116,7 +126,7 @@ class VolumeSettings:
             from medsam3.predict.input_size import check_input_size
 
             object.__setattr__(self, "size", check_input_size(self.size))
-        for name in ("skip_empty", "instances"):
+        for name in ("skip_empty", "instances", "read_ahead"):
             if not isinstance(getattr(self, name), bool):
                 raise ArgumentError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -204,7 +214,8 @@ _FLAGS = {"threshold": "--threshold", "presence_threshold": "--presence-threshol
           "instances": "--instances", "skip_empty": "--keep-empty", "backward_slices": "--backward-slices",
           "max_unsupported": "--max-unsupported", "iou_threshold": "--iou-threshold",
           "presence_window": "--presence-window", "size": "--size", "key_score": "--key-score",
-          "clip_length": "--clip-length", "clip_overlap": "--clip-overlap", "clip_fusion": "--clip-fusion"}
+          "clip_length": "--clip-length", "clip_overlap": "--clip-overlap", "clip_fusion": "--clip-fusion",
+          "encode_batch": "--encode-batch"}
 
 
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, mode_flag: str = "--mode",
@@ -276,6 +287,10 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
         "clip_fusion": lambda: v.add_argument(
             "--clip-fusion", choices=("mean", "max"), default=VolumeSettings.clip_fusion,
             help="volume mode clips: how overlapping clips' probabilities are fused on a shared slice"),
+        "encode_batch": lambda: v.add_argument(
+            "--encode-batch", type=int, default=None, metavar="N",
+            help="volumes: slices encoded together in one ViT call (same answers; more memory). Default: 1 on a "
+                 "CPU, on a GPU as many as its free memory allows"),
         "key_score": lambda: v.add_argument(
             "--key-score", type=float, default=VolumeSettings.key_score,
             help="merge rule: a detection this confident that no track explains starts a new track"),
@@ -302,7 +317,8 @@ def _with_flags(message: str) -> str:
     words = {"score threshold": "--threshold", "presence threshold": "--presence-threshold",
              "mask threshold": "--mask-threshold", "batch size": "--batch-size",
              "backward slices": "--backward-slices", "max unsupported slices": "--max-unsupported",
-             "IoU threshold": "--iou-threshold", "iou threshold": "--iou-threshold", "key score": "--key-score"}
+             "IoU threshold": "--iou-threshold", "iou threshold": "--iou-threshold", "key score": "--key-score",
+             "encode batch": "--encode-batch"}
     for word, flag in words.items():
         if message.startswith(word + " "):
             return flag + message[len(word):]

@@ -9,7 +9,10 @@ the whole volume in one streaming pass, with no ground truth anywhere:
   Labels are written back in the input's array order and geometry.
 * **One ViT pass per slice.** Each slice is encoded once; all text prompts go through
   the detector together (text embeddings computed once per prompt), and the tracker's
-  features come from the same ViT output (:mod:`medsam3.predict.propagation`).
+  features come from the same ViT output (:mod:`medsam3.predict.propagation`). Slices are
+  prepared (empty-slice test, 2.5D input, resize and normalisation) on a thread ahead of the
+  model and can go through the ViT several at a time (``encode_batch``;
+  :mod:`medsam3.predict.slice_feed`).
 * **Key slices and propagation.** A confident detection (score >= ``key_score``) that no
   existing track explains starts a track on that slice, its key slice; the tracker then
   propagates it forwards slice by slice, and backwards from the key slice through the
@@ -50,8 +53,9 @@ skipped slice (as where the tracker loses its object). The slice a box/point/mas
 is drawn on is never skipped.
 
 **Memory.** Peak memory does not grow with the number of slices beyond the input and
-output volumes: at any time only the current slice's detector features and the ViT
-output (tracker features are made from it on demand) and low-resolution masks of the
+output volumes: at any time only the ViT outputs of the current batch of ``encode_batch``
+slices (1 by default on a CPU; tracker features are made from a slice's ViT output on demand),
+at most two prepared slices waiting on the reader thread, and low-resolution masks of the
 last ``max(backward_slices, max_unsupported + 1)`` slices (the slices whose answer can
 still change) are held, plus each live object's bounded memory bank. Older slices are
 final and written into the label map (and instance map) right away.
@@ -98,7 +102,7 @@ from medsam3.orientation import SliceOrientation, choose_orientation
 from medsam3.predict.prompt_checks import check_box, check_point, check_point_labels
 from medsam3.predict.results import VolumePromptSummary, VolumeSegmentation  # noqa: F401 (re-exported)
 from medsam3.predict.propagation import TrackedObject, VolumeTracker, logit
-from medsam3.preprocess import context_planes
+from medsam3.predict.slice_feed import DEFAULT_CACHE_MB, FeatureCache, SliceFeed, auto_encode_batch, check_encode_batch
 
 MODES = VOLUME_MODES  # the one list, with the model's facts (medsam3.model.info; clips: medsam3.predict.clips)
 
@@ -217,12 +221,18 @@ class VolumePredictor:
         clip_length, clip_overlap, clip_fusion: ``clips`` mode: slices per clip (official: 4),
             slices shared by neighbouring clips (official: 0), ``mean`` or ``max`` of overlapping
             clips' probabilities (:mod:`medsam3.predict.clips`).
+        encode_batch: slices per ViT call; ``None``: 1 on a CPU, as many as fit on CUDA
+            (:func:`~medsam3.predict.slice_feed.auto_encode_batch`).
+        read_ahead: prepare slices on a thread ahead of the model (``False``: when each is needed).
+        feature_cache_mb: memory budget for the features of slices a later pass revisits
+            (overlapping clips), in MB.
     """
 
     def __init__(self, predictor: ImagePredictor, mode: str = "merged", rule: MergeRule | None = None,
                  backward_slices: int = 8, max_objects: int = 8, empty_slices: EmptySliceRule | None = EmptySliceRule(),
                  presence_window: int = 1, progress: bool = True, clip_length: int = 4, clip_overlap: int = 0,
-                 clip_fusion: str = "mean"):
+                 clip_fusion: str = "mean", encode_batch: int | None = None, read_ahead: bool = True,
+                 feature_cache_mb: float = DEFAULT_CACHE_MB):
         if mode not in MODES:
             raise ArgumentError(f"unknown volume mode {mode!r}; accepted: {', '.join(MODES)}")
         check_presence_window(presence_window)
@@ -243,6 +253,19 @@ class VolumePredictor:
         self.progress = progress
         self.clip_length, self.clip_overlap, self.clip_fusion = check_clip_options(clip_length, clip_overlap,
                                                                                    clip_fusion)
+        self.encode_batch = check_encode_batch(encode_batch)
+        self.read_ahead = bool(read_ahead)
+        if not feature_cache_mb >= 0:
+            raise ArgumentError(f"the feature cache budget must be >= 0 MB, got {feature_cache_mb!r}")
+        self.feature_cache_mb = float(feature_cache_mb)
+
+    def slices_per_call(self) -> int:
+        """Slices per ViT call in this predictor's runs (``encode_batch``, or the device's automatic choice)."""
+        return self.encode_batch or auto_encode_batch(self.predictor.model)
+
+    def feature_cache(self) -> FeatureCache:
+        """A new cache of revisited slices' features within this predictor's budget."""
+        return FeatureCache(int(self.feature_cache_mb * 2 ** 20))
 
     def segment(self, volume: np.ndarray, prompts: Sequence[str | TextPrompt] = (),
                 objects: Sequence[ObjectPrompt] = (), direction=None, axis: str | None = None,
@@ -339,7 +362,8 @@ class _VolumeRun:
     def __init__(self, owner: VolumePredictor, volume: np.ndarray, text: list[TextPrompt],
                  objects: list[ObjectPrompt], orientation: SliceOrientation, instances: bool, description: str,
                  context: int = 0, exemplar_slice: int | None = None,
-                 slice_range: tuple[int, int] | None = None, sink=None):
+                 slice_range: tuple[int, int] | None = None, sink=None, feature_cache: FeatureCache | None = None,
+                 revisited=None):
         self.p = owner
         self.predictor = owner.predictor
         self.rule = owner.rule
@@ -355,6 +379,9 @@ class _VolumeRun:
         # takes each finished slice's per-entry probabilities instead of writing labels (clips mode)
         self.lo, self.hi = slice_range if slice_range is not None else (0, self.num_slices)
         self.sink = sink
+        # features of the slices another pass over this stack visits again (``revisited(z)``) are kept
+        self.feature_cache, self.revisited = feature_cache, revisited
+        self.feed: SliceFeed | None = None
         self.plane_shape = tuple(self.stack.shape[1:])
         n_labels = len(text) + len(objects)
         self.labels = np.zeros(volume.shape, np.uint8 if n_labels < 256 else np.uint16)
@@ -472,7 +499,24 @@ class _VolumeRun:
         return out
 
     # ------------------------------------------------------------------ the pass
+    def _open_feed(self) -> SliceFeed:
+        """The slices in this run's order (forwards from the start, then back to the first), read
+        ahead and encoded in batches (:mod:`medsam3.predict.slice_feed`)."""
+        order = list(range(self.start, self.hi)) + list(range(self.start - 1, self.lo - 1, -1))
+        # the slices a prompt is drawn on are never skipped
+        forced = set(self.object_starts) | ({self.exemplar_slice} if self.exemplar_text is not None else set())
+        rule = self.p.empty_slices
+
+        def skip(z: int, plane: np.ndarray) -> bool:
+            return rule is not None and z not in forced and rule.is_empty(plane)
+
+        axis, name = self.orientation.axis, self.description
+        return SliceFeed(self.predictor, self.stack, order, self.context, skip, self.p.slices_per_call(),
+                         read_ahead=self.p.read_ahead, cache=self.feature_cache, keep=self.revisited,
+                         describe=lambda z: f"{axis} slice {z} of {name}")
+
     def execute(self) -> VolumeSegmentation:
+        self.feed = self._open_feed()
         bar = tqdm(total=self.hi - self.lo, desc=self.description, unit="slice", disable=not self.p.progress,
                    leave=False)
         try:
@@ -492,9 +536,11 @@ class _VolumeRun:
                     self._finish_half()
         finally:
             bar.close()
+            self.feed.close()
             for track in self.tracks:
                 if track.obj is not None:
                     track.obj.close()
+        self.stats["slices_encoded"] = self.feed.stats["encoded"]
         for summary in self.summaries:
             summary.present = summary.voxels > 0
             summary.slices_present.sort()
@@ -518,15 +564,9 @@ class _VolumeRun:
         self.track_ids.add(track.id)
 
     def _visit(self, z: int) -> None:
-        plane = self.stack[z]
-        forced = self.step == 1 and (z in self.object_starts or
-                                     (self.exemplar_text is not None and z == self.exemplar_slice))
-        rule = self.p.empty_slices
-        if rule is not None and not forced and rule.is_empty(plane):
+        if self.feed.take(z) is None:  # an empty slice (the feed's reader thread applied the rule)
             record = _Record(z, True)
-        else:
-            self.predictor.set_image(context_planes(self.stack, z, self.context))
-            self.stats["slices_encoded"] += 1
+        else:  # encoded (once: in a batch, or kept from an earlier pass) and set on the predictor
             hidden = self.predictor.vision_hidden_state if self.tracker is not None else None
             self.visiting = z
             record = _Record(z, False, hidden, rows=self._detect())

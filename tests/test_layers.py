@@ -29,7 +29,10 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "medsam3.prompts": ("medsam3.model.tokenizer",),
     # how typed text maps onto a model's own prompts (convert writes a model's vocabulary)
     "medsam3.prompt_mapping": ("medsam3.prompts",),
-    "medsam3.model": ("medsam3.preprocess", "medsam3.prompt_mapping", "medsam3.precision_options"),
+    # --precision ov: the vision encoder converted to / run by OpenVINO (torch and openvino only)
+    "medsam3.model.openvino_backend": ("medsam3.errors", "medsam3.precision_options"),
+    "medsam3.model": ("medsam3.preprocess", "medsam3.prompt_mapping", "medsam3.precision_options",
+                      "medsam3.model.openvino_backend"),
     # runner: a volume's slices are read ahead with the case loop's reader (predict.slice_feed)
     "medsam3.predict": ("medsam3.model", "medsam3.orientation", "medsam3.runner"),
     "medsam3.data": ("medsam3.prompts", "medsam3.overlay"),

@@ -12,20 +12,24 @@ explicit ``--precision``: that precision, ``--fast``'s input size).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
 from medsam3.errors import ArgumentError
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", "ov")
 #: names accepted for each precision (``--precision``, ``precision=``)
-ALIASES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "int8": "int8", "qint8": "int8"}
+ALIASES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "int8": "int8", "qint8": "int8",
+           "ov": "ov", "openvino": "ov"}
 DEFAULT_PRECISION = "fp32"
 #: ``--fast``: the fastest precision of the device the model loads on and a smaller input size,
 #: chosen at load (:func:`medsam3.model.precision.resolve_fast`), so that this module needs no torch.
 FAST = "fast"
+#: why ``ov`` is refused where OpenVINO is not installed
+OPENVINO_MISSING = "precision ov needs OpenVINO, which is not installed: pip install 'medsam3[openvino]'"
 
 
 def check_precision(precision) -> str:
-    """``fp32`` / ``bf16`` / ``int8`` for a name or alias (``None`` -> the default ``fp32``), or
+    """``fp32`` / ``bf16`` / ``int8`` / ``ov`` for a name or alias (``None`` -> the default ``fp32``), or
     :data:`FAST` / ``fast:PRECISION`` (resolved when the model loads; module docstring)."""
     if precision is None:
         return DEFAULT_PRECISION
@@ -36,6 +40,8 @@ def check_precision(precision) -> str:
     name = ALIASES.get(text[len(FAST) + 1:] if fast else text)
     if name is None:
         raise ArgumentError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
+    if name == "ov" and importlib.util.find_spec("openvino") is None:  # refused before a model loads
+        raise ArgumentError(OPENVINO_MISSING)
     return f"{FAST}:{name}" if fast else name
 
 
@@ -52,9 +58,11 @@ def split_fast(precision) -> tuple[bool, str | None]:
 
 def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
     """``--precision fp32|bf16|int8`` and ``--fast`` (see :func:`resolve_precision`)."""
-    parser.add_argument("--precision", default=None, metavar="{fp32,bf16,int8}",
+    parser.add_argument("--precision", default=None, metavar="{fp32,bf16,int8,ov}",
                         help="inference precision: fp32 (default), bf16 (autocast; fast on GPUs and CPUs with "
-                             "AVX-512 BF16/AMX), int8 (dynamic quantisation of the linear layers, CPU only)")
+                             "AVX-512 BF16/AMX), int8 (dynamic quantisation of the linear layers, CPU only), "
+                             "ov (the vision encoder in OpenVINO, converted once and cached; CPU only, needs "
+                             "medsam3[openvino])")
     parser.add_argument("--fast", action="store_true",
                         help="the fastest measured setting for this device: bf16 where the hardware has it, "
                              "else int8 on a CPU, and a smaller input size (a fixed fraction of the model's own); "

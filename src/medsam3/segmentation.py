@@ -16,7 +16,7 @@ from medsam3.errors import ArgumentError
 from medsam3.image import Image
 from medsam3.io.sidecar import prediction_sidecar
 from medsam3.model.loader import MedSAM3
-from medsam3.model.precision import check_precision
+from medsam3.model.precision import check_precision, precision_fields
 from medsam3.predict.image import ImagePredictor, TextPrompt
 from medsam3.predict.pipeline import instance_count, predict_normalized
 from medsam3.predict.results import PromptResult
@@ -208,7 +208,7 @@ def segment(input, output=None, prompts: Sequence[str] = (), *, box: Sequence[fl
         model=loaded.source, image=image, modality=modality or image.modality, thresholds=settings.thresholds,
         unknown_to_model=[p for p in prompts if not loaded.knows(p)],
         prompts=prompt_records,  # typed, sent, rule (medsam3.prompt_mapping)
-        precision=getattr(loaded, "precision", "fp32"),
+        **precision_fields(loaded),  # "precision" (and for ov, OpenVINO's own precision)
         **({"fast": fast_record(loaded, settings, image.ndim)} if getattr(loaded, "fast", None) else {}),
         window=window if window is None or isinstance(window, str) else list(window),
         instances={r.prompt: instance_count(r) for r in results})

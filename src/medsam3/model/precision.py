@@ -10,6 +10,9 @@
 * ``int8``: dynamic quantisation of every ``nn.Linear`` (``torch.ao.quantization.quantize_dynamic``:
   int8 weights per tensor, activations quantised per batch at run time). CPU only; the
   convolutions (patch embedding, FPN, pixel decoder) stay fp32.
+* ``ov``: the detector's vision encoder (ViT + FPN neck) runs as a compiled OpenVINO model in
+  OpenVINO's default CPU precision (bf16 on AVX-512 BF16 / AMX CPUs, else f32); everything else
+  stays fp32 torch (:mod:`medsam3.model.openvino_backend`). CPU only; needs ``openvino``.
 
 :func:`apply_precision` is called once at load (``MedSAM3.from_pretrained(..., precision=)``);
 the tracker, loaded on first use, gets the same treatment (:func:`apply_precision_to`).
@@ -40,7 +43,7 @@ log = logging.getLogger(__name__)
 from medsam3.precision_options import DEFAULT_PRECISION, PRECISIONS, check_precision, split_fast
 
 __all__ = ["PRECISIONS", "DEFAULT_PRECISION", "check_precision", "apply_precision", "apply_precision_to",
-           "native_bf16", "fast_precision", "FastSetting", "resolve_fast", "fast_input_size", "split_fast",
+           "native_bf16", "fast_precision", "precision_fields", "FastSetting", "resolve_fast", "fast_input_size", "split_fast",
            "FAST_SIZE_FACTOR", "FAST_MIN_SIZE"]
 
 #: ``--fast``'s input size as a fraction of the model's own (336 -> 280 px on the demo model,
@@ -136,6 +139,16 @@ def apply_precision(model, precision) -> object:
     if precision == "int8" and model.dtype != torch.float32:
         raise ArgumentError(f"precision int8 quantises float32 weights; got dtype "
                             f"{str(model.dtype).replace('torch.', '')}: leave --dtype at float32")
+    if precision == "ov":
+        if model.device.type != "cpu":
+            raise ArgumentError(f"precision ov runs the vision encoder on OpenVINO's CPU device only (device "
+                                f"{model.device}); on a GPU use bf16")
+        if model.dtype != torch.float32:
+            raise ArgumentError(f"precision ov converts float32 weights; got dtype "
+                                f"{str(model.dtype).replace('torch.', '')}: leave --dtype at float32")
+        from medsam3.model.openvino_backend import require_openvino
+
+        require_openvino()  # a clear message before anything is converted
     if precision == "bf16" and not native_bf16(model.device):
         log.warning("precision bf16 on %s without native bf16 support: expect it to be much slower than fp32 "
                     "(use int8 on this CPU)", model.device)
@@ -156,11 +169,32 @@ def apply_precision_to(module: nn.Module, precision: str, device: torch.device, 
         with warnings.catch_warnings():  # torch.ao's deprecation notices: the API still works in this torch
             warnings.simplefilter("ignore")
             torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    elif precision == "ov":  # the detector's vision encoder; the tracker reads the detector's ViT output
+        from transformers import Sam3Model
+
+        from medsam3.model.openvino_backend import use_openvino
+
+        if isinstance(module, Sam3Model):
+            use_openvino(module.vision_encoder)
     elif precision == "bf16":
         for child in module.children():
             child.forward = _autocast_forward(child.forward, torch.device(device).type, dtype)
     module._medsam3_precision = precision
     return module
+
+
+def precision_fields(model) -> dict:
+    """What a prediction's sidecar records about the precision: ``{"precision": ...}``, plus
+    ``"openvino"`` (its version and the inference precision it ran) for ``ov``."""
+    precision = getattr(model, "precision", "fp32")
+    fields = {"precision": precision}
+    if precision == "ov":
+        from medsam3.model.openvino_backend import openvino_encoder
+
+        backend = openvino_encoder(model.detector.vision_encoder)
+        if backend is not None:
+            fields["openvino"] = backend.describe()
+    return fields
 
 
 def _autocast_forward(forward, device_type: str, dtype: torch.dtype):

@@ -278,7 +278,7 @@ def _paper_report(out: Path, results: dict[str, Any], n_bootstrap: int, seed: in
             content["comparisons"][key][grouping] = {"overall": comp.result["overall"], "by": comp.result["by"],
                                                      "n_paired": comp.result["n_paired"],
                                                      "compare_md": str(comp.compare_md)}
-    lines = [f"# Paper protocol: text vs text + GT exemplar box vs GT box", "",
+    lines = ["# Paper protocol: text vs text + GT exemplar box vs GT box", "",
              f"model: `{model_name}`; split: {split}; one ViT pass per image/slice for the three prompt modes "
              f"({encoded} passes in this call); volumes slice by slice in every mode.", "",
              "## Mean Dice per prompt mode [95% bootstrap CI]", ""]

@@ -41,6 +41,7 @@ from medsam3.predict.image import TextPrompt
 from medsam3.predict.results import VolumePromptSummary, VolumeSegmentation
 from medsam3.predict.settings import CLIP_FUSIONS, DEFAULT_CLIP_LENGTH, check_clip_options  # noqa: F401 (re-exported)
 
+
 def clip_ranges(num_slices: int, length: int, overlap: int = 0) -> list[tuple[int, int]]:
     """The clips ``[start, end)`` covering ``num_slices`` slices: starts every ``length - overlap``
     slices from 0, the last clip ending at the last slice (no clip lies inside the previous one)."""

@@ -129,11 +129,13 @@ class ModuleTimer:
             h.remove()
 
 
-def run_pipeline(model, image: np.ndarray, prompts: list[str], batch_size: int) -> tuple[float, float]:
+def run_pipeline(model, image: np.ndarray, prompts: list[str], batch_size: int,
+                 prompt_path: str = "stock") -> tuple[float, float]:
     """``(encode s, prompts s)`` of one image through the encode-once predictor."""
     from medsam3.predict import ImagePredictor
 
-    predictor = ImagePredictor(model, score_threshold=0.0, presence_threshold=0.0, batch_size=batch_size)
+    predictor = ImagePredictor(model, score_threshold=0.0, presence_threshold=0.0, batch_size=batch_size,
+                               prompt_path=prompt_path)
     t0 = time.perf_counter()
     predictor.set_image(image)
     _sync(model.device)
@@ -143,11 +145,11 @@ def run_pipeline(model, image: np.ndarray, prompts: list[str], batch_size: int) 
     return t1 - t0, time.perf_counter() - t1
 
 
-def flop_counts(model, image, prompts, batch_size) -> dict[str, float]:
+def flop_counts(model, image, prompts, batch_size, prompt_path: str = "stock") -> dict[str, float]:
     """FLOPs per entry of :data:`MODULES` (one pass under FlopCounterMode)."""
     _register_cpu_attention()
     with FlopCounterMode(display=False) as counter:
-        run_pipeline(model, image, prompts, batch_size)
+        run_pipeline(model, image, prompts, batch_size, prompt_path)
     counts = counter.get_flop_counts()
     out = {name: float(sum(counts.get(key, {}).values())) for name, (_, key) in MODULES.items()}
     out["total"] = float(sum(counts.get("Global", {}).values()))
@@ -163,6 +165,11 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip-flops", action="store_true", help="no FLOP-counting pass (one pass less)")
+    ap.add_argument("--prompt-path", default="stock", choices=("stock", "cached"),
+                    help="the predictor's prompt path: 'stock' (Sam3Model.forward, default: each module below is "
+                         "called whole, so its hooks see it) or 'cached' (medsam3.model.prompt_path, which calls "
+                         "the modules' layers directly: only the totals are meaningful; benchmarks/prompts.py "
+                         "counts its FLOPs)")
     ap.add_argument("--top-ops", type=int, default=15, help="busiest aten ops listed from torch.profiler")
     ap.add_argument("-o", "--output", default=None, help="write the JSON here too")
     args = ap.parse_args()
@@ -183,13 +190,13 @@ def main() -> None:
 
     flops = None
     if not args.skip_flops:  # fp32 arithmetic is the same count whatever the precision
-        flops = flop_counts(model, image, prompts, args.batch_size)
+        flops = flop_counts(model, image, prompts, args.batch_size, args.prompt_path)
     apply_precision(model, args.precision)
 
     timer = ModuleTimer(model.detector, device)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
                                 + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
-        encode_s, prompts_s = run_pipeline(model, image, prompts, args.batch_size)
+        encode_s, prompts_s = run_pipeline(model, image, prompts, args.batch_size, args.prompt_path)
     timer.remove()
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     ops = [{"op": e.key, "calls": e.count, "self_s": round(getattr(e, sort) / 1e6, 3)}
@@ -220,7 +227,8 @@ def main() -> None:
                         # speed-up over the naive loop at 16 prompts if time followed FLOPs
                         "flop_bound_speedup_16": round(16 * (per_image + per_prompt) / (per_image + 16 * per_prompt), 2)})
     result = {"benchmark": "profile", "model": args.model, "input_size": model.image_size,
-              "precision": args.precision, "prompts": len(prompts), "device": str(device), "summary": summary,
+              "precision": args.precision, "prompts": len(prompts), "prompt_path": args.prompt_path,
+              "device": str(device), "summary": summary,
               "modules": rows, "matmul_peak": peaks, "top_ops": ops, "machine": _machine(load)}
     print(json.dumps(result, indent=2), flush=True)
     if args.output:

@@ -199,6 +199,9 @@ def run_ours(model_dir: Path, images: dict, spec: dict, meta: dict) -> dict:
 
     model = MedSAM3.from_pretrained(str(model_dir), device="cpu")
     predictor = ImagePredictor(model, score_threshold=spec["score_threshold"])
+    # the stage tensors are read by hooks on whole modules, which only Sam3Model.forward calls
+    # ("stock"); the outputs compared come from the predictor's default (cached) prompt path
+    staged = ImagePredictor(model, score_threshold=spec["score_threshold"], prompt_path="stock")
     detector = model.detector
     captured = {}
 
@@ -222,6 +225,7 @@ def run_ours(model_dir: Path, images: dict, spec: dict, meta: dict) -> dict:
             # every later stage from Meta's pixel tensor
             predictor.set_pixel_values(meta[pre + "pixel_values"], rgb.shape[:2])
             features = predictor._features
+            staged.set_pixel_values(meta[pre + "pixel_values"], rgb.shape[:2], features=features)
             grid = meta[pre + "pixel_values"].shape[-1] // 14
             to_map = lambda t: t.reshape(t.shape[0], grid, grid, -1).permute(0, 3, 1, 2)  # noqa: E731
             put(pre + "vit_ln_pre", to_map(captured["ln_pre"]))
@@ -242,22 +246,25 @@ def run_ours(model_dir: Path, images: dict, spec: dict, meta: dict) -> dict:
                 queries.append((f"box{j}:{text}", TextPrompt(text, exemplar_boxes=[box])))
             for qname, prompt in queries:
                 q = pre + qname + "/"
-                captured.pop("geometry", None)
+                for stage in ("geometry", "encoder", "decoder"):
+                    captured.pop(stage, None)
+                list(staged.detect([prompt]))  # fills the stage hooks
+                stages = dict(captured)  # before the cached path calls any hooked module again
                 (_, out), = list(predictor.detect([prompt]))
                 feats, mask = predictor.text_embeddings([prompt.text])
                 put(q + "text_features", feats * mask[..., None])
                 put(q + "text_mask", mask)
                 # geometry tokens: drop our padding box (masked everywhere; Meta's prompt has none)
-                geometry = captured["geometry"]
+                geometry = stages["geometry"]
                 valid = geometry.attention_mask[0].bool()
                 put(q + "geometry_features", geometry.last_hidden_state[:, valid])
-                encoder = captured["encoder"]
+                encoder = stages["encoder"]
                 put(q + "detr_encoder", encoder.last_hidden_state)
                 keep = torch.cat([torch.ones(mask.shape[-1], dtype=torch.bool), valid])
                 prompt = encoder.text_features[:, keep].clone()
                 prompt[:, : mask.shape[-1]] *= mask[..., None]  # padding text tokens: see text_features
                 put(q + "detr_encoder_text", prompt)
-                decoder = captured["decoder"]
+                decoder = stages["decoder"]
                 put(q + "decoder_queries", decoder.intermediate_hidden_states[-1])
                 put(q + "pred_logits", out.pred_logits)
                 put(q + "presence_logit", out.presence_logits.reshape(-1))

@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 from medsam3.precision_options import DEFAULT_PRECISION, PRECISIONS, check_precision, split_fast
 
 __all__ = ["PRECISIONS", "DEFAULT_PRECISION", "check_precision", "apply_precision", "apply_precision_to",
-           "native_bf16", "fast_precision", "precision_fields", "FastSetting", "resolve_fast", "fast_input_size", "split_fast",
-           "FAST_SIZE_FACTOR", "FAST_MIN_SIZE"]
+           "native_bf16", "fast_precision", "precision_fields", "FastSetting", "resolve_fast", "fast_input_size",
+           "split_fast", "FAST_SIZE_FACTOR", "FAST_MIN_SIZE"]
 
 #: ``--fast``'s input size as a fraction of the model's own (336 -> 280 px on the demo model,
 #: 1008 -> 840 on the published one): of 336, 280 and 252 px, the smallest whose mean Dice on the

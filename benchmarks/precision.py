@@ -26,14 +26,12 @@ import argparse
 import copy
 import json
 import os
-import platform
 import time
 
 import numpy as np
 import torch
 
-PROMPTS = ["liver", "spleen", "left kidney", "right kidney", "pancreas", "aorta", "stomach", "gallbladder",
-           "brain", "lung", "heart", "bladder", "prostate", "colon", "duodenum", "esophagus"]
+from bench_common import PROMPTS, emit, machine_info
 
 
 def pipeline(model, image: np.ndarray, prompts: list[str]) -> dict:
@@ -83,7 +81,6 @@ def main() -> None:
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
 
-    import transformers
 
     from medsam3.model import MedSAM3
     from medsam3.model.precision import apply_precision, native_bf16
@@ -142,19 +139,8 @@ def main() -> None:
               "image_pixels": [args.image, args.image], "prompts": len(prompts), "rounds": args.rounds,
               "device": str(base.device), "results": rows, "skipped": skipped, "per_round": rounds,
               "openvino": openvino or None,
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "torch_threads": torch.get_num_threads(),
-                          "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                          "native_bf16": native_bf16(base.device),
-                          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                          "torch": torch.__version__, "transformers": transformers.__version__,
-                          "quantized_engine": torch.backends.quantized.engine,
-                          "load_average_before": [round(v, 2) for v in load_before],
-                          "load_average_after": [round(v, 2) for v in os.getloadavg()]}}
-    print(json.dumps(result, indent=2), flush=True)
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
+              "machine": machine_info(load_before, native_bf16=native_bf16(base.device))}
+    emit(result, args.output)
 
 
 if __name__ == "__main__":

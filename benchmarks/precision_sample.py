@@ -12,13 +12,13 @@ model's accuracy), every concept of the demo model on each slice.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from bench_common import emit, machine_info
 
 
 def main() -> None:
@@ -28,7 +28,6 @@ def main() -> None:
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
 
-    import transformers
 
     import medsam3
     from medsam3.io import read_image
@@ -69,15 +68,8 @@ def main() -> None:
               "dice_vs_fp32_min": min(dices) if dices else None,
               "seconds_per_slice": {p: round(s / len(picks), 3) for p, s in seconds.items()},
               "speedup": round(seconds["fp32"] / seconds[args.precision], 2),
-              "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-                          "transformers": transformers.__version__,
-                          "load_average_before": [round(v, 2) for v in load],
-                          "load_average_after": [round(v, 2) for v in os.getloadavg()]}}
-    print(json.dumps(result, indent=2), flush=True)
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
+              "machine": machine_info(load)}
+    emit(result, args.output)
 
 
 if __name__ == "__main__":

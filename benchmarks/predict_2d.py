@@ -22,12 +22,10 @@ import time
 import numpy as np
 import torch
 
+from bench_common import PROMPTS
 from medsam3.model import MedSAM3
 from medsam3.model.geometry import no_box_inputs
 from medsam3.predict import ImagePredictor, TextPrompt
-
-PROMPTS = ["liver", "spleen", "left kidney", "right kidney", "pancreas", "aorta", "stomach", "gallbladder",
-           "brain", "lung", "heart", "bladder", "prostate", "colon", "duodenum", "esophagus"]
 
 
 def naive(model: MedSAM3, image: np.ndarray, prompts: list[str], threshold: float) -> list[np.ndarray]:

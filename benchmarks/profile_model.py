@@ -21,15 +21,15 @@ so GFLOP/s can be read as a fraction of what this machine can do.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from collections import defaultdict
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+from bench_common import PROMPTS, emit, machine_info
 
 #: the pipeline's parts: name -> (attribute path under the detector (Sam3Model), the name torch's
 #: flop counter gives it: the class the predictor calls, then the path below it)
@@ -46,8 +46,6 @@ MODULES = {
     "  pixel_decoder": ("mask_decoder.pixel_decoder", "Sam3Model.mask_decoder.pixel_decoder"),  # in mask_decoder
 }
 PER_IMAGE = ("vit", "fpn_neck")
-PROMPTS = ["liver", "spleen", "left kidney", "right kidney", "pancreas", "aorta", "stomach", "gallbladder",
-           "brain", "lung", "heart", "bladder", "prostate", "colon", "duodenum", "esophagus"]
 
 
 def _register_cpu_attention() -> None:
@@ -229,22 +227,8 @@ def main() -> None:
     result = {"benchmark": "profile", "model": args.model, "input_size": model.image_size,
               "precision": args.precision, "prompts": len(prompts), "prompt_path": args.prompt_path,
               "device": str(device), "summary": summary,
-              "modules": rows, "matmul_peak": peaks, "top_ops": ops, "machine": _machine(load)}
-    print(json.dumps(result, indent=2), flush=True)
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
-
-
-def _machine(load_before) -> dict:
-    import transformers
-
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "load_average_before": [round(v, 2) for v in load_before],
-            "load_average_after": [round(v, 2) for v in os.getloadavg()]}
+              "modules": rows, "matmul_peak": peaks, "top_ops": ops, "machine": machine_info(load)}
+    emit(result, args.output)
 
 
 if __name__ == "__main__":

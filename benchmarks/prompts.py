@@ -28,14 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import numpy as np
 import torch
 
-PROMPTS = ["liver", "spleen", "left kidney", "right kidney", "pancreas", "aorta", "stomach", "gallbladder",
-           "brain", "lung", "heart", "bladder", "prostate", "colon", "duodenum", "esophagus"]
+from bench_common import PROMPTS, emit, machine_info
 
 
 def prompts_for(k: int) -> list[str]:
@@ -206,14 +204,6 @@ def flops(args, model) -> dict:
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="random:default")
@@ -231,7 +221,6 @@ def main() -> None:
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
 
-    import transformers
 
     from medsam3.model import MedSAM3
     from medsam3.predict.input_size import with_input_size
@@ -240,15 +229,8 @@ def main() -> None:
     model = with_input_size(MedSAM3.from_pretrained(args.model, device="cpu"), args.size)
     body = flops(args, model) if args.flops else timing(args, model)
     result = {"benchmark": "prompts", "model": args.model, "input_size": model.image_size, **body,
-              "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
-                          "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "transformers": transformers.__version__,
-                          "load_average_before": [round(v, 2) for v in load_before],
-                          "load_average_after": [round(v, 2) for v in os.getloadavg()]}}
-    print(json.dumps(result, indent=2), flush=True)
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
+              "machine": machine_info(load_before)}
+    emit(result, args.output)
 
 
 if __name__ == "__main__":

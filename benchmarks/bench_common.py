@@ -40,6 +40,30 @@ def machine_info(load_before, **extra) -> dict:
             "load_average_after": [round(v, 2) for v in os.getloadavg()]}
 
 
+def naive(model, image, prompts: list[str], threshold: float) -> list:
+    """The naive transformers loop: per prompt, ``processor(images, text)`` then the whole
+    ``Sam3Model`` forward (ViT included); the union of each prompt's masks above ``threshold``."""
+    import numpy as np
+    import torch
+
+    from medsam3.model.geometry import no_box_inputs
+
+    rgb = np.repeat(image[..., None], 3, -1)
+    unions = []
+    for text in prompts:
+        inputs = model.processor(images=rgb, text=text, do_rescale=False, return_tensors="pt").to(model.device)
+        with torch.inference_mode():  # as Meta's SAM3 runs a text prompt: with the geometry CLS token
+            out = model.detector(**inputs, **no_box_inputs(1, model.device, model.dtype))
+        # Meta's post-processing: score = sigmoid(class) x sigmoid(presence); logits resized to
+        # the image, then sigmoid > 0.5. The predictor additionally reports "absent" below the presence
+        # threshold, which is set to 0 here.
+        scores = out.pred_logits[0].sigmoid() * out.presence_logits[0].sigmoid()
+        logits = torch.nn.functional.interpolate(out.pred_masks[:, scores > threshold].float(), size=image.shape,
+                                                 mode="bilinear", align_corners=False)[0]
+        unions.append((logits.sigmoid() > 0.5).any(0).cpu().numpy() if len(logits) else np.zeros(image.shape, bool))
+    return unions
+
+
 def emit(result: dict, output: str | None) -> None:
     """Print ``result`` as JSON, and write it to ``output`` too when given."""
     print(json.dumps(result, indent=2), flush=True)

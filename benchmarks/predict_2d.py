@@ -22,27 +22,9 @@ import time
 import numpy as np
 import torch
 
-from bench_common import PROMPTS
+from bench_common import PROMPTS, naive
 from medsam3.model import MedSAM3
-from medsam3.model.geometry import no_box_inputs
 from medsam3.predict import ImagePredictor, TextPrompt
-
-
-def naive(model: MedSAM3, image: np.ndarray, prompts: list[str], threshold: float) -> list[np.ndarray]:
-    rgb = np.repeat(image[..., None], 3, -1)
-    unions = []
-    for text in prompts:
-        inputs = model.processor(images=rgb, text=text, do_rescale=False, return_tensors="pt").to(model.device)
-        with torch.inference_mode():  # as Meta's SAM3 runs a text prompt: with the geometry CLS token
-            out = model.detector(**inputs, **no_box_inputs(1, model.device, model.dtype))
-        # Meta's post-processing: score = sigmoid(class) x sigmoid(presence); logits resized to
-        # the image, then sigmoid > 0.5. The predictor additionally reports "absent" below the presence
-        # threshold, which is set to 0 here.
-        scores = out.pred_logits[0].sigmoid() * out.presence_logits[0].sigmoid()
-        logits = torch.nn.functional.interpolate(out.pred_masks[:, scores > threshold].float(), size=image.shape,
-                                                 mode="bilinear", align_corners=False)[0]
-        unions.append((logits.sigmoid() > 0.5).any(0).cpu().numpy() if len(logits) else np.zeros(image.shape, bool))
-    return unions
 
 
 def ours(model: MedSAM3, image: np.ndarray, prompts: list[str], threshold: float, batch_size: int) -> list[np.ndarray]:

@@ -33,27 +33,11 @@ import time
 import numpy as np
 import torch
 
-from bench_common import PROMPTS, emit, machine_info
+from bench_common import PROMPTS, emit, machine_info, naive
 
 
 def prompts_for(k: int) -> list[str]:
     return PROMPTS[:k] if k <= len(PROMPTS) else [f"structure {i}" for i in range(k)]
-
-
-def naive(model, image: np.ndarray, prompts: list[str], threshold: float) -> list[np.ndarray]:
-    from medsam3.model.geometry import no_box_inputs
-
-    rgb = np.repeat(image[..., None], 3, -1)
-    unions = []
-    for text in prompts:
-        inputs = model.processor(images=rgb, text=text, do_rescale=False, return_tensors="pt").to(model.device)
-        with torch.inference_mode():
-            out = model.detector(**inputs, **no_box_inputs(1, model.device, model.dtype))
-        scores = out.pred_logits[0].sigmoid() * out.presence_logits[0].sigmoid()
-        logits = torch.nn.functional.interpolate(out.pred_masks[:, scores > threshold].float(), size=image.shape,
-                                                 mode="bilinear", align_corners=False)[0]
-        unions.append((logits.sigmoid() > 0.5).any(0).cpu().numpy() if len(logits) else np.zeros(image.shape, bool))
-    return unions
 
 
 def predictor_run(model, image, prompts, threshold, batch_size, path) -> tuple[float, float, list[np.ndarray]]:

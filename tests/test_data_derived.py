@@ -185,7 +185,7 @@ def test_derived_layouts_need_a_place_to_write(tmp_path):
         prepare_dataset("pannuke", tmp_path, None, progress=False)
     with pytest.raises(InputError, match="no images.npy"):
         convert_dataset("pannuke", tmp_path, work_dir=str(tmp_path / "w"), progress=False)
-    assert get_dataset("pannuke").ready and get_dataset("drive").ready and get_dataset("btxrd").ready and not get_dataset("ravir").ready
+    assert get_dataset("pannuke").ready and get_dataset("drive").ready and get_dataset("btxrd").ready and get_dataset("ravir").ready and not get_dataset("fetoplac").ready
 
 
 def test_cholecseg8k_watershed_codes(tmp_path):

@@ -461,17 +461,16 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        citation="Hatamizadeh A. et al., RAVIR: A Dataset and Methodology for the Semantic Segmentation "
                 "and Quantitative Analysis of Retinal Arteries and Veins in Infrared Reflectance "
                 "Imaging, IEEE JBHI 26(7) (2022)",
-       notes="768 x 768 infrared SLO images IR_Case_NNN.png (12.5 um pixels) with masks of the same "
-             "name: artery 128, vein 255 (the challenge page names 256 for veins, which an 8-bit PNG "
-             "cannot hold); 'RAVIR Dataset/train/training_images/' + 'train/training_masks/' (the "
-             "test/ images have no masks).",
-       uncertain=("conversions",),
+       notes="768 x 768 infrared SLO images IR_Case_NNN.png (12.5 um pixels) with grey-value masks "
+             "of the same name: artery 128, vein 255 (the challenge page names 256 for veins, which an "
+             "8-bit PNG cannot hold); 'RAVIR Dataset/train/training_images/' + "
+             "'train/training_masks/' (the test/ images have no masks).",
        verified_from=("torch_em (constantinpape/torch-em) datasets/medical/ravir.py: the zip unpacks "
                       "as 'RAVIR Dataset/', images train/training_images/*, masks "
-                      "train/training_masks/*",),
-       doubts="the folder names are verified from a public loader; the mask values (artery 128, vein "
-              "255) are not: the challenge page says 256 for veins and no loader we read states "
-              "them, so check one mask's values before training"),
+                      "train/training_masks/*",
+                      "TheoPis/MIM_OCT datasets/RAVIR.py: mask = training_masks/<image's stem>.png "
+                      "(same stem asserted), grey values remapped 128 -> artery, 255 -> vein",),
+       doubts="a mask value other than 0, 128 and 255 is read as background"),
     _d("segthy", "SegThy (thyroid 3D ultrasound and MRI)", "train", "thyroid ultrasound", "US", 3,
        ["thyroid gland", "carotid artery", "jugular vein"], "segthy",
        source="https://www.cs.cit.tum.de/camp/publications/segthy-dataset/ (US_data.zip)",

@@ -503,3 +503,48 @@ def test_nucmm_z_refuses_bad_blocks_naming_the_file(tmp_path):
                         progress=False)
     with pytest.raises(ArgumentError, match="give work_dir"):
         convert_dataset("nucmm", tmp_path, progress=False)
+
+
+def test_intraretinal_cystoid_fluid_case_folders_with_outline_masks(tmp_path):
+    from scipy.ndimage import binary_erosion
+
+    root = tmp_path / "download"
+    top = root / "2021-training-data-ZA" / "2021-training-data-ZA"
+    regions = {}
+    for k, case in enumerate(["ZA001", "ZA002", "ZB010"]):
+        image, mask = picture(k, shape=(30, 36), rgb=False)
+        _save(top / case / "images" / f"{case}_scan.jpeg", image, quality=95)
+        filled = mask > 0
+        outline = filled & ~binary_erosion(filled)  # the mask as a drawn outline: the converter fills it
+        drawn = np.zeros((30, 36, 3), np.uint8)
+        drawn[outline] = [255, 0, 0] if k == 2 else [250, 250, 250]  # channel 0 is what counts
+        _save(top / case / "masks" / f"mask_{k}.jpg", drawn, quality=92)  # JPEG noise around the line
+        regions[case] = filled
+    before = _tree(root)
+    manifest = prepare_dataset("intraretinal-cystoid-fluid", root, tmp_path / "icf.jsonl",
+                               progress=False)
+    items = list(manifest)
+    assert [it.id for it in items] == ["intraretinal-cystoid-fluid/ZA001_ZA001_scan",
+                                      "intraretinal-cystoid-fluid/ZA002_ZA002_scan",
+                                      "intraretinal-cystoid-fluid/ZB010_ZB010_scan"]
+    assert [it.case for it in items] == ["ZA001", "ZA002", "ZB010"]
+    assert items[0].image == "2021-training-data-ZA/2021-training-data-ZA/ZA001/images/ZA001_scan.jpeg"
+    for item in items:
+        assert item.labels == {"1": "intraretinal cystoid fluid"} and item.modality == "OTHER"
+        label = load_item(manifest, item).label > 0
+        truth = regions[item.case]
+        assert (label & truth).sum() / (label | truth).sum() > 0.9  # filled, not an outline
+    assert _tree(root) == before  # nothing written into the download
+    assert get_dataset("intraretinal-cystoid-fluid").ready
+
+    # a second mask file, neither named as the image: refused, naming the folder
+    _save(top / "ZA002" / "masks" / "other.png", np.zeros((30, 36), np.uint8))
+    with pytest.raises(InputError, match="ZA002/masks: 2 files and none named ZA002_scan"):
+        prepare_dataset("intraretinal-cystoid-fluid", root, tmp_path / "icf2.jsonl", progress=False)
+    # ... unless one carries the image's name
+    _save(top / "ZA002" / "masks" / "ZA002_scan.png", (regions["ZA002"] * 255).astype(np.uint8))
+    prepare_dataset("intraretinal-cystoid-fluid", root, tmp_path / "icf3.jsonl", progress=False)
+    (top / "ZB010" / "masks" / "mask_2.jpg").unlink()
+    (top / "ZB010" / "masks").rmdir()
+    with pytest.raises(InputError, match="ZB010/images: no masks/ folder"):
+        prepare_dataset("intraretinal-cystoid-fluid", root, tmp_path / "icf4.jsonl", progress=False)

@@ -46,6 +46,7 @@ LAYOUTS: dict[str, str] = {
     "drive": "DRIVE: training|test/images/NN_*.tif + 1st_manual/NN_manual1.gif (work_dir=)",
     "glas": "GlaS: train_N.bmp + train_N_anno.bmp instance maps (work_dir=)",
     "hc18": "HC18: NNN_HC.png + NNN_HC_Annotation.png head outlines, filled (work_dir=)",
+    "cystoid": "intraretinal cystoid fluid OCT: <case>/images/*.jpeg + <case>/masks/<one file>, holes filled (work_dir=)",
     "labelme": "LabelMe JSON per image: images/ + Annotations/ (BTXRD; work_dir=, class_name= or labels=)",
     "pictures": "BMP/GIF/PPM(.gz) pairs X.* + X<mask_marker>.* (PH2, STARE; work_dir=, class_name=)",
     "cholecseg8k": "CholecSeg8k: videoNN/videoNN_F/frame_N_endo.png + _endo_watershed_mask.png (work_dir=)",

@@ -316,21 +316,24 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
                 "arXiv:1902.03368; Tschandl P. et al., The HAM10000 dataset, Sci Data 5:180161 (2018)",
        notes="2,594 training JPEGs with 'ISIC_XXXXXXX_segmentation.png' masks in a separate folder."),
     _d("intraretinal-cystoid-fluid", "Intraretinal Cystoid Fluid (OCT)", "train", "OCT", "OTHER", 2,
-       ["intraretinal cystoid fluid"], None,
+       ["intraretinal cystoid fluid"], "cystoid",
        licence="CC BY-NC-SA 4.0 (as listed by Dataset Ninja)",
        source="https://www.kaggle.com/datasets/zeeshanahmed13/intraretinal-cystoid-fluid",
        notes="1,460 OCT B-scans with cystoid macular edema masks (6,542 fluid regions), released "
              "2022 by MUET and LUMHS (Pakistan); the Kaggle download unpacks as "
-             "2021-training-data-ZA/2021-training-data-ZA/<group>/<case>/images/*.jpeg with the "
-             "case's mask in <case>/masks/ (one file). Not converted yet: see doubts.",
-       paper_dice=(62.0, 85.0), uncertain=("citation", "layout", "conversions"),
+             "2021-training-data-ZA/2021-training-data-ZA/<case>/images/*.jpeg with the case's mask "
+             "in <case>/masks/: channel 0 above half its maximum, holes filled, one binary mask per "
+             "image; the case folder sets the split.",
+       paper_dice=(62.0, 85.0), uncertain=("citation",),
        verified_from=("github.com/dataset-ninja/intraretinal-cystoid-fluid: src/settings.py (Kaggle "
                       "zeeshanahmed13/intraretinal-cystoid-fluid, CC BY-NC-SA 4.0, 2022), SUMMARY.md "
-                      "(1,460 images, class 'cystic macular edema'), src/convert.py (glob */*/*.jpeg; "
-                      "mask = first file of the sibling masks/ folder, channel 0, holes filled)",),
-       doubts="the mask file names and values are not stated (the only loader takes the first file "
-              "of masks/ and fills holes, which suggests outlines or masks with holes): a converter "
-              "needs one real case to check; the citation is not given by the sources read"),
+                      "(1,460 images, class 'cystic macular edema'), src/convert.py (glob "
+                      "<download>/*/*/*.jpeg under 2021-training-data-ZA/2021-training-data-ZA; mask = "
+                      "the first file of the masks/ folder beside images/, channel 0, holes filled)",),
+       doubts="the mask's file name is not stated (the public loader takes masks/'s first file; here "
+              "a file named as the image wins, else masks/ must hold one file); the threshold at half "
+              "the maximum is ours (the loader takes any non-zero value, which keeps JPEG noise); the "
+              "citation is not given by the sources read"),
     _d("kvasir-seg", "Kvasir-SEG", "train", "colonoscopy", "RGB", 2, ["polyp"], "folder2d",
        [{"images_dir": "images", "masks_dir": "masks", "class_name": "polyp"}],
        licence="research and educational use", source="https://datasets.simula.no/kvasir-seg/",

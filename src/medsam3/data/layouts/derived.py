@@ -15,6 +15,8 @@ original images where medsam3 reads them: TIFF, JPEG, PNG).
   BMP pictures and gland instance maps -> PNG; every gland an instance of ``gland``.
 * ``hc18``: ``training_set/NNN_HC.png`` + ``NNN_HC_Annotation.png`` (the head's outline, an
   ellipse line) -> the filled head as a mask.
+* ``cystoid``: intraretinal cystoid fluid OCT, ``<case>/images/*.jpeg`` + the case's mask in
+  ``<case>/masks/`` (channel 0, holes filled) -> binary PNG masks.
 * ``labelme``: ``images/X.jpeg`` + ``Annotations/X.json`` (LabelMe shapes, BTXRD; PCMMD's
   ``masks/``): polygons rasterised (COCO pixel convention), rectangles (detection boxes) left
   out; with several annotation folders the keys carry the folder.
@@ -37,6 +39,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -50,7 +53,6 @@ from medsam3.data.layouts.common import (
     is_hidden,
     listing,
     progress,
-    relative,
     require_directory,
 )
 from medsam3.data.layouts.nucmm import convert_nucmm
@@ -243,6 +245,60 @@ def convert_hc18(root: Path, *, work_dir: str | None = None, dataset: str | None
         _check_size(image, filled.shape, str(outline))
         png = _write_png((filled * 255).astype(np.uint8), out / f"{key}_head.png")
         items.append(_item(dataset, key, "train", image, png, root, modality, labels={"1": class_name}))
+    return items
+
+
+# ------------------------------------------------------------------------------- OCT cystoid fluid
+def _case_mask(masks: Path, image: Path) -> Path:
+    """The mask of ``image`` in its case's ``masks/`` folder: the file of the same stem, else the
+    folder's only file (the download holds one mask per case)."""
+    files = sorted(p for p in masks.iterdir() if p.is_file() and not is_hidden(p))
+    same = [p for p in files if p.stem == image.stem]
+    if same:
+        return same[0]
+    if len(files) == 1:
+        return files[0]
+    raise InputError(f"{masks}: {len(files)} files and none named {image.stem}.*: which one is the "
+                     f"mask of {image} is not known")
+
+
+def convert_cystoid(root: Path, *, work_dir: str | None = None, dataset: str | None = None,
+                    modality: str | None = None, class_name: str = "intraretinal cystoid fluid",
+                    check_geometry: bool = True, show_progress: bool = True) -> list[ManifestItem]:
+    """Intraretinal cystoid fluid (Kaggle zeeshanahmed13): ``<case>/images/*.jpeg`` with the
+    case's mask in ``<case>/masks/``; channel 0 above half its maximum, holes filled (the masks
+    may hold outlines), written as one binary PNG per image. The case is the folder above
+    ``images/``."""
+    from scipy.ndimage import binary_fill_holes
+
+    root = require_directory(root, "intraretinal cystoid fluid")
+    out = _need_work_dir(work_dir, "cystoid")
+    modality = check_modality(modality) or "OTHER"
+    dataset = dataset or "intraretinal-cystoid-fluid"
+    folders = sorted(p for p in root.rglob("images") if p.is_dir() and not is_hidden(p))
+    pairs = []
+    for images in folders:
+        masks = images.parent / "masks"
+        if not masks.is_dir():
+            raise InputError(f"{images}: no masks/ folder beside it (<case>/images/*.jpeg + <case>/masks/)")
+        pictures = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png")
+                          and not is_hidden(p))
+        pairs += [(images.parent, picture, _case_mask(masks, picture)) for picture in pictures]
+    if not pairs:
+        raise InputError(f"{root}: no <case>/images/*.jpeg with a <case>/masks/ folder")
+    base = Path(os.path.commonpath([str(case.parent) for case, _, _ in pairs]))
+    items = []
+    for case, image, mask_file in progress(pairs, "cystoid fluid", enabled=show_progress):
+        channel = _read_picture(mask_file)
+        channel = channel[..., 0] if channel.ndim == 3 else channel
+        top = int(channel.max())
+        filled = binary_fill_holes(channel > top / 2) if top else np.zeros(channel.shape, bool)
+        _check_size(image, filled.shape, str(mask_file))
+        key = f"{case.relative_to(base).as_posix().replace('/', '_')}_{image.stem}"
+        png = _write_png((filled * 255).astype(np.uint8), out / f"{key}.png")
+        item = _item(dataset, key, "train", image, png, root, modality, labels={"1": class_name})
+        item.case = case.relative_to(base).as_posix()
+        items.append(item)
     return items
 
 
@@ -447,5 +503,5 @@ CONVERTERS: dict[str, Callable[..., list[ManifestItem]]] = {
     "pannuke": convert_pannuke, "drive": convert_drive, "glas": convert_glas, "hc18": convert_hc18,
     "labelme": convert_labelme, "pictures": convert_pictures, "cholecseg8k": convert_cholecseg8k,
     "monuseg": convert_monuseg, "psfh": convert_psfh,
-    "papila": convert_papila, "nucmm": convert_nucmm,
+    "papila": convert_papila, "nucmm": convert_nucmm, "cystoid": convert_cystoid,
 }

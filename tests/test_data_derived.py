@@ -548,3 +548,56 @@ def test_intraretinal_cystoid_fluid_case_folders_with_outline_masks(tmp_path):
     (top / "ZB010" / "masks").rmdir()
     with pytest.raises(InputError, match="ZB010/images: no masks/ folder"):
         prepare_dataset("intraretinal-cystoid-fluid", root, tmp_path / "icf4.jsonl", progress=False)
+
+
+def test_mucic_hdf5_stacks_colon_tissue_components_and_hl60_instances(tmp_path):
+    """MUCIC zips as torch_em reads them: image-final_NNNN.h5 + image-labels_NNNN.h5, HDF5 'Image'
+    (z, y, x); colon tissue labels a foreground mask, HL60 / granulocyte labels instance ids."""
+    colon = tmp_path / "colon"
+    rng = np.random.default_rng(3)
+    mask = np.zeros((5, 12, 14), np.uint8)
+    mask[0:3, 1:5, 1:5] = 255  # two cells, apart: two components
+    mask[2:5, 7:11, 8:13] = 255
+    for noise in ("ColonTissue_LowNoise_3D_HDF5", "ColonTissue_HighNoise_3D_HDF5"):
+        _h5(colon / noise / "image-final_0001.hdf5", rng.integers(0, 4095, (5, 12, 14)).astype(np.uint16), key="Image")
+        _h5(colon / noise / "image-labels_0001.hdf5", mask, key="Image")
+    before = _tree(colon)
+    manifest = prepare_dataset("mucic-colon-tissue", colon, tmp_path / "colon.jsonl", progress=False)
+    assert _tree(colon) == before  # nothing written into the download
+    assert sorted(it.id for it in manifest) == ["mucic-colon-tissue/ColonTissue_HighNoise_3D_HDF5/0001",
+                                               "mucic-colon-tissue/ColonTissue_LowNoise_3D_HDF5/0001"]
+    for item in manifest:
+        assert item.dim == 3 and item.shape == [5, 12, 14] and item.instance_class == "cell"
+        assert item.case == "0001"  # the two noise renderings of one phantom share a split
+        instances = load_item(manifest, item).instances
+        assert len(np.unique(instances)) == 3 and (instances > 0).sum() == (mask > 0).sum()
+        assert len(np.unique(instances[0:3, 1:5, 1:5])) == 1 and len(np.unique(instances[2:5, 7:11, 8:13])) == 1
+    split = prepare_dataset("mucic-colon-tissue", colon, tmp_path / "c2.jsonl", val_fraction=0.5, seed=1,
+                            progress=False)
+    assert len({it.split for it in split}) == 1
+
+    hl60 = tmp_path / "hl60"
+    ids = np.zeros((4, 10, 10), np.uint16)
+    ids[0:2, 0:4, 0:4], ids[1:3, 3:7, 3:7] = 1, 2  # touching nuclei stay two instances
+    _h5(hl60 / "HL60_LowNoise_C25" / "image-final_0007.h5", np.zeros((4, 10, 10), np.uint8), key="Image")
+    _h5(hl60 / "HL60_LowNoise_C25" / "image-labels_0007.h5", ids, key="Image")
+    _h5(hl60 / "Granulocytes_LowNoise" / "image-final_0002.h5", np.zeros((4, 10, 10), np.uint8), key="Image")
+    _h5(hl60 / "Granulocytes_LowNoise" / "image-labels_0002.h5", ids * 3, key="Image")
+    _h5(hl60 / "Granulocytes_LowNoise" / "image-final_0003.h5", np.zeros((4, 10, 10), np.uint8), key="Image")
+    items = prepare_dataset("hl60-granulocytes", hl60, tmp_path / "hl60.jsonl", progress=False)
+    assert sorted(it.id for it in items) == ["hl60-granulocytes/Granulocytes_LowNoise/0002",
+                                            "hl60-granulocytes/HL60_LowNoise_C25/0007"]  # 0003: no labels
+    for item in items:
+        assert sorted(np.unique(load_item(items, item).instances).tolist()) in ([0, 1, 2], [0, 3, 6])
+    assert get_dataset("mucic-colon-tissue").ready and get_dataset("hl60-granulocytes").ready
+
+    # bad stacks are refused, naming the file
+    _h5(hl60 / "HL60_LowNoise_C25" / "image-labels_0007.h5", ids, key="labels")
+    with pytest.raises(InputError, match=r"image-labels_0007.h5 has no HDF5 dataset 'Image' \(it holds labels\)"):
+        convert_dataset("mucic", hl60, work_dir=tmp_path / "o1", progress=False)
+    _h5(hl60 / "HL60_LowNoise_C25" / "image-labels_0007.h5", ids[:, :, :9], key="Image")
+    with pytest.raises(InputError, match=r"image-labels_0007.h5 is 4 x 10 x 9 \(z, y, x\) but its image"):
+        convert_dataset("mucic", hl60, work_dir=tmp_path / "o2", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no image-final_"):
+        convert_dataset("mucic", tmp_path / "empty", work_dir=tmp_path / "o3", progress=False)

@@ -53,6 +53,7 @@ LAYOUTS: dict[str, str] = {
     "monuseg": "MoNuSeg: Tissue Images/X.tif + Annotations/X.xml Aperio polygons (work_dir=)",
     "psfh": "PS-FH-AOP / PSFHS: image_mha/N.mha (3 equal planes) + label_mha/N.mha 0/1/2 (work_dir=)",
     "papila": "PAPILA: FundusImages/RETnnnOD.jpg + ExpertsSegmentations/Contours/*_disc|cup_exp1.txt (work_dir=, expert=)",
+    "mucic": "MUCIC (CBIA): image-final_N.h5 + image-labels_N.h5 (HDF5 'Image') -> NIfTI (work_dir=, components=, spacing=)",
     "nucmm": "NucMM-Z: Image|Label/train|val/img_*.h5 + seg_*.h5 (HDF5 'main') -> NIfTI (work_dir=, spacing=, sample=)",
 }
 

@@ -348,23 +348,47 @@ REGISTRY_LIST: tuple[DatasetInfo, ...] = (
        doubts="searched: the public run (results_per_sample.csv has no file names), torch_em's "
               "dataset list, code and page search for 'MMDB' microscopy; no dataset of that name "
               "with cell masks found"),
-    _d("mucic-colon-tissue", "MUCIC colon tissue", "train", "cell microscopy", None, 2, ["cell"], None,
-       source="https://cbia.fi.muni.cz/datasets/",
-       notes="Probably a set of the Masaryk University CBIA image collections (the public run names "
-             "it 'MUCIC_Colon_Tissue' next to 'MUCI_HL60 / MUCI_Granulocytes'); prompted 'cell'.",
-       uncertain=_UNKNOWN_ID,
-       doubts="CBIA's pages describe simulated HL60 and granulocyte nuclei and simulated cell "
-              "clusters in tissue (CytoPacq); no loader or file listing of a 'Colon Tissue' set was "
-              "found, so the download layout is unknown"),
-    _d("hl60-granulocytes", "HL60 / granulocytes", "train", "fluorescence microscopy", "OTHER", 2,
-       ["cell"], None,
-       source="https://cbia.fi.muni.cz/datasets/",
-       notes="The public run names it 'MUCI_HL60 / MUCI_Granulocytes' and prompts 'cell': probably "
-             "the CBIA (Masaryk University) simulated HL60 nuclei and granulocyte image sets.",
-       uncertain=_UNKNOWN_ID,
-       doubts="CBIA describes simulated HL60 (round) and granulocyte (complex) nuclei with ground "
-              "truth; no loader or file listing found: format (2D or 3D stacks) and label encoding "
-              "unknown"),
+    _d("mucic-colon-tissue", "MUCIC colon tissue (CBIA simulated 3D fluorescence)", "train",
+       "fluorescence microscopy (simulated)", "OTHER", 3, ["cell"], "mucic", [{"components": True}],
+       source="https://cbia.fi.muni.cz/datasets/ (ColonTissue_LowNoise_3D_HDF5.zip, "
+              "ColonTissue_HighNoise_3D_HDF5.zip)",
+       citation="Svoboda D. et al., ICIAR 2011, LNCS 6754 (doi:10.1007/978-3-642-21593-3_4)",
+       notes="30 simulated 3D stacks of human colon tissue in two noise levels: each zip unpacks as "
+             "image-final_NNNN.h5 with its labels in image-labels_NNNN.h5 (HDF5 dataset 'Image', "
+             "z, y, x); the labels are a foreground mask, split into connected components (one "
+             "instance of 'cell' each), written once as NIfTI beside the manifest. The stacks carry "
+             "no voxel size (1 unless -O spacing=[x,y,z]); the stack number is the case, so the two "
+             "noise renderings of a phantom share a split.",
+       uncertain=("licence", "classes"),
+       verified_from=("torch_em (constantinpape/torch-em) datasets/light_microscopy/mucic.py: the "
+                      "MUCIC collection's colon tissue, HL60 and granulocyte zips (datasets.gryf.fi."
+                      "muni.cz iciar2011 / cytometry2009), files image-final_*.h5|.hdf5 and "
+                      "image-labels_* (same suffix), key 'Image'; colon tissue labels semantic "
+                      "(connected components for instances), HL60 and granulocytes instance ids; "
+                      "3D; the DOIs of the publications",),
+       doubts="whether the paper's 'MUCIC_Colon_Tissue' is this collection's colon tissue set "
+              "(name and 'cell' prompt agree; its slicing is not public); whether touching cells "
+              "share one component (torch_em splits them the same way); the voxel size; the "
+              "licence is not stated by the sources read"),
+    _d("hl60-granulocytes", "MUCIC HL60 and granulocyte nuclei (CBIA simulated 3D fluorescence)", "train",
+       "fluorescence microscopy (simulated)", "OTHER", 3, ["cell"], "mucic",
+       source="https://cbia.fi.muni.cz/datasets/ (HL60_{Low,High}Noise_C{00,25,50,75}_3D_HDF5.zip, "
+              "Granulocytes_{Low,High}Noise_3D_HDF5.zip)",
+       citation="Svoboda D., Kozubek M., Stejskal S., Cytometry A 75A(6) (2009) "
+                "(doi:10.1002/cyto.a.20811)",
+       notes="Simulated 3D stacks of HL60 nuclei (four clustering levels, two noise levels) and "
+             "granulocyte nuclei (two noise levels): image-final_NNNN.h5 + image-labels_NNNN.h5 "
+             "(HDF5 'Image', z, y, x), labels nucleus instance ids, each pair written once as "
+             "NIfTI; unpack the zips into one folder each (the folder names the variant in the key). "
+             "No voxel size in the files (1 unless -O spacing=[x,y,z]); the stack number is the "
+             "case, so a phantom's renderings share a split.",
+       uncertain=("licence",),
+       verified_from=("torch_em (constantinpape/torch-em) datasets/light_microscopy/mucic.py: "
+                      "HL60 (low|high noise x C00|C25|C50|C75) and granulocyte (low|high) zips of "
+                      "image-final_*.h5 + image-labels_*.h5, key 'Image', instance labels, 3D",),
+       doubts="the paper names the set 'MUCI_HL60 / MUCI_Granulocytes' and prompts 'cell' (the "
+              "labels are nuclei); which variants it used and how it sliced them is not public; "
+              "the voxel size; the licence is not stated by the sources read"),
     _d("monuseg", "MoNuSeg (Multi-Organ Nucleus Segmentation)", "train", "histopathology (H&E)", "RGB", 2,
        ["cell nucleus"], "monuseg",
        licence="CC BY-NC-SA 4.0", source="https://monuseg.grand-challenge.org/",

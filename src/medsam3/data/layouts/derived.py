@@ -20,8 +20,9 @@ original images where medsam3 reads them: TIFF, JPEG, PNG).
 * ``labelme``: ``images/X.jpeg`` + ``Annotations/X.json`` (LabelMe shapes, BTXRD; PCMMD's
   ``masks/``): polygons rasterised (COCO pixel convention), rectangles (detection boxes) left
   out; with several annotation folders the keys carry the folder.
-* ``psfh`` (PS-FH-AOP MetaImage frames), ``papila`` (PAPILA contour text files) and
-  ``nucmm`` (NucMM-Z HDF5 blocks, written as NIfTI) live in their own modules and are listed
+* ``psfh`` (PS-FH-AOP MetaImage frames), ``papila`` (PAPILA contour text files),
+  ``nucmm`` (NucMM-Z HDF5 blocks) and ``mucic`` (CBIA's HDF5 stacks; both written as NIfTI)
+  live in their own modules and are listed
   here, with the helpers of :mod:`.written`.
 * ``cholecseg8k``: ``videoNN/videoNN_FFFFF/frame_N_endo.png`` with
   ``frame_N_endo_watershed_mask.png`` (grey codes in RGB: 50 background, 11 abdominal wall,
@@ -55,6 +56,7 @@ from medsam3.data.layouts.common import (
     progress,
     require_directory,
 )
+from medsam3.data.layouts.mucic import convert_mucic
 from medsam3.data.layouts.nucmm import convert_nucmm
 from medsam3.data.layouts.papila import convert_papila
 from medsam3.data.layouts.psfh import convert_psfh
@@ -504,4 +506,5 @@ CONVERTERS: dict[str, Callable[..., list[ManifestItem]]] = {
     "labelme": convert_labelme, "pictures": convert_pictures, "cholecseg8k": convert_cholecseg8k,
     "monuseg": convert_monuseg, "psfh": convert_psfh,
     "papila": convert_papila, "nucmm": convert_nucmm, "cystoid": convert_cystoid,
+    "mucic": convert_mucic,
 }

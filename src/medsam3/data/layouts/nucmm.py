@@ -34,9 +34,9 @@ _SPLITS = ("train", "val")
 _SAMPLES = {"zebrafish": "NucMM-Z", "mouse": "NucMM-M"}
 
 
-def read_h5_block(path: Path, key: str = NUCMM_KEY) -> np.ndarray:
+def read_h5_block(path: Path, key: str = NUCMM_KEY, what: str = "NucMM") -> np.ndarray:
     """The 3D array of dataset ``key`` in the HDF5 file ``path``; InputError naming the file when
-    it is not HDF5, lacks ``key`` or holds no 3D array there."""
+    it is not HDF5, lacks ``key`` or holds no 3D array there (``what``: the dataset, for messages)."""
     import h5py
 
     try:
@@ -47,24 +47,24 @@ def read_h5_block(path: Path, key: str = NUCMM_KEY) -> np.ndarray:
         if key not in handle:
             names = sorted(handle.keys())
             raise InputError(f"{path} has no HDF5 dataset {key!r} (it holds {listing(names) if names else 'nothing'}); "
-                             f"NucMM files store each block as '{key}'")
+                             f"{what} files store each volume as '{key}'")
         node = handle[key]
         if not isinstance(node, h5py.Dataset):
-            raise InputError(f"{path}: {key!r} is an HDF5 group, not a dataset (NucMM stores the block there)")
+            raise InputError(f"{path}: {key!r} is an HDF5 group, not a dataset ({what} stores the volume there)")
         if node.ndim != 3:
-            raise InputError(f"{path}: {key!r} is {node.ndim}D {tuple(node.shape)}; a NucMM block is 3D (z, y, x)")
+            raise InputError(f"{path}: {key!r} is {node.ndim}D {tuple(node.shape)}; a {what} volume is 3D (z, y, x)")
         return node[()]
 
 
-def _instance_map(array: np.ndarray, path: Path) -> np.ndarray:
-    """Instance ids as the smallest unsigned type that holds them."""
+def instance_map(array: np.ndarray, path: Path, what: str = "NucMM") -> np.ndarray:
+    """Instance ids as the smallest unsigned type that holds them (``what``: for messages)."""
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
-            raise InputError(f"{path} holds non-integer values; a NucMM label block holds instance ids")
+            raise InputError(f"{path} holds non-integer values; a {what} label volume holds instance ids")
     elif array.dtype.kind not in "iub":
-        raise InputError(f"{path} holds {array.dtype} values; a NucMM label block holds instance ids")
+        raise InputError(f"{path} holds {array.dtype} values; a {what} label volume holds instance ids")
     if array.size and array.min() < 0:
-        raise InputError(f"{path} holds negative values; a NucMM label block holds instance ids (0 background)")
+        raise InputError(f"{path} holds negative values; a {what} label volume holds instance ids (0 background)")
     top = int(array.max()) if array.size else 0
     dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32
     if top >= 2**32:
@@ -72,7 +72,7 @@ def _instance_map(array: np.ndarray, path: Path) -> np.ndarray:
     return array.astype(dtype, copy=False)
 
 
-def _spacing(spacing) -> list[float]:
+def voxel_spacing(spacing) -> list[float]:
     if spacing is None:
         return [1.0, 1.0, 1.0]
     if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
@@ -111,7 +111,7 @@ def convert_nucmm(root: Path, *, work_dir: str | None = None, dataset: str | Non
     root = require_directory(root, "NucMM")
     if sample not in _SAMPLES:
         raise ArgumentError(f"sample must be one of {', '.join(_SAMPLES)}, got {sample!r}")
-    spacing_mm = _spacing(spacing)
+    spacing_mm = voxel_spacing(spacing)
     modality = check_modality(modality) or "OTHER"
     dataset = dataset or "nucmm-z"
     pairs = _label_dirs(root, sample)
@@ -140,7 +140,7 @@ def convert_nucmm(root: Path, *, work_dir: str | None = None, dataset: str | Non
                 if volume.shape != instances.shape:
                     raise InputError(f"{label_h5} is {' x '.join(map(str, instances.shape))} (z, y, x) but its "
                                      f"image {image_h5} is {' x '.join(map(str, volume.shape))}")
-                instances = _instance_map(instances, label_h5)
+                instances = instance_map(instances, label_h5)
                 stem = suffix[: -len(".h5")]
                 folder = out / part / split
                 image_nii = write_nifti(volume, folder / f"img_{stem}.nii.gz", spacing_mm)

@@ -14,7 +14,7 @@ from medsam3.data import convert_dataset, read_manifest
 from medsam3.data.loading import load_item
 from medsam3.data.mix import MixSource, build_mix, mix_sampling_weights, parse_source, write_mix
 from medsam3.data.registry import get_dataset, list_datasets
-from medsam3.errors import ArgumentError
+from medsam3.errors import ArgumentError, InputError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -93,6 +93,11 @@ def test_bad_mixes_are_refused(manifests, tmp_path):
         build_mix([MixSource("busi", str(busi)), MixSource("busi", str(kvasir))])
     with pytest.raises(ArgumentError, match="no 'test' items"):
         build_mix([MixSource("busi", str(busi))], split="test")
+    # every missing manifest named at once, not only the first
+    with pytest.raises(InputError, match=r"2 of the mix's 3 manifests do not exist: glas \(.*glas.jsonl\), "
+                                         r"drive \(.*drive.jsonl\); make each with `medsam3 data prepare"):
+        build_mix([MixSource("glas", str(tmp_path / "glas.jsonl")), MixSource("busi", str(busi)),
+                   MixSource("drive", str(tmp_path / "drive.jsonl"))])
     with pytest.raises(ArgumentError, match="weight"):
         parse_source(f"busi={busi}@0")
     with pytest.raises(ArgumentError, match="NAME=MANIFEST"):

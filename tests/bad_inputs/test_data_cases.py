@@ -75,6 +75,11 @@ CASES = [
     Case("npz-prompts-json-string", build=_npz(text_prompts=np.array(json.dumps({"1": "spleen"}))),
          argv=_convert(), exit_code=0,
          check=lambda ctx: _manifest_labels(ctx) == {"1": "spleen"} or pytest.fail(_manifest_labels(ctx))),
+    # a mix with missing manifests: every missing one named in one message, nothing written
+    Case("merge-missing-manifests", argv=("data", "merge", "--add", "glas={tmp}/glas.jsonl",
+                                          "--add", "drive={tmp}/drive.jsonl", "-o", "{tmp}/mix.jsonl"),
+         message=("2 of the mix's 2 manifests do not exist", "glas.jsonl", "drive.jsonl", "data prepare"),
+         absent=("{tmp}/mix.jsonl",)),
     Case("npz-prompts-not-a-dict", build=_npz(text_prompts=np.array([1, 2, 3])), argv=_convert(),
          message=("CT_case.npz", "text_prompts must be a dict"), absent=("{tmp}/m.jsonl",)),
 ]

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from medsam3.errors import ArgumentError
+from medsam3.errors import ArgumentError, InputError
 
 PROMPT_MODES = ("paper", "as-is")
 SIZE = "size"
@@ -142,6 +142,19 @@ def _relative_to(path, root: Path) -> Any:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
+def _check_manifests_exist(sources: Sequence[MixSource]) -> None:
+    """One InputError naming every missing manifest (not only the first), with how to make it."""
+    from medsam3.data.layouts.common import listing
+
+    missing = [s for s in sources if not Path(s.manifest).is_file()]
+    if not missing:
+        return
+    shown = listing([f"{s.dataset} ({s.manifest})" for s in missing], limit=8)
+    raise InputError(f"{len(missing)} of the mix's {len(sources)} manifests do not exist: {shown}; make each "
+                     "with `medsam3 data prepare NAME --root DIR -o FILE` (`medsam3 data list` shows which "
+                     "datasets convert) or leave it out of the mix")
+
+
 def build_mix(sources: Sequence[MixSource], prompts: str = "paper", split: str = "train") -> Mix:
     """Read every source manifest and merge them (nothing is written; see :func:`write_mix`).
 
@@ -167,6 +180,7 @@ def build_mix(sources: Sequence[MixSource], prompts: str = "paper", split: str =
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ArgumentError(f"dataset(s) {', '.join(twice)} given twice in the mix")
+    _check_manifests_exist(sources)
     parts, items, notes = [], [], []
     for source in sources:
         manifest = read_manifest(source.manifest)

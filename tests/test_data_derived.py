@@ -545,6 +545,8 @@ def test_intraretinal_cystoid_fluid_case_folders_with_outline_masks(tmp_path):
     _save(top / "ZA002" / "masks" / "ZA002_scan.png", (regions["ZA002"] * 255).astype(np.uint8))
     prepare_dataset("intraretinal-cystoid-fluid", root, tmp_path / "icf3.jsonl", progress=False)
     (top / "ZB010" / "masks" / "mask_2.jpg").unlink()
+    with pytest.raises(InputError, match="ZB010/masks is empty: no mask for .*ZB010_scan.jpeg"):
+        prepare_dataset("intraretinal-cystoid-fluid", root, tmp_path / "icf5.jsonl", progress=False)
     (top / "ZB010" / "masks").rmdir()
     with pytest.raises(InputError, match="ZB010/images: no masks/ folder"):
         prepare_dataset("intraretinal-cystoid-fluid", root, tmp_path / "icf4.jsonl", progress=False)

@@ -260,6 +260,8 @@ def _case_mask(masks: Path, image: Path) -> Path:
         return same[0]
     if len(files) == 1:
         return files[0]
+    if not files:
+        raise InputError(f"{masks} is empty: no mask for {image}")
     raise InputError(f"{masks}: {len(files)} files and none named {image.stem}.*: which one is the "
                      f"mask of {image} is not known")
 

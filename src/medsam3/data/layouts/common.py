@@ -46,6 +46,11 @@ def is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
+def find_folders(root: Path, name: str) -> list[Path]:
+    """Every folder called ``name`` under ``root`` (sorted; hidden ones left out)."""
+    return sorted(p for p in Path(root).rglob(name) if p.is_dir() and not is_hidden(p))
+
+
 def list_images(directory: Path, recursive: bool = False) -> list[Path]:
     """Image files in a directory (sorted), hidden files left out."""
     pattern = "**/*" if recursive else "*"

@@ -51,6 +51,7 @@ from medsam3.data.headers import read_header
 from medsam3.data.layouts.common import (
     assign_split,
     check_modality,
+    find_folders,
     is_hidden,
     listing,
     progress,
@@ -178,7 +179,7 @@ def convert_drive(root: Path, *, work_dir: str | None = None, dataset: str | Non
     modality = check_modality(modality) or "RGB"
     dataset = dataset or "drive"
     items = []
-    for images_dir in sorted(p for p in root.rglob("images") if p.is_dir() and not is_hidden(p)):
+    for images_dir in find_folders(root, "images"):
         manual_dir = images_dir.parent / "1st_manual"
         if not manual_dir.is_dir():
             continue
@@ -279,7 +280,7 @@ def convert_cystoid(root: Path, *, work_dir: str | None = None, dataset: str | N
     out = _need_work_dir(work_dir, "cystoid")
     modality = check_modality(modality) or "OTHER"
     dataset = dataset or "intraretinal-cystoid-fluid"
-    folders = sorted(p for p in root.rglob("images") if p.is_dir() and not is_hidden(p))
+    folders = find_folders(root, "images")
     pairs = []
     for images in folders:
         masks = images.parent / "masks"
@@ -322,7 +323,7 @@ def convert_labelme(root: Path, *, work_dir: str | None = None, dataset: str | N
     dataset = dataset or root.name
     if bool(class_name) == bool(labels):
         raise ArgumentError("give class_name (every shape one class) or labels ({shape label: class})")
-    ann_dirs = sorted(p for p in root.rglob(annotations_dir) if p.is_dir() and not is_hidden(p))
+    ann_dirs = find_folders(root, annotations_dir)
     if not ann_dirs:
         raise InputError(f"{root}: no {annotations_dir}/ folder of LabelMe JSON files")
     classes = sorted(set(labels.values())) if labels else [class_name]

@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from medsam3.data.headers import read_header
-from medsam3.data.layouts.common import assign_split, check_modality, is_hidden, progress, require_directory
+from medsam3.data.layouts.common import (
+    assign_split,
+    check_modality,
+    find_folders,
+    is_hidden,
+    progress,
+    require_directory,
+)
 from medsam3.data.layouts.written import need_work_dir, picture_item, write_png
 from medsam3.data.manifest import ManifestItem
 from medsam3.errors import ArgumentError, InputError
@@ -65,7 +72,7 @@ def convert_papila(root: Path, *, work_dir: str | None = None, dataset: str | No
     out = need_work_dir(work_dir, "papila")
     modality = check_modality(modality) or "RGB"
     dataset = dataset or "papila"
-    folders = sorted(p for p in root.rglob("FundusImages") if p.is_dir() and not is_hidden(p))
+    folders = find_folders(root, "FundusImages")
     if not folders:
         raise InputError(f"{root}: no FundusImages/ folder (PAPILA: FundusImages/RETnnnOD.jpg + "
                          "ExpertsSegmentations/Contours/RETnnnOD_disc_exp1.txt)")

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam3.data.layouts.common import assign_split, check_modality, is_hidden, listing, progress, require_directory
+from medsam3.data.layouts.common import (
+    assign_split,
+    check_modality,
+    find_folders,
+    is_hidden,
+    listing,
+    progress,
+    require_directory,
+)
 from medsam3.data.layouts.written import need_work_dir, picture_item, write_png
 from medsam3.data.manifest import ManifestItem
 from medsam3.errors import InputError
@@ -74,7 +82,7 @@ def convert_psfh(root: Path, *, work_dir: str | None = None, dataset: str | None
     out = need_work_dir(work_dir, "psfh")
     modality = check_modality(modality) or "US"
     dataset = dataset or "ps-fh-aop-2023"
-    image_dirs = sorted(p for p in root.rglob("image_mha") if p.is_dir() and not is_hidden(p))
+    image_dirs = find_folders(root, "image_mha")
     if not image_dirs:
         raise InputError(f"{root}: no image_mha/ folder (PS-FH-AOP: image_mha/NNNNN.mha + label_mha/NNNNN.mha)")
     items = []

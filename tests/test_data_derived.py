@@ -342,8 +342,10 @@ def test_psfh_three_plane_mha_frames_and_label_maps(tmp_path):
     (odd / "image_mha" / "00003.mha").unlink()
     with pytest.raises(InputError, match="label.*00003.*have no image"):
         prepare_dataset("ps-fh-aop-2023", odd, tmp_path / "odd4.jsonl", progress=False)
+    assert not (tmp_path / "odd4-files").exists()  # a refused download leaves no empty work folder
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no image_mha/ folder"):
-        prepare_dataset("ps-fh-aop-2023", tmp_path / "odd4-files", tmp_path / "odd5.jsonl", progress=False)
+        prepare_dataset("ps-fh-aop-2023", tmp_path / "empty", tmp_path / "odd5.jsonl", progress=False)
 
 
 def test_papila_contour_text_files_of_two_experts(tmp_path):

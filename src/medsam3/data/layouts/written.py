@@ -15,13 +15,13 @@ from medsam3.errors import ArgumentError
 
 
 def need_work_dir(work_dir, layout: str) -> Path:
-    """The folder ``layout`` writes its copies into (created), or ArgumentError when none is given."""
+    """The folder ``layout`` writes its copies into, or ArgumentError when none is given. It is
+    not created here: the writers below create it with the first file, so a download refused
+    before anything is written leaves no empty folder behind."""
     if not work_dir:
         raise ArgumentError(f"the {layout} layout writes readable copies of its labels: give work_dir "
                             "(-O work_dir=DIR; `data prepare` puts them beside the manifest)")
-    path = Path(work_dir).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(work_dir).expanduser()
 
 
 def write_png(array: np.ndarray, path: Path) -> Path:

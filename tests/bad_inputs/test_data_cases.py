@@ -49,6 +49,27 @@ def _manifest_labels(ctx):
     return json.loads(lines[1])["labels"]
 
 
+def _mucic_wrong_key(tmp, ctx):
+    import h5py
+
+    (tmp / "d").mkdir()
+    with h5py.File(tmp / "d" / "image-final_0001.h5", "w") as f:
+        f["Image"] = np.zeros((3, 4, 4), np.uint8)
+    with h5py.File(tmp / "d" / "image-labels_0001.h5", "w") as f:
+        f["labels"] = np.zeros((3, 4, 4), np.uint8)
+    return {"dir": str(tmp / "d"), "file": str(tmp / "d" / "image-labels_0001.h5")}
+
+
+def _cystoid_two_masks(tmp, ctx):
+    from PIL import Image
+
+    case = tmp / "d" / "ZA001"
+    for folder, name in (("images", "scan.jpeg"), ("masks", "a.png"), ("masks", "b.png")):
+        (case / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(case / folder / name)
+    return {"dir": str(tmp / "d"), "file": str(case / "masks" / "a.png")}
+
+
 def _convert(*args):
     return ("data", "convert", "--layout", "npz", "-i", "{npz}", "-o", "{tmp}/m.jsonl", "-q", *args)
 
@@ -80,6 +101,14 @@ CASES = [
                                           "--add", "drive={tmp}/drive.jsonl", "-o", "{tmp}/mix.jsonl"),
          message=("2 of the mix's 2 manifests do not exist", "glas.jsonl", "drive.jsonl", "data prepare"),
          absent=("{tmp}/mix.jsonl",)),
+    # the HDF5 and OCT converters refuse a bad download before anything is written
+    Case("mucic-label-without-image-key", build=_mucic_wrong_key,
+         argv=("data", "convert", "--layout", "mucic", "-i", "{dir}", "-o", "{tmp}/m.jsonl", "-O", "work_dir={tmp}/w"),
+         message=("image-labels_0001.h5", "no HDF5 dataset 'Image'"), absent=("{tmp}/m.jsonl", "{tmp}/w"),
+         unchanged=("{file}",)),
+    Case("cystoid-two-unnamed-masks", build=_cystoid_two_masks,
+         argv=("data", "convert", "--layout", "cystoid", "-i", "{dir}", "-o", "{tmp}/m.jsonl", "-O", "work_dir={tmp}/w"),
+         message=("masks: 2 files and none named scan",), absent=("{tmp}/m.jsonl", "{tmp}/w"), unchanged=("{file}",)),
     Case("npz-prompts-not-a-dict", build=_npz(text_prompts=np.array([1, 2, 3])), argv=_convert(),
          message=("CT_case.npz", "text_prompts must be a dict"), absent=("{tmp}/m.jsonl",)),
 ]
